@@ -1,0 +1,12 @@
+//! The JWT verifier: a key set (HS secrets, PEM public keys, JWKS) with per-key
+//! algorithm allow-lists, and every check of PROTOCOL §2, with `now` as an argument.
+//!
+//! `jsonwebtoken` does the signature arithmetic; the token's framing, header and
+//! claims are parsed and checked here, because the crate on its own leaves several
+//! of the protocol's checks off (see `docs/jwt.md`).
+
+mod claims;
+mod error;
+
+pub use claims::Claims;
+pub use error::TokenError;

@@ -1,0 +1,17 @@
+//! # wsauth-core
+//!
+//! The I/O-free heart of wsauth: the per-connection session state machine, the wire
+//! protocol's types and error codes, and the JWT verifier.
+//!
+//! What it is not: it opens no socket, reads no clock, spawns no thread, runs no async
+//! code and draws no randomness. Time comes in as an argument (Unix milliseconds),
+//! decisions go out as values. The same inputs always give the same outputs, which is
+//! what lets the tests print every flow as a transcript and explore it exhaustively.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod error;
+pub mod jwt;
+
+pub use error::{CloseCode, ErrorCode, ErrorSpec, Retry};
