@@ -15,3 +15,16 @@ pub mod error;
 pub mod jwt;
 
 pub use error::{CloseCode, ErrorCode, ErrorSpec, Retry};
+pub mod channels;
+pub mod machine;
+pub mod protocol;
+pub mod rate;
+
+pub use machine::{
+    AuthMethod, Connection, Delivery, Event, Frame, Input, Output, PeerClose, Reply, RequestId,
+    ResumedSession, Revocation, SessionConfig, SessionFate, StoreRequest,
+};
+pub use protocol::{
+    ClientMessage, DecodeError, ErrorBody, PROTOCOL_VERSION, Payload, Secret, ServerMessage,
+    decode_client_message,
+};

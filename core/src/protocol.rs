@@ -1,0 +1,604 @@
+//! The wire protocol's messages (PROTOCOL §2–§6): a strict decoder for what clients
+//! send and an encoder for what the server sends.
+//!
+//! Decoding never echoes client input in its errors: serde's own messages can quote
+//! the offending value (a token, say), so every failure is reported with a fixed
+//! reason that names at most a field.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use crate::error::{ErrorCode, Retry};
+
+/// The subprotocol name, and the `protocol` field of `authenticated`.
+pub const PROTOCOL_VERSION: &str = "wsauth.v1";
+
+/// Longest channel name accepted, in bytes.
+pub const MAX_CHANNEL_BYTES: usize = 256;
+/// Longest `session_id` or `resume_token` accepted, in bytes.
+pub const MAX_ID_BYTES: usize = 256;
+/// Longest `user_id` accepted, in bytes.
+pub const MAX_USER_ID_BYTES: usize = 1024;
+
+/// A value that must never be printed: a token or a resume token.
+///
+/// `Debug` prints a placeholder; the only way to the text is [`Secret::expose`].
+#[derive(Clone, PartialEq, Eq, Hash, Serialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret value.
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+
+    /// The secret text, for the one place that must use it (a verifier, a hash, the wire).
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+/// Application data carried by `publish` and `message`: any JSON value, kept as its
+/// raw text so that relaying it costs no parse and no re-encode, and shared so that a
+/// fan-out to many sessions copies no bytes.
+#[derive(Clone, Serialize)]
+#[serde(transparent)]
+pub struct Payload(Arc<RawValue>);
+
+impl Payload {
+    /// Makes a payload from JSON text, checking that it is one JSON value.
+    pub fn from_json(json: &str) -> Result<Payload, serde_json::Error> {
+        RawValue::from_string(json.to_owned()).map(|raw| Payload(Arc::from(raw)))
+    }
+
+    /// The JSON text.
+    pub fn get(&self) -> &str {
+        self.0.get()
+    }
+}
+
+impl PartialEq for Payload {
+    fn eq(&self, other: &Self) -> bool {
+        self.get() == other.get()
+    }
+}
+
+impl Eq for Payload {}
+
+impl fmt::Debug for Payload {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.get())
+    }
+}
+
+/// A message a client sends.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ClientMessage {
+    /// `auth`: first-message authentication.
+    Auth {
+        /// Request id to echo.
+        id: Option<u64>,
+        /// The JWT.
+        token: Secret,
+        /// Optional `user_id` (alias `userId`) that must equal the token's `sub`.
+        user_id: Option<String>,
+    },
+    /// `resume`: take a detached session over.
+    Resume {
+        /// Request id to echo.
+        id: Option<u64>,
+        /// The session to resume.
+        session_id: String,
+        /// Its single-use resume token.
+        resume_token: Secret,
+        /// The last `seq` the client received (0 when absent).
+        last_seq: u64,
+    },
+    /// `refresh`: replace the session's token.
+    Refresh {
+        /// Request id to echo.
+        id: Option<u64>,
+        /// The new JWT.
+        token: Secret,
+    },
+    /// `logout`: end the session for good.
+    Logout {
+        /// Request id (never answered: logout's only reply is the close).
+        id: Option<u64>,
+    },
+    /// `join`: subscribe to a channel.
+    Join {
+        /// Request id to echo.
+        id: Option<u64>,
+        /// The channel.
+        channel: String,
+    },
+    /// `leave`: unsubscribe from a channel.
+    Leave {
+        /// Request id to echo.
+        id: Option<u64>,
+        /// The channel.
+        channel: String,
+    },
+    /// `publish`: send data to a channel's subscribers.
+    Publish {
+        /// Request id to echo.
+        id: Option<u64>,
+        /// The channel.
+        channel: String,
+        /// The data, any JSON value.
+        data: Payload,
+    },
+}
+
+impl ClientMessage {
+    /// The request id, if the client gave one.
+    pub fn id(&self) -> Option<u64> {
+        match self {
+            ClientMessage::Auth { id, .. }
+            | ClientMessage::Resume { id, .. }
+            | ClientMessage::Refresh { id, .. }
+            | ClientMessage::Logout { id }
+            | ClientMessage::Join { id, .. }
+            | ClientMessage::Leave { id, .. }
+            | ClientMessage::Publish { id, .. } => *id,
+        }
+    }
+
+    /// The wire name of the message type.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            ClientMessage::Auth { .. } => "auth",
+            ClientMessage::Resume { .. } => "resume",
+            ClientMessage::Refresh { .. } => "refresh",
+            ClientMessage::Logout { .. } => "logout",
+            ClientMessage::Join { .. } => "join",
+            ClientMessage::Leave { .. } => "leave",
+            ClientMessage::Publish { .. } => "publish",
+        }
+    }
+
+    /// Encodes the message as a client would send it (clients, tests, fuzz round trips).
+    pub fn to_json(&self) -> String {
+        #[derive(Serialize)]
+        struct Out<'a> {
+            #[serde(rename = "type")]
+            kind: &'static str,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            id: Option<u64>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            token: Option<&'a str>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            user_id: Option<&'a str>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            session_id: Option<&'a str>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            resume_token: Option<&'a str>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            last_seq: Option<u64>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            channel: Option<&'a str>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            data: Option<&'a RawValue>,
+        }
+        let mut out = Out {
+            kind: self.type_name(),
+            id: self.id(),
+            token: None,
+            user_id: None,
+            session_id: None,
+            resume_token: None,
+            last_seq: None,
+            channel: None,
+            data: None,
+        };
+        match self {
+            ClientMessage::Auth { token, user_id, .. } => {
+                out.token = Some(token.expose());
+                out.user_id = user_id.as_deref();
+            }
+            ClientMessage::Resume {
+                session_id,
+                resume_token,
+                last_seq,
+                ..
+            } => {
+                out.session_id = Some(session_id);
+                out.resume_token = Some(resume_token.expose());
+                out.last_seq = Some(*last_seq);
+            }
+            ClientMessage::Refresh { token, .. } => out.token = Some(token.expose()),
+            ClientMessage::Logout { .. } => {}
+            ClientMessage::Join { channel, .. } | ClientMessage::Leave { channel, .. } => {
+                out.channel = Some(channel);
+            }
+            ClientMessage::Publish { channel, data, .. } => {
+                out.channel = Some(channel);
+                out.data = Some(&data.0);
+            }
+        }
+        serde_json::to_string(&out).unwrap_or_default()
+    }
+}
+
+/// Why a frame could not be decoded: a typed protocol error, the request id when it
+/// could be read, and a fixed reason that never quotes the input.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{code}: {reason}")]
+pub struct DecodeError {
+    /// `BAD_REQUEST` or `MESSAGE_TOO_LARGE`.
+    pub code: ErrorCode,
+    /// The request's `id`, when the frame was an object with a valid one.
+    pub id: Option<u64>,
+    /// What was wrong, for people.
+    pub reason: Cow<'static, str>,
+}
+
+impl DecodeError {
+    fn bad(id: Option<u64>, reason: impl Into<Cow<'static, str>>) -> Self {
+        DecodeError {
+            code: ErrorCode::BadRequest,
+            id,
+            reason: reason.into(),
+        }
+    }
+}
+
+/// The first pass of decoding: every known field kept as raw JSON, so that each can
+/// be type-checked on its own and reported without quoting it.
+#[derive(Deserialize)]
+struct RawFields<'a> {
+    #[serde(rename = "type", borrow, default)]
+    kind: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    id: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    token: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    user_id: Option<&'a RawValue>,
+    #[serde(rename = "userId", borrow, default)]
+    user_id_alias: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    session_id: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    resume_token: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    last_seq: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    channel: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    data: Option<&'a RawValue>,
+}
+
+/// Decodes one text frame into a client message.
+///
+/// `max_bytes` is the message size limit; a longer text is `MESSAGE_TOO_LARGE` without
+/// being parsed. Unknown extra fields are ignored; duplicate known fields, unknown
+/// types, missing or wrongly typed fields are `BAD_REQUEST`.
+pub fn decode_client_message(text: &str, max_bytes: usize) -> Result<ClientMessage, DecodeError> {
+    if text.len() > max_bytes {
+        return Err(DecodeError {
+            code: ErrorCode::MessageTooLarge,
+            id: None,
+            reason: Cow::Borrowed("message is larger than the size limit"),
+        });
+    }
+    let raw: RawFields<'_> = serde_json::from_str(text).map_err(|e| {
+        let reason: Cow<'static, str> = match e.classify() {
+            serde_json::error::Category::Data => {
+                let text = e.to_string();
+                // serde's duplicate-field message names only our own field name.
+                match text.strip_prefix("duplicate field `") {
+                    Some(rest) => {
+                        let field = rest.split('`').next().unwrap_or("");
+                        Cow::Owned(format!("duplicate field `{}`", field_name(field)))
+                    }
+                    None => Cow::Borrowed("a message must be a JSON object"),
+                }
+            }
+            _ => Cow::Borrowed("not valid JSON"),
+        };
+        DecodeError::bad(None, reason)
+    })?;
+
+    let id = match raw.id {
+        None => None,
+        Some(v) => Some(
+            serde_json::from_str::<u64>(v.get())
+                .map_err(|_| DecodeError::bad(None, "`id` must be an unsigned integer"))?,
+        ),
+    };
+    let kind = raw
+        .kind
+        .ok_or_else(|| DecodeError::bad(id, "missing field `type`"))?;
+    let kind: Cow<'_, str> = serde_json::from_str(kind.get())
+        .map_err(|_| DecodeError::bad(id, "`type` must be a string"))?;
+
+    let string = |field: Option<&RawValue>, name: &'static str, max: usize| {
+        let v = field.ok_or_else(|| DecodeError::bad(id, format!("missing field `{name}`")))?;
+        let s: String = serde_json::from_str(v.get())
+            .map_err(|_| DecodeError::bad(id, format!("`{name}` must be a string")))?;
+        if s.len() > max {
+            return Err(DecodeError::bad(id, format!("`{name}` is too long")));
+        }
+        Ok(s)
+    };
+    let channel = |field: Option<&RawValue>| {
+        let c = string(field, "channel", MAX_CHANNEL_BYTES)?;
+        if c.is_empty() || c.chars().any(char::is_control) {
+            return Err(DecodeError::bad(
+                id,
+                "`channel` must be a non-empty name without control characters",
+            ));
+        }
+        Ok(c)
+    };
+
+    match kind.as_ref() {
+        "auth" => {
+            let token = string(raw.token, "token", usize::MAX)?;
+            let user_id = match (raw.user_id, raw.user_id_alias) {
+                (None, None) => None,
+                (Some(a), None) | (None, Some(a)) => {
+                    Some(string(Some(a), "user_id", MAX_USER_ID_BYTES)?)
+                }
+                (Some(a), Some(b)) => {
+                    let a = string(Some(a), "user_id", MAX_USER_ID_BYTES)?;
+                    let b = string(Some(b), "userId", MAX_USER_ID_BYTES)?;
+                    if a != b {
+                        return Err(DecodeError::bad(id, "`user_id` and `userId` differ"));
+                    }
+                    Some(a)
+                }
+            };
+            Ok(ClientMessage::Auth {
+                id,
+                token: Secret(token),
+                user_id,
+            })
+        }
+        "resume" => {
+            let session_id = string(raw.session_id, "session_id", MAX_ID_BYTES)?;
+            let resume_token = string(raw.resume_token, "resume_token", MAX_ID_BYTES)?;
+            let last_seq = match raw.last_seq {
+                None => 0,
+                Some(v) => serde_json::from_str::<u64>(v.get())
+                    .map_err(|_| DecodeError::bad(id, "`last_seq` must be an unsigned integer"))?,
+            };
+            Ok(ClientMessage::Resume {
+                id,
+                session_id,
+                resume_token: Secret(resume_token),
+                last_seq,
+            })
+        }
+        "refresh" => Ok(ClientMessage::Refresh {
+            id,
+            token: Secret(string(raw.token, "token", usize::MAX)?),
+        }),
+        "logout" => Ok(ClientMessage::Logout { id }),
+        "join" => Ok(ClientMessage::Join {
+            id,
+            channel: channel(raw.channel)?,
+        }),
+        "leave" => Ok(ClientMessage::Leave {
+            id,
+            channel: channel(raw.channel)?,
+        }),
+        "publish" => {
+            let channel = channel(raw.channel)?;
+            let data = raw
+                .data
+                .ok_or_else(|| DecodeError::bad(id, "missing field `data`"))?;
+            Ok(ClientMessage::Publish {
+                id,
+                channel,
+                data: Payload(Arc::from(data.to_owned())),
+            })
+        }
+        _ => Err(DecodeError::bad(id, "unknown message type")),
+    }
+}
+
+/// Maps serde's field name back to the wire name, so a reason never carries text
+/// the client chose.
+fn field_name(serde_name: &str) -> &'static str {
+    const FIELDS: [&str; 10] = [
+        "type",
+        "id",
+        "token",
+        "user_id",
+        "userId",
+        "session_id",
+        "resume_token",
+        "last_seq",
+        "channel",
+        "data",
+    ];
+    FIELDS
+        .iter()
+        .find(|f| **f == serde_name)
+        .copied()
+        .unwrap_or("?")
+}
+
+/// A message the server sends.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerMessage {
+    /// Authentication succeeded.
+    Authenticated {
+        /// The `auth` request's id (absent for header authentication).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+        /// The new session.
+        session_id: String,
+        /// The single-use token that resumes it.
+        resume_token: Secret,
+        /// The token's `sub`.
+        user_id: String,
+        /// The token's `exp`, in ms.
+        expires_at: u64,
+        /// Interval of the server's pings.
+        heartbeat_ms: u64,
+        /// Always [`PROTOCOL_VERSION`].
+        protocol: &'static str,
+    },
+    /// A refresh succeeded.
+    Refreshed {
+        /// The `refresh` request's id.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+        /// The new token's `exp`, in ms.
+        expires_at: u64,
+    },
+    /// The token is about to expire: refresh now.
+    Expiring {
+        /// The token's `exp`, in ms.
+        expires_at: u64,
+        /// Milliseconds left until `expires_at`.
+        in_ms: u64,
+    },
+    /// A resume succeeded; the missed messages follow.
+    Resumed {
+        /// The `resume` request's id.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+        /// The resumed session.
+        session_id: String,
+        /// The rotated resume token.
+        resume_token: Secret,
+        /// The token's `exp`, in ms.
+        expires_at: u64,
+        /// Channels still joined.
+        channels: Vec<String>,
+        /// How many messages follow.
+        replayed: u64,
+        /// Whether some missed messages were no longer buffered.
+        gap: bool,
+    },
+    /// A join succeeded.
+    Joined {
+        /// The `join` request's id.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+        /// The channel.
+        channel: String,
+    },
+    /// A channel was left, on request or because a refreshed token no longer allows it.
+    Left {
+        /// The `leave` request's id (absent when the server left on its own).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+        /// The channel.
+        channel: String,
+        /// Why the server left on its own (`FORBIDDEN`).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        reason: Option<ErrorCode>,
+    },
+    /// A publish was accepted for delivery.
+    Published {
+        /// The `publish` request's id.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+    },
+    /// A message delivered from a channel.
+    Message {
+        /// The channel.
+        channel: String,
+        /// The publisher's `sub`.
+        from: String,
+        /// Per-session sequence number.
+        seq: u64,
+        /// The published data.
+        data: Payload,
+    },
+    /// An error; fatal ones are followed by a close.
+    Error {
+        /// The id of the request that caused it.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+        /// The code, for programs.
+        code: ErrorCode,
+        /// A message, for people. Never quotes a token.
+        message: Cow<'static, str>,
+        /// Whether a close follows.
+        fatal: bool,
+        /// What to do next (fatal errors only).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        retry: Option<Retry>,
+    },
+}
+
+impl ServerMessage {
+    /// An error message for `code`, fatal or not as the caller decided.
+    pub fn error(code: ErrorCode, id: Option<u64>, fatal: bool) -> Self {
+        ServerMessage::Error {
+            id,
+            code,
+            message: Cow::Borrowed(code.spec().message),
+            fatal,
+            retry: if fatal { code.retry() } else { None },
+        }
+    }
+
+    /// Encodes the message as one JSON text frame.
+    pub fn to_json(&self) -> String {
+        // Serializing these types cannot fail: no maps with non-string keys, no
+        // floats, and payloads are already valid JSON.
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    /// The request id this message answers, if any.
+    pub fn id(&self) -> Option<u64> {
+        match self {
+            ServerMessage::Authenticated { id, .. }
+            | ServerMessage::Refreshed { id, .. }
+            | ServerMessage::Resumed { id, .. }
+            | ServerMessage::Joined { id, .. }
+            | ServerMessage::Left { id, .. }
+            | ServerMessage::Published { id }
+            | ServerMessage::Error { id, .. } => *id,
+            ServerMessage::Expiring { .. } | ServerMessage::Message { .. } => None,
+        }
+    }
+}
+
+/// The JSON body of a refused upgrade (PROTOCOL §2).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ErrorBody {
+    /// The error code.
+    pub code: ErrorCode,
+    /// For people.
+    pub message: &'static str,
+    /// What to do next.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry: Option<Retry>,
+}
+
+impl ErrorBody {
+    /// The body for `code`.
+    pub fn new(code: ErrorCode) -> Self {
+        ErrorBody {
+            code,
+            message: code.spec().message,
+            retry: code.retry(),
+        }
+    }
+
+    /// Encodes the body as JSON.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+}
