@@ -28,3 +28,5 @@ pub use protocol::{
     ClientMessage, DecodeError, ErrorBody, PROTOCOL_VERSION, Payload, Secret, ServerMessage,
     decode_client_message,
 };
+pub mod sim;
+pub mod upgrade;

@@ -540,7 +540,7 @@ enum Phase {
 ///
 /// Requests are answered in the order they arrive: while one waits for a reply, later
 /// ones queue (up to `max_queued_requests`). Channel deliveries never wait.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct Connection {
     config: Arc<SessionConfig>,
     phase: Phase,
