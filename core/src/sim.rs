@@ -905,9 +905,21 @@ impl InvariantChecker {
     /// Checks the outputs carried out since the last call, then the state of every
     /// connection. Call it after each step, when the world is quiet.
     pub fn check(&mut self, world: &mut World) -> Result<(), Violation> {
-        for (conn, output) in world.take_outputs() {
-            self.check_output(&conn, &output)?;
+        let outputs = world.take_outputs();
+        self.check_outputs(&outputs)?;
+        self.check_state(world)
+    }
+
+    /// Checks outputs, in the order they were carried out.
+    pub fn check_outputs(&mut self, outputs: &[(String, Output)]) -> Result<(), Violation> {
+        for (conn, output) in outputs {
+            self.check_output(conn, output)?;
         }
+        Ok(())
+    }
+
+    /// Checks the state of every connection; call it when the world is quiet.
+    pub fn check_state(&mut self, world: &World) -> Result<(), Violation> {
         for name in world.conn_names() {
             let Some(c) = world.conn(&name) else { continue };
             let track = self.tracks.entry(name.clone()).or_default();

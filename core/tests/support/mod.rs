@@ -27,7 +27,7 @@ pub fn symbolic_verifier(leeway_ms: u64) -> VerifyFn {
         if !valid {
             return Err(TokenError::BadSignature);
         }
-        let mut parts = rest.split(':');
+        let mut parts = rest.splitn(4, ':');
         let sub = parts.next().unwrap_or_default();
         let exp_s: u64 = parts
             .next()
