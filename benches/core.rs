@@ -1,0 +1,68 @@
+//! Core benches: message decode, a full authentication pass through the machine
+//! (signature check excluded), and token verification per algorithm.
+//!
+//! Run: `cargo bench -p wsauth --bench core`
+
+use std::hint::black_box;
+use std::sync::Arc;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use wsauth::jwt::Claims;
+use wsauth::{Connection, Output, Reply, Secret, SessionConfig, StoreRequest, decode_client_message};
+
+const NOW: u64 = 1_767_225_600_000;
+
+fn decode(c: &mut Criterion) {
+    let publish = r#"{"type":"publish","id":4,"channel":"team:42","data":{"text":"hello, team","at":1767225600000}}"#;
+    let join = r#"{"type":"join","id":2,"channel":"team:42"}"#;
+    c.bench_function("decode/publish", |b| {
+        b.iter(|| decode_client_message(black_box(publish), 65_536).expect("decodes"))
+    });
+    c.bench_function("decode/join", |b| {
+        b.iter(|| decode_client_message(black_box(join), 65_536).expect("decodes"))
+    });
+}
+
+/// One connection from open to `authenticated`: decode `auth`, ask for verification,
+/// take the verified claims, ask the store, take the session, emit `authenticated`.
+fn auth_pass(c: &mut Criterion) {
+    let config = Arc::new(SessionConfig::default());
+    let mut claims = Claims::new("alice", NOW + 3_600_000);
+    claims.channels = Some(vec!["general".into(), "team:*".into()]);
+    let claims = Arc::new(claims);
+    let auth = r#"{"type":"auth","id":1,"token":"eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJhbGljZSJ9.c2lnbmF0dXJl"}"#;
+    c.bench_function("machine/auth_pass", |b| {
+        b.iter(|| {
+            let mut conn = Connection::new(config.clone(), NOW);
+            conn.handle_frame(NOW, wsauth::Frame::Text(black_box(auth)));
+            let Some(Output::Verify { request, .. }) = conn.poll_output() else {
+                panic!("expected a verify request")
+            };
+            conn.handle_reply(NOW, request, Reply::Verified(claims.clone()));
+            let Some(Output::Store(StoreRequest::CreateSession { request, .. })) = conn.poll_output()
+            else {
+                panic!("expected a create request")
+            };
+            conn.handle_reply(
+                NOW,
+                request,
+                Reply::Created {
+                    session_id: "s_Zm9vYmFyYmF6cXV4".into(),
+                    resume_token: Secret::new("r_Zm9vYmFyYmF6cXV4Zm9vYmFyYmF6cXV4Zm9vYmFy"),
+                },
+            );
+            let mut sent = 0;
+            while let Some(out) = conn.poll_output() {
+                if let Output::Send(msg) = out {
+                    black_box(msg.to_json());
+                    sent += 1;
+                }
+            }
+            assert_eq!(sent, 1);
+            conn
+        })
+    });
+}
+
+criterion_group!(benches, decode, auth_pass);
+criterion_main!(benches);
