@@ -30,3 +30,6 @@ pub use protocol::{
 };
 pub mod sim;
 pub mod upgrade;
+
+#[doc = include_str!("../../docs/architecture.md")]
+pub mod architecture {}
