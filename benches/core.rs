@@ -8,7 +8,9 @@ use std::sync::Arc;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use wsauth::jwt::Claims;
-use wsauth::{Connection, Output, Reply, Secret, SessionConfig, StoreRequest, decode_client_message};
+use wsauth::{
+    Connection, Output, Reply, Secret, SessionConfig, StoreRequest, decode_client_message,
+};
 
 const NOW: u64 = 1_767_225_600_000;
 
@@ -39,7 +41,8 @@ fn auth_pass(c: &mut Criterion) {
                 panic!("expected a verify request")
             };
             conn.handle_reply(NOW, request, Reply::Verified(claims.clone()));
-            let Some(Output::Store(StoreRequest::CreateSession { request, .. })) = conn.poll_output()
+            let Some(Output::Store(StoreRequest::CreateSession { request, .. })) =
+                conn.poll_output()
             else {
                 panic!("expected a create request")
             };

@@ -584,17 +584,14 @@ impl World {
                 from,
                 data,
             } => {
-                let reply = if self.store_available {
+                let (reply, shown) = if self.store_available {
                     let n = self.fan_out(&channel, &from, data);
-                    self.line(
-                        name,
-                        format!("   store: publish to {channel} ({n} subscriber(s))"),
-                    );
-                    Reply::Published
+                    let shown = format!("store: publish to {channel} ({n} subscriber(s))");
+                    (Reply::Published, shown)
                 } else {
-                    Reply::Unavailable
+                    (Reply::Unavailable, format!("store: publish to {channel}"))
                 };
-                (request, reply, format!("store: publish to {channel}"))
+                (request, reply, shown)
             }
             StoreRequest::Unsubscribe {
                 session_id,
@@ -783,8 +780,12 @@ fn describe_reply(reply: &Reply) -> String {
 
 fn describe_event(event: &Event) -> String {
     match event {
-        Event::Authenticated { method, user } => format!("authenticated {user} via {method:?}"),
-        Event::AuthFailed { method, code } => format!("{method:?} authentication failed: {code}"),
+        Event::Authenticated { method, user } => {
+            format!("authenticated {user} by {}", method_name(*method))
+        }
+        Event::AuthFailed { method, code } => {
+            format!("authentication by {} failed: {code}", method_name(*method))
+        }
         Event::Resumed { replayed, gap } => format!("resumed: {replayed} replayed, gap={gap}"),
         Event::Refreshed { remaining_ms } => {
             format!(
@@ -810,6 +811,16 @@ fn describe_event(event: &Event) -> String {
             };
             format!("closed ({code}{error}; {session})")
         }
+    }
+}
+
+fn method_name(method: crate::machine::AuthMethod) -> &'static str {
+    use crate::machine::AuthMethod;
+    match method {
+        AuthMethod::Header => "header",
+        AuthMethod::Query => "query token",
+        AuthMethod::Message => "message",
+        AuthMethod::Resume => "resume",
     }
 }
 

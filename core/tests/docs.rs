@@ -3,8 +3,8 @@
 
 use std::path::PathBuf;
 
-use wsauth_core::error::error_table_markdown;
 use wsauth_core::ErrorCode;
+use wsauth_core::error::error_table_markdown;
 
 fn docs_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs")
@@ -56,7 +56,10 @@ fn every_code_has_one_row_and_fatal_codes_have_a_retry_hint() {
         assert_eq!(spec.fatal, spec.retry.is_some(), "{code}: retry iff fatal");
         assert_eq!(ErrorCode::from_name(spec.name), Some(*code));
         if !spec.fatal {
-            assert!(spec.close.is_none(), "{code}: a non-fatal error is never followed by a close");
+            assert!(
+                spec.close.is_none(),
+                "{code}: a non-fatal error is never followed by a close"
+            );
         }
     }
 }

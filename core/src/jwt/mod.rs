@@ -5,8 +5,14 @@
 //! claims are parsed and checked here, because the crate on its own leaves several
 //! of the protocol's checks off (see `docs/jwt.md`).
 
+mod b64;
 mod claims;
 mod error;
+mod json;
+mod keys;
+mod verify;
 
 pub use claims::Claims;
 pub use error::TokenError;
+pub use keys::{KeyError, KeySet};
+pub use verify::{Verifier, VerifierConfig, b64url, sign, sign_hs256};

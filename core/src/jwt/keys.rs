@@ -1,0 +1,244 @@
+use std::fmt;
+
+use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, JwkSet, KeyAlgorithm, PublicKeyUse};
+use jsonwebtoken::{Algorithm, DecodingKey, DecodingKeyKind};
+
+/// Why a key could not be added to a [`KeySet`]. Never contains key material.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum KeyError {
+    /// An HMAC secret shorter than 32 bytes.
+    #[error("HMAC secret must be at least 32 bytes (got {0})")]
+    ShortSecret(usize),
+    /// The PEM could not be read as a public key.
+    #[error("not a usable public key PEM: {0}")]
+    BadPem(&'static str),
+    /// A private key was given where a public key is expected.
+    #[error("a private key was given where a public key is expected")]
+    PrivateKey,
+    /// A key type or curve this verifier does not support.
+    #[error("unsupported key type: {0}")]
+    Unsupported(&'static str),
+    /// The JWKS JSON is not a key set.
+    #[error("not a JWKS document: {0}")]
+    BadJwks(String),
+    /// Two keys with the same `kid`.
+    #[error("duplicate kid {0:?}")]
+    DuplicateKid(String),
+    /// A verifier needs at least one key.
+    #[error("no verification key configured")]
+    NoKeys,
+}
+
+/// One verification key, bound to the algorithms it may check.
+#[derive(Clone)]
+pub(crate) struct Key {
+    pub(crate) kid: Option<String>,
+    pub(crate) algorithms: Vec<Algorithm>,
+    pub(crate) key: DecodingKey,
+}
+
+const HMAC: [Algorithm; 3] = [Algorithm::HS256, Algorithm::HS384, Algorithm::HS512];
+const RSA: [Algorithm; 6] = [
+    Algorithm::RS256,
+    Algorithm::RS384,
+    Algorithm::RS512,
+    Algorithm::PS256,
+    Algorithm::PS384,
+    Algorithm::PS512,
+];
+
+/// The keys a [`super::Verifier`] may use. Each key is bound to its algorithm
+/// family, so an HMAC key never checks an asymmetric token or the reverse.
+#[derive(Clone, Default)]
+pub struct KeySet {
+    pub(crate) keys: Vec<Key>,
+}
+
+impl fmt::Debug for KeySet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut list = f.debug_list();
+        for k in &self.keys {
+            list.entry(&format_args!("{:?} {:?}", k.kid, k.algorithms));
+        }
+        list.finish()
+    }
+}
+
+impl KeySet {
+    /// An empty key set.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// How many keys.
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// Whether there is no key.
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    fn push(
+        &mut self,
+        kid: Option<&str>,
+        algorithms: Vec<Algorithm>,
+        key: DecodingKey,
+    ) -> Result<(), KeyError> {
+        if let Some(kid) = kid {
+            if self.keys.iter().any(|k| k.kid.as_deref() == Some(kid)) {
+                return Err(KeyError::DuplicateKid(kid.to_owned()));
+            }
+        }
+        self.keys.push(Key {
+            kid: kid.map(str::to_owned),
+            algorithms,
+            key,
+        });
+        Ok(())
+    }
+
+    /// Adds an HMAC secret (HS256, HS384, HS512). At least 32 bytes.
+    pub fn add_hmac_secret(&mut self, kid: Option<&str>, secret: &[u8]) -> Result<(), KeyError> {
+        if secret.len() < 32 {
+            return Err(KeyError::ShortSecret(secret.len()));
+        }
+        let key = DecodingKey::from_secret(secret).map_err(|_| KeyError::ShortSecret(0))?;
+        self.push(kid, HMAC.to_vec(), key)
+    }
+
+    /// Adds a PEM public key: RSA (`PUBLIC KEY` or `RSA PUBLIC KEY`; RS* and PS*),
+    /// EC P-256 (ES256), EC P-384 (ES384) or Ed25519 (EdDSA).
+    pub fn add_public_key_pem(&mut self, kid: Option<&str>, pem: &[u8]) -> Result<(), KeyError> {
+        let text = std::str::from_utf8(pem).map_err(|_| KeyError::BadPem("not text"))?;
+        if text.contains("PRIVATE KEY") {
+            return Err(KeyError::PrivateKey);
+        }
+        if !text.contains("-----BEGIN ") {
+            return Err(KeyError::BadPem("no PEM block"));
+        }
+        if let Ok(key) = DecodingKey::from_rsa_pem(pem) {
+            return self.push(kid, RSA.to_vec(), key);
+        }
+        if let Ok(key) = DecodingKey::from_ec_pem(pem) {
+            let alg = match key.kind() {
+                DecodingKeyKind::SecretOrDer(point) if point.len() == 65 => Algorithm::ES256,
+                DecodingKeyKind::SecretOrDer(point) if point.len() == 97 => Algorithm::ES384,
+                _ => return Err(KeyError::Unsupported("EC curve other than P-256 or P-384")),
+            };
+            return self.push(kid, vec![alg], key);
+        }
+        if let Ok(key) = DecodingKey::from_ed_pem(pem) {
+            return self.push(kid, vec![Algorithm::EdDSA], key);
+        }
+        Err(KeyError::BadPem("not an RSA, EC or Ed25519 public key"))
+    }
+
+    /// Adds every signing key of a JWKS document; returns how many. A key's `alg`,
+    /// when present, narrows it to that algorithm; `use: enc` keys are skipped.
+    pub fn add_jwks_json(&mut self, json: &str) -> Result<usize, KeyError> {
+        let set: JwkSet =
+            serde_json::from_str(json).map_err(|e| KeyError::BadJwks(e.classify_name()))?;
+        let mut added = 0;
+        for jwk in &set.keys {
+            if matches!(jwk.common.public_key_use, Some(PublicKeyUse::Encryption)) {
+                continue;
+            }
+            let kid = jwk.common.key_id.as_deref();
+            let (family, key): (Vec<Algorithm>, DecodingKey) = match &jwk.algorithm {
+                AlgorithmParameters::OctetKey(p) => {
+                    let secret = super::b64::decode(&p.value)
+                        .map_err(|_| KeyError::BadJwks("bad oct key".into()))?;
+                    if secret.len() < 32 {
+                        return Err(KeyError::ShortSecret(secret.len()));
+                    }
+                    let key =
+                        DecodingKey::from_secret(&secret).map_err(|_| KeyError::ShortSecret(0))?;
+                    (HMAC.to_vec(), key)
+                }
+                AlgorithmParameters::RSA(_) => (
+                    RSA.to_vec(),
+                    DecodingKey::from_jwk(jwk)
+                        .map_err(|_| KeyError::BadJwks("bad RSA key".into()))?,
+                ),
+                AlgorithmParameters::EllipticCurve(p) => {
+                    let alg = match p.curve {
+                        EllipticCurve::P256 => Algorithm::ES256,
+                        EllipticCurve::P384 => Algorithm::ES384,
+                        _ => {
+                            return Err(KeyError::Unsupported(
+                                "EC curve other than P-256 or P-384",
+                            ));
+                        }
+                    };
+                    (
+                        vec![alg],
+                        DecodingKey::from_jwk(jwk)
+                            .map_err(|_| KeyError::BadJwks("bad EC key".into()))?,
+                    )
+                }
+                AlgorithmParameters::OctetKeyPair(p) => {
+                    if p.curve != EllipticCurve::Ed25519 {
+                        return Err(KeyError::Unsupported("OKP curve other than Ed25519"));
+                    }
+                    (
+                        vec![Algorithm::EdDSA],
+                        DecodingKey::from_jwk(jwk)
+                            .map_err(|_| KeyError::BadJwks("bad OKP key".into()))?,
+                    )
+                }
+                _ => return Err(KeyError::Unsupported("unknown JWK key type")),
+            };
+            let algorithms = match jwk.common.key_algorithm {
+                None => family,
+                Some(ka) => {
+                    let alg = key_algorithm(ka).ok_or(KeyError::Unsupported("JWK alg"))?;
+                    if !family.contains(&alg) {
+                        return Err(KeyError::BadJwks(
+                            "JWK alg does not fit its key type".into(),
+                        ));
+                    }
+                    vec![alg]
+                }
+            };
+            self.push(kid, algorithms, key)?;
+            added += 1;
+        }
+        Ok(added)
+    }
+}
+
+fn key_algorithm(ka: KeyAlgorithm) -> Option<Algorithm> {
+    Some(match ka {
+        KeyAlgorithm::HS256 => Algorithm::HS256,
+        KeyAlgorithm::HS384 => Algorithm::HS384,
+        KeyAlgorithm::HS512 => Algorithm::HS512,
+        KeyAlgorithm::RS256 => Algorithm::RS256,
+        KeyAlgorithm::RS384 => Algorithm::RS384,
+        KeyAlgorithm::RS512 => Algorithm::RS512,
+        KeyAlgorithm::PS256 => Algorithm::PS256,
+        KeyAlgorithm::PS384 => Algorithm::PS384,
+        KeyAlgorithm::PS512 => Algorithm::PS512,
+        KeyAlgorithm::ES256 => Algorithm::ES256,
+        KeyAlgorithm::ES384 => Algorithm::ES384,
+        KeyAlgorithm::EdDSA => Algorithm::EdDSA,
+        _ => return None,
+    })
+}
+
+trait ClassifyName {
+    fn classify_name(&self) -> String;
+}
+
+impl ClassifyName for serde_json::Error {
+    fn classify_name(&self) -> String {
+        match self.classify() {
+            serde_json::error::Category::Syntax | serde_json::error::Category::Eof => {
+                "not valid JSON".into()
+            }
+            _ => "missing or mistyped members".into(),
+        }
+    }
+}

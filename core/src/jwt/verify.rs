@@ -1,0 +1,342 @@
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde_json::{Map, Value};
+
+use super::b64;
+use super::json::{ObjectError, UniqueObject};
+use super::keys::{Key, KeyError, KeySet};
+use super::{Claims, TokenError};
+
+/// What the verifier checks beyond the signature.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VerifierConfig {
+    /// When set, `iss` is required and must equal it.
+    pub issuer: Option<String>,
+    /// When not empty, `aud` is required and must contain one of these.
+    pub audience: Vec<String>,
+    /// Clock leeway for `exp`, `nbf` and `iat`, in seconds [30].
+    pub leeway_s: u64,
+    /// Largest token accepted, checked before any decoding [8192].
+    pub max_token_bytes: usize,
+    /// Algorithms accepted at all; `None`: every supported one.
+    pub algorithms: Option<Vec<Algorithm>>,
+}
+
+impl Default for VerifierConfig {
+    fn default() -> Self {
+        VerifierConfig {
+            issuer: None,
+            audience: Vec::new(),
+            leeway_s: 30,
+            max_token_bytes: 8192,
+            algorithms: None,
+        }
+    }
+}
+
+/// Checks tokens against a [`KeySet`] and a [`VerifierConfig`] (PROTOCOL §2).
+#[derive(Clone, Debug)]
+pub struct Verifier {
+    keys: KeySet,
+    config: VerifierConfig,
+}
+
+/// Latest `exp`/`nbf`/`iat` accepted: 9999-12-31T23:59:59Z.
+const MAX_NUMERIC_DATE_S: f64 = 253_402_300_799.0;
+
+const SUPPORTED: [Algorithm; 12] = [
+    Algorithm::HS256,
+    Algorithm::HS384,
+    Algorithm::HS512,
+    Algorithm::RS256,
+    Algorithm::RS384,
+    Algorithm::RS512,
+    Algorithm::PS256,
+    Algorithm::PS384,
+    Algorithm::PS512,
+    Algorithm::ES256,
+    Algorithm::ES384,
+    Algorithm::EdDSA,
+];
+
+impl Verifier {
+    /// A verifier; at least one key is needed.
+    pub fn new(keys: KeySet, config: VerifierConfig) -> Result<Self, KeyError> {
+        if keys.is_empty() {
+            return Err(KeyError::NoKeys);
+        }
+        Ok(Verifier { keys, config })
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &VerifierConfig {
+        &self.config
+    }
+
+    /// Verifies `token` at `now_ms` (Unix ms): framing, header, key, signature, then
+    /// claims and times. Each failure is one [`TokenError`], hence one protocol code.
+    pub fn verify(&self, token: &str, now_ms: u64) -> Result<Claims, TokenError> {
+        let payload = self.verify_signature(token)?;
+        let claims = match UniqueObject::parse(&payload) {
+            Ok(map) => map,
+            Err(ObjectError::Duplicate) => return Err(TokenError::DuplicateName),
+            Err(ObjectError::NotAnObject) => {
+                return Err(TokenError::Malformed("claims are not a JSON object"));
+            }
+        };
+        self.check_claims(claims, now_ms)
+    }
+
+    /// The signature layer alone: size, framing, header checks, key selection and
+    /// signature. Returns the decoded payload.
+    pub fn verify_signature(&self, token: &str) -> Result<Vec<u8>, TokenError> {
+        if token.len() > self.config.max_token_bytes {
+            return Err(TokenError::TooLarge {
+                max: self.config.max_token_bytes,
+            });
+        }
+        let mut parts = token.split('.');
+        let (Some(header_b64), Some(payload_b64), Some(signature_b64)) =
+            (parts.next(), parts.next(), parts.next())
+        else {
+            return Err(TokenError::Malformed("expected three dot-separated parts"));
+        };
+        match parts.count() {
+            0 => {}
+            2 => return Err(TokenError::EncryptedOrNested),
+            _ => return Err(TokenError::Malformed("expected three dot-separated parts")),
+        }
+        let header_bytes = b64::decode(header_b64)
+            .map_err(|_| TokenError::Malformed("header is not base64url"))?;
+        let header = match UniqueObject::parse(&header_bytes) {
+            Ok(map) => map,
+            Err(ObjectError::Duplicate) => return Err(TokenError::DuplicateName),
+            Err(ObjectError::NotAnObject) => {
+                return Err(TokenError::Malformed("header is not a JSON object"));
+            }
+        };
+        let alg = self.check_header(&header)?;
+        let kid = match header.get("kid") {
+            None => None,
+            Some(Value::String(k)) => Some(k.as_str()),
+            Some(_) => return Err(TokenError::Malformed("kid is not a string")),
+        };
+        let payload = b64::decode(payload_b64)
+            .map_err(|_| TokenError::Malformed("payload is not base64url"))?;
+        let signature = b64::decode(signature_b64)
+            .map_err(|_| TokenError::Malformed("signature is not base64url"))?;
+        if signature.is_empty() {
+            return Err(TokenError::BadSignature);
+        }
+        let message = &token.as_bytes()[..header_b64.len() + 1 + payload_b64.len()];
+        let candidates = self.candidates(kid, alg)?;
+        let provider = jsonwebtoken::crypto::CryptoProvider::try_get_default()
+            .ok_or(TokenError::AlgorithmNotAllowed)?;
+        for key in candidates {
+            let Ok(verifier) = (provider.verifier_factory)(&alg, &key.key) else {
+                continue;
+            };
+            if jsonwebtoken::signature::Verifier::verify(verifier.as_ref(), message, &signature)
+                .is_ok()
+            {
+                return Ok(payload);
+            }
+        }
+        Err(TokenError::BadSignature)
+    }
+
+    fn check_header(&self, header: &Map<String, Value>) -> Result<Algorithm, TokenError> {
+        let Some(Value::String(alg)) = header.get("alg") else {
+            return Err(TokenError::Malformed("header lacks a string alg"));
+        };
+        if header.contains_key("crit") {
+            return Err(TokenError::CriticalHeader);
+        }
+        if let Some(cty) = header.get("cty") {
+            if cty.as_str().is_some_and(|c| c.eq_ignore_ascii_case("JWT")) {
+                return Err(TokenError::EncryptedOrNested);
+            }
+        }
+        if header.contains_key("enc") {
+            return Err(TokenError::EncryptedOrNested);
+        }
+        if let Some(typ) = header.get("typ") {
+            let ok = typ.as_str().is_some_and(|t| {
+                t.eq_ignore_ascii_case("JWT")
+                    || t.eq_ignore_ascii_case("at+jwt")
+                    || t.eq_ignore_ascii_case("application/at+jwt")
+            });
+            if !ok {
+                return Err(TokenError::BadType);
+            }
+        }
+        let alg: Algorithm = alg.parse().map_err(|_| TokenError::AlgorithmNotAllowed)?;
+        if !SUPPORTED.contains(&alg) {
+            return Err(TokenError::AlgorithmNotAllowed);
+        }
+        if let Some(allowed) = &self.config.algorithms {
+            if !allowed.contains(&alg) {
+                return Err(TokenError::AlgorithmNotAllowed);
+            }
+        }
+        Ok(alg)
+    }
+
+    fn candidates(&self, kid: Option<&str>, alg: Algorithm) -> Result<Vec<&Key>, TokenError> {
+        match kid {
+            Some(kid) => {
+                let key = self
+                    .keys
+                    .keys
+                    .iter()
+                    .find(|k| k.kid.as_deref() == Some(kid))
+                    .ok_or(TokenError::UnknownKid)?;
+                if key.algorithms.contains(&alg) {
+                    Ok(vec![key])
+                } else {
+                    Err(TokenError::NoMatchingKey)
+                }
+            }
+            None => {
+                let keys: Vec<&Key> = self
+                    .keys
+                    .keys
+                    .iter()
+                    .filter(|k| k.algorithms.contains(&alg))
+                    .collect();
+                if keys.is_empty() {
+                    Err(TokenError::NoMatchingKey)
+                } else {
+                    Ok(keys)
+                }
+            }
+        }
+    }
+
+    fn check_claims(&self, mut map: Map<String, Value>, now_ms: u64) -> Result<Claims, TokenError> {
+        let exp_ms =
+            numeric_date(map.remove("exp"), "exp")?.ok_or(TokenError::MissingClaim("exp"))?;
+        let sub = match map.remove("sub") {
+            None => return Err(TokenError::MissingClaim("sub")),
+            Some(Value::String(s)) if !s.is_empty() => s,
+            Some(_) => return Err(TokenError::WrongClaimType("sub")),
+        };
+        let nbf_ms = numeric_date(map.remove("nbf"), "nbf")?;
+        let iat_ms = numeric_date(map.remove("iat"), "iat")?;
+        let jti = optional_string(map.remove("jti"), "jti")?;
+        let iss = optional_string(map.remove("iss"), "iss")?;
+        let aud = match map.remove("aud") {
+            None => Vec::new(),
+            Some(Value::String(a)) => vec![a],
+            Some(Value::Array(list)) => list
+                .into_iter()
+                .map(|v| match v {
+                    Value::String(s) => Ok(s),
+                    _ => Err(TokenError::WrongClaimType("aud")),
+                })
+                .collect::<Result<_, _>>()?,
+            Some(_) => return Err(TokenError::WrongClaimType("aud")),
+        };
+        let channels = match map.remove("channels") {
+            None => None,
+            Some(Value::Array(list)) => Some(
+                list.into_iter()
+                    .map(|v| match v {
+                        Value::String(s) => Ok(s),
+                        _ => Err(TokenError::WrongClaimType("channels")),
+                    })
+                    .collect::<Result<Vec<_>, _>>()?,
+            ),
+            Some(_) => return Err(TokenError::WrongClaimType("channels")),
+        };
+        if let Some(expected) = &self.config.issuer {
+            match &iss {
+                None => return Err(TokenError::MissingClaim("iss")),
+                Some(i) if i != expected => return Err(TokenError::WrongIssuer),
+                Some(_) => {}
+            }
+        }
+        if !self.config.audience.is_empty() {
+            if aud.is_empty() {
+                return Err(TokenError::MissingClaim("aud"));
+            }
+            if !aud.iter().any(|a| self.config.audience.contains(a)) {
+                return Err(TokenError::WrongAudience);
+            }
+        }
+        let leeway_ms = self.config.leeway_s.saturating_mul(1000);
+        if now_ms >= exp_ms.saturating_add(leeway_ms) {
+            return Err(TokenError::Expired);
+        }
+        if nbf_ms.is_some_and(|nbf| nbf > now_ms.saturating_add(leeway_ms)) {
+            return Err(TokenError::NotYetValid);
+        }
+        if iat_ms.is_some_and(|iat| iat > now_ms.saturating_add(leeway_ms)) {
+            return Err(TokenError::IssuedInFuture);
+        }
+        Ok(Claims {
+            sub,
+            exp_ms,
+            nbf_ms,
+            iat_ms,
+            jti,
+            iss,
+            aud,
+            channels,
+            extra: map,
+        })
+    }
+}
+
+/// A NumericDate in ms: a JSON number of seconds (fractions kept to the ms);
+/// negative values count as 0, values past year 9999 are refused.
+fn numeric_date(value: Option<Value>, name: &'static str) -> Result<Option<u64>, TokenError> {
+    let Some(value) = value else {
+        return Ok(None);
+    };
+    let Value::Number(n) = value else {
+        return Err(TokenError::WrongClaimType(name));
+    };
+    let seconds = n.as_f64().ok_or(TokenError::WrongClaimType(name))?;
+    if !seconds.is_finite() || seconds > MAX_NUMERIC_DATE_S {
+        return Err(TokenError::WrongClaimType(name));
+    }
+    if let Some(whole) = n.as_u64() {
+        return Ok(Some(whole * 1000));
+    }
+    Ok(Some((seconds.max(0.0) * 1000.0) as u64))
+}
+
+fn optional_string(value: Option<Value>, name: &'static str) -> Result<Option<String>, TokenError> {
+    match value {
+        None => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(_) => Err(TokenError::WrongClaimType(name)),
+    }
+}
+
+/// Signs `claims` with an HS256 secret (tests, benches, the `token` command).
+/// Returns an empty string for an empty secret, which no configuration allows.
+pub fn sign_hs256(secret: &[u8], claims: &Value) -> String {
+    match EncodingKey::from_secret(secret) {
+        Ok(key) => sign(&key, Algorithm::HS256, None, claims).unwrap_or_default(),
+        Err(_) => String::new(),
+    }
+}
+
+/// Signs `claims` with any key and algorithm, with an optional `kid`.
+pub fn sign(
+    key: &EncodingKey,
+    alg: Algorithm,
+    kid: Option<&str>,
+    claims: &Value,
+) -> Result<String, KeyError> {
+    let mut header = Header::new(alg);
+    header.kid = kid.map(str::to_owned);
+    jsonwebtoken::encode(&header, claims, key)
+        .map_err(|_| KeyError::Unsupported("key does not fit the algorithm"))
+}
+
+/// Base64url of bytes, for hand-made tokens in tests.
+pub fn b64url(bytes: &[u8]) -> String {
+    b64::encode(bytes)
+}
