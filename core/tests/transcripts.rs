@@ -873,8 +873,7 @@ spec!(
         );
         w.open("A");
         auth(&mut w, "A", 1, &t);
-        let mut id = 2;
-        for channel in [
+        for (id, channel) in (2..).zip([
             "dm:carol*:dave",
             "dm:carol*:",
             "dm:carolX:dave",
@@ -883,12 +882,11 @@ spec!(
             "x*y",
             "xay",
             "user:carol*",
-        ] {
+        ]) {
             w.send(
                 "A",
                 &format!(r#"{{"type":"join","id":{id},"channel":"{channel}"}}"#),
             );
-            id += 1;
         }
     }
 );

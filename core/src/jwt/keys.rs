@@ -1,6 +1,8 @@
 use std::fmt;
 
-use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, JwkSet, KeyAlgorithm, PublicKeyUse};
+use jsonwebtoken::jwk::{
+    AlgorithmParameters, EllipticCurve, JwkSet, KeyAlgorithm, KeyOperations, PublicKeyUse,
+};
 use jsonwebtoken::{Algorithm, DecodingKey, DecodingKeyKind};
 
 /// Why a key could not be added to a [`KeySet`]. Never contains key material.
@@ -87,10 +89,10 @@ impl KeySet {
         algorithms: Vec<Algorithm>,
         key: DecodingKey,
     ) -> Result<(), KeyError> {
-        if let Some(kid) = kid {
-            if self.keys.iter().any(|k| k.kid.as_deref() == Some(kid)) {
-                return Err(KeyError::DuplicateKid(kid.to_owned()));
-            }
+        if let Some(kid) = kid
+            && self.keys.iter().any(|k| k.kid.as_deref() == Some(kid))
+        {
+            return Err(KeyError::DuplicateKid(kid.to_owned()));
         }
         self.keys.push(Key {
             kid: kid.map(str::to_owned),
@@ -144,6 +146,11 @@ impl KeySet {
         let mut added = 0;
         for jwk in &set.keys {
             if matches!(jwk.common.public_key_use, Some(PublicKeyUse::Encryption)) {
+                continue;
+            }
+            if let Some(ops) = &jwk.common.key_operations
+                && !ops.iter().any(|op| matches!(op, KeyOperations::Verify))
+            {
                 continue;
             }
             let kid = jwk.common.key_id.as_deref();

@@ -151,10 +151,10 @@ impl Verifier {
         if header.contains_key("crit") {
             return Err(TokenError::CriticalHeader);
         }
-        if let Some(cty) = header.get("cty") {
-            if cty.as_str().is_some_and(|c| c.eq_ignore_ascii_case("JWT")) {
-                return Err(TokenError::EncryptedOrNested);
-            }
+        if let Some(cty) = header.get("cty")
+            && cty.as_str().is_some_and(|c| c.eq_ignore_ascii_case("JWT"))
+        {
+            return Err(TokenError::EncryptedOrNested);
         }
         if header.contains_key("enc") {
             return Err(TokenError::EncryptedOrNested);
@@ -173,10 +173,10 @@ impl Verifier {
         if !SUPPORTED.contains(&alg) {
             return Err(TokenError::AlgorithmNotAllowed);
         }
-        if let Some(allowed) = &self.config.algorithms {
-            if !allowed.contains(&alg) {
-                return Err(TokenError::AlgorithmNotAllowed);
-            }
+        if let Some(allowed) = &self.config.algorithms
+            && !allowed.contains(&alg)
+        {
+            return Err(TokenError::AlgorithmNotAllowed);
         }
         Ok(alg)
     }
