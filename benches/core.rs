@@ -67,5 +67,68 @@ fn auth_pass(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, decode, auth_pass);
+fn key_file(name: &str) -> Vec<u8> {
+    std::fs::read(format!(
+        "{}/core/testdata/keys/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .expect("test key")
+}
+
+/// Token verification per algorithm, with a typical 6-claim payload.
+fn verify(c: &mut Criterion) {
+    use jsonwebtoken::{Algorithm, EncodingKey};
+    use wsauth::jwt::{KeySet, Verifier, VerifierConfig, sign};
+    let secret = b"bench-secret-of-at-least-32-bytes-long";
+    let claims = serde_json::json!({
+        "sub": "alice", "exp": NOW / 1000 + 3600, "iat": NOW / 1000, "jti": "0f8a7c31",
+        "iss": "https://idp.example", "channels": ["general", "team:*", "user:{sub}"]
+    });
+    let cases: [(&str, Algorithm, EncodingKey, Box<dyn Fn(&mut KeySet)>); 4] = [
+        (
+            "HS256",
+            Algorithm::HS256,
+            EncodingKey::from_secret(secret).expect("hs"),
+            Box::new(|k: &mut KeySet| k.add_hmac_secret(None, secret).expect("hs")),
+        ),
+        (
+            "RS256",
+            Algorithm::RS256,
+            EncodingKey::from_rsa_pem(&key_file("rsa.key")).expect("rsa"),
+            Box::new(|k: &mut KeySet| {
+                k.add_public_key_pem(None, &key_file("rsa.pub.pem"))
+                    .expect("rsa")
+            }),
+        ),
+        (
+            "ES256",
+            Algorithm::ES256,
+            EncodingKey::from_ec_pem(&key_file("p256.key")).expect("ec"),
+            Box::new(|k: &mut KeySet| {
+                k.add_public_key_pem(None, &key_file("p256.pub.pem"))
+                    .expect("ec")
+            }),
+        ),
+        (
+            "EdDSA",
+            Algorithm::EdDSA,
+            EncodingKey::from_ed_pem(&key_file("ed25519.key")).expect("ed"),
+            Box::new(|k: &mut KeySet| {
+                k.add_public_key_pem(None, &key_file("ed25519.pub.pem"))
+                    .expect("ed")
+            }),
+        ),
+    ];
+    for (name, alg, key, add) in cases {
+        let mut keys = KeySet::new();
+        add(&mut keys);
+        let verifier = Verifier::new(keys, VerifierConfig::default()).expect("verifier");
+        let token = sign(&key, alg, None, &claims).expect("sign");
+        c.bench_function(&format!("verify/{name}"), |b| {
+            b.iter(|| verifier.verify(black_box(&token), NOW).expect("valid"))
+        });
+    }
+}
+
+criterion_group!(benches, decode, auth_pass, verify);
 criterion_main!(benches);

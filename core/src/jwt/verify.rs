@@ -1,8 +1,8 @@
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use super::b64;
-use super::json::{ObjectError, UniqueObject};
+use super::json::{Header as RawHeader, ObjectError, RawClaims};
 use super::keys::{Key, KeyError, KeySet};
 use super::{Claims, TokenError};
 
@@ -76,8 +76,8 @@ impl Verifier {
     /// claims and times. Each failure is one [`TokenError`], hence one protocol code.
     pub fn verify(&self, token: &str, now_ms: u64) -> Result<Claims, TokenError> {
         let payload = self.verify_signature(token)?;
-        let claims = match UniqueObject::parse(&payload) {
-            Ok(map) => map,
+        let claims = match RawClaims::parse(&payload) {
+            Ok(claims) => claims,
             Err(ObjectError::Duplicate) => return Err(TokenError::DuplicateName),
             Err(ObjectError::NotAnObject) => {
                 return Err(TokenError::Malformed("claims are not a JSON object"));
@@ -107,15 +107,15 @@ impl Verifier {
         }
         let header_bytes = b64::decode(header_b64)
             .map_err(|_| TokenError::Malformed("header is not base64url"))?;
-        let header = match UniqueObject::parse(&header_bytes) {
-            Ok(map) => map,
+        let header = match RawHeader::parse(&header_bytes) {
+            Ok(header) => header,
             Err(ObjectError::Duplicate) => return Err(TokenError::DuplicateName),
             Err(ObjectError::NotAnObject) => {
                 return Err(TokenError::Malformed("header is not a JSON object"));
             }
         };
         let alg = self.check_header(&header)?;
-        let kid = match header.get("kid") {
+        let kid = match &header.kid {
             None => None,
             Some(Value::String(k)) => Some(k.as_str()),
             Some(_) => return Err(TokenError::Malformed("kid is not a string")),
@@ -144,22 +144,22 @@ impl Verifier {
         Err(TokenError::BadSignature)
     }
 
-    fn check_header(&self, header: &Map<String, Value>) -> Result<Algorithm, TokenError> {
-        let Some(Value::String(alg)) = header.get("alg") else {
+    fn check_header(&self, header: &RawHeader) -> Result<Algorithm, TokenError> {
+        let Some(Value::String(alg)) = &header.alg else {
             return Err(TokenError::Malformed("header lacks a string alg"));
         };
-        if header.contains_key("crit") {
+        if header.crit {
             return Err(TokenError::CriticalHeader);
         }
-        if let Some(cty) = header.get("cty")
-            && cty.as_str().is_some_and(|c| c.eq_ignore_ascii_case("JWT"))
-        {
+        let nested = header
+            .cty
+            .as_ref()
+            .and_then(Value::as_str)
+            .is_some_and(|c| c.eq_ignore_ascii_case("JWT"));
+        if nested || header.enc {
             return Err(TokenError::EncryptedOrNested);
         }
-        if header.contains_key("enc") {
-            return Err(TokenError::EncryptedOrNested);
-        }
-        if let Some(typ) = header.get("typ") {
+        if let Some(typ) = &header.typ {
             let ok = typ.as_str().is_some_and(|t| {
                 t.eq_ignore_ascii_case("JWT")
                     || t.eq_ignore_ascii_case("at+jwt")
@@ -212,19 +212,18 @@ impl Verifier {
         }
     }
 
-    fn check_claims(&self, mut map: Map<String, Value>, now_ms: u64) -> Result<Claims, TokenError> {
-        let exp_ms =
-            numeric_date(map.remove("exp"), "exp")?.ok_or(TokenError::MissingClaim("exp"))?;
-        let sub = match map.remove("sub") {
+    fn check_claims(&self, raw: RawClaims, now_ms: u64) -> Result<Claims, TokenError> {
+        let exp_ms = numeric_date(raw.exp, "exp")?.ok_or(TokenError::MissingClaim("exp"))?;
+        let sub = match raw.sub {
             None => return Err(TokenError::MissingClaim("sub")),
             Some(Value::String(s)) if !s.is_empty() => s,
             Some(_) => return Err(TokenError::WrongClaimType("sub")),
         };
-        let nbf_ms = numeric_date(map.remove("nbf"), "nbf")?;
-        let iat_ms = numeric_date(map.remove("iat"), "iat")?;
-        let jti = optional_string(map.remove("jti"), "jti")?;
-        let iss = optional_string(map.remove("iss"), "iss")?;
-        let aud = match map.remove("aud") {
+        let nbf_ms = numeric_date(raw.nbf, "nbf")?;
+        let iat_ms = numeric_date(raw.iat, "iat")?;
+        let jti = optional_string(raw.jti, "jti")?;
+        let iss = optional_string(raw.iss, "iss")?;
+        let aud = match raw.aud {
             None => Vec::new(),
             Some(Value::String(a)) => vec![a],
             Some(Value::Array(list)) => list
@@ -236,7 +235,7 @@ impl Verifier {
                 .collect::<Result<_, _>>()?,
             Some(_) => return Err(TokenError::WrongClaimType("aud")),
         };
-        let channels = match map.remove("channels") {
+        let channels = match raw.channels {
             None => None,
             Some(Value::Array(list)) => Some(
                 list.into_iter()
@@ -282,7 +281,7 @@ impl Verifier {
             iss,
             aud,
             channels,
-            extra: map,
+            extra: raw.rest,
         })
     }
 }
