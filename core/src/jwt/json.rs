@@ -54,7 +54,7 @@ impl<'de> Visitor<'de> for Seed<'_, '_> {
     fn visit_map<A: MapAccess<'de>>(mut self, mut access: A) -> Result<(), A::Error> {
         let mut seen: Vec<Cow<'de, str>> = Vec::with_capacity(8);
         while let Some(key) = access.next_key::<Cow<'de, str>>()? {
-            if seen.iter().any(|s| *s == key) {
+            if seen.contains(&key) {
                 return Err(serde::de::Error::custom(DUPLICATE));
             }
             match self.known.iter().position(|k| *k == key) {
