@@ -84,46 +84,27 @@ fn verify(c: &mut Criterion) {
         "sub": "alice", "exp": NOW / 1000 + 3600, "iat": NOW / 1000, "jti": "0f8a7c31",
         "iss": "https://idp.example", "channels": ["general", "team:*", "user:{sub}"]
     });
-    let cases: [(&str, Algorithm, EncodingKey, Box<dyn Fn(&mut KeySet)>); 4] = [
-        (
-            "HS256",
-            Algorithm::HS256,
-            EncodingKey::from_secret(secret).expect("hs"),
-            Box::new(|k: &mut KeySet| k.add_hmac_secret(None, secret).expect("hs")),
-        ),
-        (
-            "RS256",
-            Algorithm::RS256,
-            EncodingKey::from_rsa_pem(&key_file("rsa.key")).expect("rsa"),
-            Box::new(|k: &mut KeySet| {
-                k.add_public_key_pem(None, &key_file("rsa.pub.pem"))
-                    .expect("rsa")
-            }),
-        ),
-        (
-            "ES256",
-            Algorithm::ES256,
-            EncodingKey::from_ec_pem(&key_file("p256.key")).expect("ec"),
-            Box::new(|k: &mut KeySet| {
-                k.add_public_key_pem(None, &key_file("p256.pub.pem"))
-                    .expect("ec")
-            }),
-        ),
-        (
-            "EdDSA",
-            Algorithm::EdDSA,
-            EncodingKey::from_ed_pem(&key_file("ed25519.key")).expect("ed"),
-            Box::new(|k: &mut KeySet| {
-                k.add_public_key_pem(None, &key_file("ed25519.pub.pem"))
-                    .expect("ed")
-            }),
-        ),
+    let hs = EncodingKey::from_secret(secret).expect("hs");
+    let rsa = EncodingKey::from_rsa_pem(&key_file("rsa.key")).expect("rsa");
+    let ec = EncodingKey::from_ec_pem(&key_file("p256.key")).expect("ec");
+    let ed = EncodingKey::from_ed_pem(&key_file("ed25519.key")).expect("ed");
+    // (name, algorithm, signing key, public key file; None: the HMAC secret)
+    let cases = [
+        ("HS256", Algorithm::HS256, &hs, None),
+        ("RS256", Algorithm::RS256, &rsa, Some("rsa.pub.pem")),
+        ("ES256", Algorithm::ES256, &ec, Some("p256.pub.pem")),
+        ("EdDSA", Algorithm::EdDSA, &ed, Some("ed25519.pub.pem")),
     ];
-    for (name, alg, key, add) in cases {
+    for (name, alg, key, public) in cases {
         let mut keys = KeySet::new();
-        add(&mut keys);
+        match public {
+            None => keys.add_hmac_secret(None, secret).expect("hs"),
+            Some(file) => keys
+                .add_public_key_pem(None, &key_file(file))
+                .expect("public key"),
+        }
         let verifier = Verifier::new(keys, VerifierConfig::default()).expect("verifier");
-        let token = sign(&key, alg, None, &claims).expect("sign");
+        let token = sign(key, alg, None, &claims).expect("sign");
         c.bench_function(&format!("verify/{name}"), |b| {
             b.iter(|| verifier.verify(black_box(&token), NOW).expect("valid"))
         });
