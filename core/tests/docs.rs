@@ -66,14 +66,27 @@ fn every_code_has_one_row_and_fatal_codes_have_a_retry_hint() {
 
 #[test]
 fn specification_lists_every_transcript() {
-    let spec = std::fs::read_to_string(docs_dir().join("specification.md")).expect("docs/specification.md");
+    let spec = std::fs::read_to_string(docs_dir().join("specification.md"))
+        .expect("docs/specification.md");
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/spec");
     let mut count = 0;
     for entry in std::fs::read_dir(dir).expect("tests/spec") {
-        let name = entry.expect("entry").file_name().into_string().expect("utf8");
-        let Some(stem) = name.strip_suffix(".snap") else { continue };
+        let name = entry
+            .expect("entry")
+            .file_name()
+            .into_string()
+            .expect("utf8");
+        let Some(stem) = name.strip_suffix(".snap") else {
+            continue;
+        };
         count += 1;
-        assert!(spec.contains(&format!("`{stem}`")), "docs/specification.md does not list {stem}");
+        assert!(
+            spec.contains(&format!("`{stem}`")),
+            "docs/specification.md does not list {stem}"
+        );
     }
-    assert!(count >= 30, "the specification has {count} transcripts, fewer than 30");
+    assert!(
+        count >= 30,
+        "the specification has {count} transcripts, fewer than 30"
+    );
 }
