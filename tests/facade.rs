@@ -8,8 +8,15 @@ use wsauth::{Connection, ErrorCode, Frame, Output, ServerMessage, SessionConfig}
 #[test]
 fn the_facade_drives_a_connection_to_its_auth_timeout() {
     let mut conn = Connection::new(Arc::new(SessionConfig::default()), 1_000);
-    assert_eq!(conn.poll_timeout(), Some(6_000), "the auth deadline is armed");
-    conn.handle_frame(2_000, Frame::Text(r#"{"type":"join","id":1,"channel":"x"}"#));
+    assert_eq!(
+        conn.poll_timeout(),
+        Some(6_000),
+        "the auth deadline is armed"
+    );
+    conn.handle_frame(
+        2_000,
+        Frame::Text(r#"{"type":"join","id":1,"channel":"x"}"#),
+    );
     let outputs: Vec<Output> = std::iter::from_fn(|| conn.poll_output()).collect();
     let error = outputs.iter().find_map(|o| match o {
         Output::Send(ServerMessage::Error { code, id, .. }) => Some((*code, *id)),

@@ -1238,12 +1238,15 @@ impl Connection {
                 }));
         }
         let joined: BTreeSet<String> = kept.iter().cloned().collect();
+        // The gap is judged on everything still buffered, before dropping the messages
+        // of channels that are no longer allowed.
+        let oldest_missed = buffered.iter().map(|d| d.seq).find(|seq| *seq > last_seq);
+        let gap =
+            last_assigned > last_seq && oldest_missed.is_none_or(|first| first > last_seq + 1);
         let replay: Vec<Delivery> = buffered
             .into_iter()
             .filter(|d| d.seq > last_seq && joined.contains(&d.channel))
             .collect();
-        let first_kept = replay.first().map(|d| d.seq);
-        let gap = last_assigned > last_seq && first_kept.is_none_or(|first| first > last_seq + 1);
         let replayed = replay.len() as u64;
         let expires_at = claims.exp_ms;
         self.timers.stop(Timer::Auth);
@@ -1253,7 +1256,9 @@ impl Connection {
             authorized_at_ms,
             expiring_sent_for: expiring_sent.then_some(expires_at),
             joined,
-            last_seq: last_assigned.max(last_seq),
+            // What the store assigned, not what the client claims: a `last_seq` beyond
+            // it must not make later live messages look like duplicates.
+            last_seq: last_assigned,
         }));
         self.send(ServerMessage::Resumed {
             id,

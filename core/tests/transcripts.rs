@@ -635,6 +635,23 @@ spec!(
 );
 
 spec!(
+    resume_with_a_last_seq_beyond_what_was_sent,
+    "A `last_seq` larger than anything the session received replays nothing (gap false) and does not hold back later messages.",
+    |w| {
+        alice_live(&mut w, "A");
+        w.send("A", r#"{"type":"join","id":2,"channel":"general"}"#);
+        w.publish_external("general", "bob", r#"{"n":1}"#);
+        w.peer_close("A", PeerClose::Lost);
+        w.open("B");
+        w.send(
+            "B",
+            r#"{"type":"resume","id":1,"session_id":"s_1","resume_token":"r_2","last_seq":50}"#,
+        );
+        w.publish_external("general", "bob", r#"{"n":2}"#);
+    }
+);
+
+spec!(
     error_session_not_found_token_reuse,
     "SESSION_NOT_FOUND: a resume token is single-use; the second use fails, fatal, close 4401.",
     |w| {

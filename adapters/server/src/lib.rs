@@ -1,0 +1,18 @@
+//! `wsauth-server`: the tokio-tungstenite adapter that runs the wsauth protocol
+//! from real sockets. It holds no protocol decision of its own: it moves bytes,
+//! owns timers and sockets, and answers the core's requests (verifier, store).
+
+pub mod admin;
+pub mod config;
+pub mod conn;
+pub mod dev;
+pub mod handshake;
+pub mod hub;
+pub mod limits;
+pub mod logging;
+pub mod metrics;
+pub mod outbound;
+pub mod server;
+pub mod tls;
+
+pub use server::{ServerHandle, StartError, start};

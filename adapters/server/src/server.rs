@@ -1,0 +1,365 @@
+//! Starting and stopping the server: listeners, TLS, the shared state every
+//! connection task uses, graceful shutdown.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+use wsauth_core::jwt::{KeySet, Verifier, VerifierConfig};
+use wsauth_core::upgrade::UpgradePolicy;
+use wsauth_core::{ErrorBody, ErrorCode, SessionConfig};
+use wsauth_store::{MemoryStore, Notify, Store, StoreSettings};
+
+use crate::config::{Config, StoreKind};
+use crate::hub::Hub;
+use crate::limits::IpLimiter;
+use crate::metrics::Metrics;
+
+/// What every connection task shares.
+pub struct Shared<S: Store> {
+    /// The configuration.
+    pub config: Arc<Config>,
+    /// The core's settings, derived from the configuration.
+    pub session_config: Arc<SessionConfig>,
+    /// The token verifier.
+    pub verifier: Verifier,
+    /// The session store.
+    pub store: Arc<S>,
+    /// Live sessions on this node.
+    pub hub: Arc<Hub>,
+    /// Origin, subprotocol and query-token policy.
+    pub upgrade_policy: UpgradePolicy,
+    /// Unauthenticated connections per IP.
+    pub ip_limiter: Arc<IpLimiter>,
+    /// Counters.
+    pub metrics: Arc<Metrics>,
+    /// Flips to `true` at shutdown.
+    pub shutdown: watch::Receiver<bool>,
+    /// tungstenite's limits.
+    pub ws_config: WebSocketConfig,
+    /// Longest wait on one store call.
+    pub store_timeout: Duration,
+}
+
+/// Why the server did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A key could not be loaded or the verifier refused its settings.
+    #[error("jwt: {0}")]
+    Keys(String),
+    /// A listener could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// TLS could not be set up.
+    #[error("tls: {0}")]
+    Tls(String),
+    /// The store could not be set up.
+    #[error("store: {0}")]
+    Store(String),
+}
+
+/// A running server.
+pub struct ServerHandle {
+    /// Where the WebSocket listener is.
+    pub ws_addr: SocketAddr,
+    /// Where the admin listener is.
+    pub admin_addr: SocketAddr,
+    shutdown: watch::Sender<bool>,
+    task: JoinHandle<()>,
+    admin_task: JoinHandle<()>,
+    /// The counters, for tests and the admin API.
+    pub metrics: Arc<Metrics>,
+}
+
+impl ServerHandle {
+    /// Stops accepting, closes every connection with 1001 (sessions stay
+    /// resumable), and waits for the drain (at most `shutdown_drain_ms`).
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        let _ = self.task.await;
+        self.admin_task.abort();
+    }
+
+    /// Waits until the server stops on its own (it does not, unless it fails).
+    pub async fn wait(self) {
+        let _ = self.task.await;
+    }
+
+    /// A sender that triggers the shutdown (for signal handlers).
+    pub fn shutdown_trigger(&self) -> watch::Sender<bool> {
+        self.shutdown.clone()
+    }
+}
+
+/// Builds the verifier from the `jwt` section (and a development secret, if any).
+pub fn build_verifier(config: &Config, dev_secret: Option<&[u8]>) -> Result<Verifier, StartError> {
+    let jwt = &config.jwt;
+    let mut keys = KeySet::new();
+    let err = |e: &dyn std::fmt::Display| StartError::Keys(e.to_string());
+    if let Some(secret) = &jwt.hs256_secret {
+        keys.add_hmac_secret(None, secret.as_bytes())
+            .map_err(|e| err(&e))?;
+    }
+    if let Some(path) = &jwt.hs256_secret_file {
+        let secret = std::fs::read(path).map_err(|e| {
+            StartError::Keys(format!("jwt.hs256_secret_file {}: {e}", path.display()))
+        })?;
+        let secret = trim_ascii_end(&secret);
+        keys.add_hmac_secret(None, secret).map_err(|e| err(&e))?;
+    }
+    for path in &jwt.public_key_files {
+        let pem = std::fs::read(path).map_err(|e| {
+            StartError::Keys(format!("jwt.public_key_files {}: {e}", path.display()))
+        })?;
+        let kid = path.file_stem().and_then(|s| s.to_str());
+        keys.add_public_key_pem(kid, &pem).map_err(|e| {
+            StartError::Keys(format!("jwt.public_key_files {}: {e}", path.display()))
+        })?;
+    }
+    if let Some(path) = &jwt.jwks_file {
+        let json = std::fs::read_to_string(path)
+            .map_err(|e| StartError::Keys(format!("jwt.jwks_file {}: {e}", path.display())))?;
+        keys.add_jwks_json(&json)
+            .map_err(|e| StartError::Keys(format!("jwt.jwks_file {}: {e}", path.display())))?;
+    }
+    if let Some(secret) = dev_secret {
+        keys.add_hmac_secret(None, secret).map_err(|e| err(&e))?;
+    }
+    let algorithms = if jwt.algorithms.is_empty() {
+        None
+    } else {
+        let mut algs = Vec::new();
+        for name in &jwt.algorithms {
+            let alg: jsonwebtoken::Algorithm = name.parse().map_err(|_| {
+                StartError::Keys(format!("jwt.algorithms: unknown algorithm {name}"))
+            })?;
+            algs.push(alg);
+        }
+        Some(algs)
+    };
+    let verifier_config = VerifierConfig {
+        issuer: jwt.issuer.clone(),
+        audience: jwt.audience.clone(),
+        leeway_s: jwt.leeway_s,
+        max_token_bytes: jwt.max_token_bytes,
+        algorithms,
+    };
+    Verifier::new(keys, verifier_config).map_err(|e| err(&e))
+}
+
+fn trim_ascii_end(bytes: &[u8]) -> &[u8] {
+    let end = bytes
+        .iter()
+        .rposition(|b| !b.is_ascii_whitespace())
+        .map_or(0, |p| p + 1);
+    &bytes[..end]
+}
+
+/// The core's settings from the configuration.
+pub fn session_config(config: &Config) -> SessionConfig {
+    let s = &config.session;
+    let l = &config.limits;
+    SessionConfig {
+        auth_timeout_ms: s.auth_timeout_ms,
+        heartbeat_ms: s.heartbeat_ms,
+        idle_timeout_ms: s.idle_timeout_ms,
+        refresh_notice_ms: s.refresh_notice_ms,
+        leeway_ms: config.jwt.leeway_s * 1000,
+        max_message_bytes: l.max_message_bytes,
+        rate_per_sec: l.messages_per_second,
+        rate_burst: l.message_burst,
+        max_queued_requests: s.max_queued_requests,
+        max_channels: s.max_channels,
+    }
+}
+
+/// The store's settings from the configuration.
+pub fn store_settings(config: &Config) -> StoreSettings {
+    let s = &config.session;
+    StoreSettings {
+        resume_grace_ms: s.resume_grace_ms,
+        resume_buffer: s.resume_buffer,
+        max_sessions_per_user: s.max_sessions_per_user,
+        limit_policy: match s.limit_policy {
+            crate::config::LimitPolicy::EvictOldest => wsauth_store::LimitPolicy::EvictOldest,
+            crate::config::LimitPolicy::RejectNew => wsauth_store::LimitPolicy::RejectNew,
+        },
+        max_token_lifetime_ms: s.max_token_lifetime_s * 1000,
+        leeway_ms: config.jwt.leeway_s * 1000,
+    }
+}
+
+/// Starts the server with `config` (already validated). `dev_secret` is the
+/// generated development key, when in development mode.
+pub async fn start(
+    config: Config,
+    dev_secret: Option<Vec<u8>>,
+) -> Result<ServerHandle, StartError> {
+    let verifier = build_verifier(&config, dev_secret.as_deref())?;
+    let hub = Hub::new(config.limits.outbound_queue);
+    let store = match config.store.kind {
+        StoreKind::Memory => Arc::new(MemoryStore::new(
+            store_settings(&config),
+            hub.clone() as Arc<dyn Notify>,
+        )),
+        StoreKind::Redis => {
+            return Err(StartError::Store(
+                "store.kind = \"redis\" is not available in this build yet".into(),
+            ));
+        }
+    };
+    start_with_store(config, verifier, hub, store).await
+}
+
+/// Starts the server on a given store.
+pub async fn start_with_store<S: Store>(
+    config: Config,
+    verifier: Verifier,
+    hub: Arc<Hub>,
+    store: Arc<S>,
+) -> Result<ServerHandle, StartError> {
+    let config = Arc::new(config);
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| StartError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+    let admin_listener = TcpListener::bind(config.admin_listen)
+        .await
+        .map_err(|source| StartError::Bind {
+            addr: config.admin_listen,
+            source,
+        })?;
+    let ws_addr = listener.local_addr().map_err(|source| StartError::Bind {
+        addr: config.listen,
+        source,
+    })?;
+    let admin_addr = admin_listener
+        .local_addr()
+        .map_err(|source| StartError::Bind {
+            addr: config.admin_listen,
+            source,
+        })?;
+    let tls = match (&config.tls.cert_file, &config.tls.key_file) {
+        (Some(cert), Some(key)) => Some(crate::tls::acceptor(cert, key)?),
+        _ => None,
+    };
+    if config.allowed_origins.is_empty() {
+        warn!("allowed_origins is empty: browsers from any origin may connect");
+    }
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let limits = &config.limits;
+    let ws_config = WebSocketConfig::default()
+        .max_message_size(Some(limits.max_message_bytes))
+        .max_frame_size(Some(limits.max_frame_bytes))
+        .read_buffer_size(4 * 1024)
+        .write_buffer_size(0)
+        .max_write_buffer_size(limits.max_message_bytes * 2 + 64 * 1024);
+    let metrics = Arc::new(Metrics::default());
+    let shared = Arc::new(Shared {
+        session_config: Arc::new(session_config(&config)),
+        verifier,
+        store,
+        hub,
+        upgrade_policy: UpgradePolicy {
+            allowed_origins: config.allowed_origins.clone(),
+            allow_query_token: config.allow_query_token,
+        },
+        ip_limiter: IpLimiter::new(config.limits.max_unauthenticated_per_ip),
+        metrics: metrics.clone(),
+        shutdown: shutdown_rx.clone(),
+        ws_config,
+        store_timeout: Duration::from_secs(5),
+        config: config.clone(),
+    });
+    let admin_task = tokio::spawn(crate::admin::serve(admin_listener, shared.clone()));
+    let task = tokio::spawn(accept_loop(listener, shared, tls, shutdown_rx));
+    info!(ws = %ws_addr, admin = %admin_addr, path = %config.path, "listening");
+    Ok(ServerHandle {
+        ws_addr,
+        admin_addr,
+        shutdown: shutdown_tx,
+        task,
+        admin_task,
+        metrics,
+    })
+}
+
+async fn accept_loop<S: Store>(
+    listener: TcpListener,
+    shared: Arc<Shared<S>>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let tracker = TaskTracker::new();
+    let slots = Arc::new(Semaphore::new(shared.config.limits.max_connections));
+    let purge_every = Duration::from_secs(5);
+    let mut purge = tokio::time::interval(purge_every);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (tcp, peer) = match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let _ = tcp.set_nodelay(true);
+                let Ok(slot) = slots.clone().try_acquire_owned() else {
+                    tracker.spawn(async move {
+                        let mut tcp = tcp;
+                        let body = ErrorBody::new(ErrorCode::Internal);
+                        let _ = crate::handshake::write_refusal(&mut tcp, 503, &body).await;
+                    });
+                    continue;
+                };
+                let shared = shared.clone();
+                let tls = tls.clone();
+                tracker.spawn(async move {
+                    let _slot = slot;
+                    match tls {
+                        None => crate::conn::serve(shared, tcp, peer).await,
+                        Some(acceptor) => {
+                            let limit = Duration::from_millis(shared.config.limits.handshake_timeout_ms);
+                            match tokio::time::timeout(limit, acceptor.accept(tcp)).await {
+                                Ok(Ok(stream)) => crate::conn::serve(shared, stream, peer).await,
+                                _ => tracing::debug!(%peer, "TLS handshake failed or timed out"),
+                            }
+                        }
+                    }
+                });
+            }
+            _ = purge.tick() => {
+                let _ = shared.store.purge_expired(crate::conn::now_ms()).await;
+            }
+            _ = shutdown.changed() => break,
+        }
+    }
+    drop(listener);
+    tracker.close();
+    let drain = Duration::from_millis(shared.config.shutdown_drain_ms);
+    info!(
+        open = tracker.len(),
+        "shutting down: closing connections with 1001"
+    );
+    if tokio::time::timeout(drain, tracker.wait()).await.is_err() {
+        warn!(
+            left = tracker.len(),
+            "drain time over; dropping the remaining connections"
+        );
+    }
+}

@@ -1,0 +1,456 @@
+//! The store contract as one test suite that every [`Store`] must pass: the
+//! in-memory store's tests run it, and so will the Redis store's.
+//!
+//! ```text
+//! wsauth_store::contract::run_all(|settings, notify| MemoryStore::new(settings, notify)).await;
+//! ```
+
+use std::sync::{Arc, Mutex};
+
+use wsauth_core::jwt::Claims;
+use wsauth_core::{Payload, Revocation, Secret};
+
+use crate::{CreateOutcome, LimitPolicy, Notice, Notify, RefreshOutcome, Store, StoreSettings};
+
+/// Records every notice, for the checks.
+#[derive(Default)]
+pub struct Recorder {
+    notices: Mutex<Vec<(String, u64, Notice)>>,
+}
+
+impl Recorder {
+    /// Takes what was recorded.
+    pub fn take(&self) -> Vec<(String, u64, Notice)> {
+        std::mem::take(&mut *self.notices.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
+impl Notify for Recorder {
+    fn notify(&self, session_id: &str, epoch: u64, notice: Notice) {
+        self.notices
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((session_id.to_owned(), epoch, notice));
+    }
+}
+
+const T0: u64 = 1_767_225_600_000;
+
+fn claims(sub: &str, jti: &str, iat_s: Option<u64>) -> Arc<Claims> {
+    let mut c = Claims::new(sub, T0 + 3_600_000);
+    c.jti = Some(jti.to_owned());
+    c.iat_ms = iat_s.map(|s| s * 1000);
+    Arc::new(c)
+}
+
+async fn create<S: Store>(store: &S, c: Arc<Claims>, now: u64) -> (String, Secret, u64) {
+    match store.create_session(c, now).await.expect("store answers") {
+        CreateOutcome::Created {
+            session_id,
+            resume_token,
+            epoch,
+        } => (session_id, resume_token, epoch),
+        other => panic!("expected a session, got {other:?}"),
+    }
+}
+
+/// Runs every check against stores made by `make`.
+pub async fn run_all<S, F>(make: F)
+where
+    S: Store,
+    F: Fn(StoreSettings, Arc<dyn Notify>) -> S,
+{
+    let fresh = |settings: StoreSettings| {
+        let recorder = Arc::new(Recorder::default());
+        let store = make(settings, recorder.clone());
+        (store, recorder)
+    };
+
+    // ids and tokens: random, prefixed, long enough.
+    {
+        let (store, _) = fresh(StoreSettings::default());
+        let (a, ta, _) = create(&store, claims("alice", "j1", None), T0).await;
+        let (b, tb, _) = create(&store, claims("alice", "j2", None), T0).await;
+        assert!(a.starts_with("s_") && a.len() >= 2 + 22, "session id {a}");
+        assert!(ta.expose().starts_with("r_") && ta.expose().len() >= 2 + 43);
+        assert_ne!(a, b);
+        assert_ne!(ta, tb);
+    }
+
+    // Resume: rotation, single use, wrong token.
+    {
+        let (store, rec) = fresh(StoreSettings::default());
+        let (id, token, epoch) = create(&store, claims("alice", "j1", None), T0).await;
+        store.detach(&id, epoch, T0 + 10).await.expect("detach");
+        let wrong = Secret::new("r_wrong");
+        assert!(
+            store
+                .resume_session(&id, &wrong, T0 + 20)
+                .await
+                .expect("answers")
+                .is_none(),
+            "wrong token"
+        );
+        let (resumed, epoch2) = store
+            .resume_session(&id, &token, T0 + 30)
+            .await
+            .expect("answers")
+            .expect("resumes");
+        assert!(epoch2 > epoch);
+        assert_ne!(resumed.resume_token, token, "rotated");
+        assert!(
+            store
+                .resume_session(&id, &token, T0 + 40)
+                .await
+                .expect("answers")
+                .is_none(),
+            "single use"
+        );
+        assert!(rec.take().is_empty(), "nothing was attached when resumed");
+        // A live attachment is told Replaced, at its own epoch.
+        let (_, epoch3) = store
+            .resume_session(&id, &resumed.resume_token, T0 + 50)
+            .await
+            .expect("answers")
+            .expect("resumes again");
+        assert_eq!(rec.take(), vec![(id.clone(), epoch2, Notice::Replaced)]);
+        assert!(epoch3 > epoch2);
+        // A stale epoch can no longer detach or end it.
+        store.end_session(&id, epoch2).await.expect("answers");
+        assert_eq!(
+            store.sessions_of("alice").await.expect("answers").len(),
+            1,
+            "stale end ignored"
+        );
+        store.detach(&id, epoch2, T0 + 60).await.expect("answers");
+        let info = store.sessions_of("alice").await.expect("answers");
+        assert!(info[0].attached, "stale detach ignored");
+        store.end_session(&id, epoch3).await.expect("answers");
+        assert!(
+            store
+                .sessions_of("alice")
+                .await
+                .expect("answers")
+                .is_empty()
+        );
+    }
+
+    // Grace period and expired tokens.
+    {
+        let settings = StoreSettings {
+            resume_grace_ms: 1_000,
+            ..StoreSettings::default()
+        };
+        let (store, _) = fresh(settings);
+        let (id, token, epoch) = create(&store, claims("alice", "j1", None), T0).await;
+        store.detach(&id, epoch, T0).await.expect("detach");
+        assert!(
+            store
+                .resume_session(&id, &token, T0 + 1_000)
+                .await
+                .expect("answers")
+                .is_none(),
+            "grace over"
+        );
+        let mut short = Claims::new("bob", T0 + 100);
+        short.jti = Some("b".into());
+        let (id, token, epoch) = create(&store, Arc::new(short), T0).await;
+        store.detach(&id, epoch, T0).await.expect("detach");
+        let past = T0 + 100 + StoreSettings::default().leeway_ms;
+        assert!(
+            store
+                .resume_session(&id, &token, past)
+                .await
+                .expect("answers")
+                .is_none(),
+            "token expired"
+        );
+    }
+
+    // Per-user limit: evict_oldest tells the oldest; detached sessions count.
+    {
+        let settings = StoreSettings {
+            max_sessions_per_user: Some(2),
+            ..StoreSettings::default()
+        };
+        let (store, rec) = fresh(settings);
+        let (a, _, ea) = create(&store, claims("alice", "j1", None), T0).await;
+        let (b, _, eb) = create(&store, claims("alice", "j2", None), T0 + 1).await;
+        store.detach(&b, eb, T0 + 2).await.expect("detach");
+        let (_c, _, _) = create(&store, claims("alice", "j3", None), T0 + 3).await;
+        assert_eq!(
+            rec.take(),
+            vec![(a.clone(), ea, Notice::Replaced)],
+            "the oldest is evicted"
+        );
+        let ids: Vec<String> = store
+            .sessions_of("alice")
+            .await
+            .expect("answers")
+            .into_iter()
+            .map(|s| s.session_id)
+            .collect();
+        assert_eq!(ids.len(), 2);
+        assert!(
+            !ids.contains(&a) && ids.contains(&b),
+            "the detached one counts and stays"
+        );
+        // Other users are not affected.
+        create(&store, claims("bob", "k1", None), T0 + 4).await;
+        assert!(rec.take().is_empty());
+    }
+    {
+        let settings = StoreSettings {
+            max_sessions_per_user: Some(1),
+            limit_policy: LimitPolicy::RejectNew,
+            resume_grace_ms: 1_000,
+            ..StoreSettings::default()
+        };
+        let (store, _) = fresh(settings);
+        let (a, _, ea) = create(&store, claims("alice", "j1", None), T0).await;
+        assert_eq!(
+            store
+                .create_session(claims("alice", "j2", None), T0)
+                .await
+                .expect("answers"),
+            CreateOutcome::TooManySessions
+        );
+        store.detach(&a, ea, T0).await.expect("detach");
+        assert_eq!(
+            store
+                .create_session(claims("alice", "j2", None), T0 + 500)
+                .await
+                .expect("answers"),
+            CreateOutcome::TooManySessions,
+            "a detached session within grace counts"
+        );
+        create(&store, claims("alice", "j3", None), T0 + 1_000).await;
+    }
+
+    // Revocation by jti, by sub (iat rule), by session.
+    {
+        let (store, rec) = fresh(StoreSettings::default());
+        let (a, ta, ea) = create(&store, claims("alice", "j1", Some(T0 / 1000)), T0).await;
+        let told = store
+            .revoke(Revocation::Token { jti: "j1".into() }, T0 + 1)
+            .await
+            .expect("answers");
+        assert_eq!(told, 1);
+        assert_eq!(
+            rec.take(),
+            vec![(
+                a.clone(),
+                ea,
+                Notice::Revoked(Revocation::Token { jti: "j1".into() })
+            )]
+        );
+        assert_eq!(
+            store
+                .create_session(claims("alice", "j1", None), T0 + 2)
+                .await
+                .expect("answers"),
+            CreateOutcome::Revoked
+        );
+        assert!(
+            store
+                .resume_session(&a, &ta, T0 + 2)
+                .await
+                .expect("answers")
+                .is_none()
+        );
+        let (b, _, eb) = create(&store, claims("alice", "j2", Some(T0 / 1000)), T0 + 3).await;
+        assert_eq!(
+            store
+                .refresh_session(&b, eb, claims("alice", "j1", None), T0 + 4)
+                .await
+                .expect("answers"),
+            RefreshOutcome::Revoked
+        );
+        let at_s = T0 / 1000 + 10;
+        let told = store
+            .revoke(
+                Revocation::Subject {
+                    sub: "alice".into(),
+                    at_s,
+                },
+                T0 + 10_000,
+            )
+            .await
+            .expect("answers");
+        assert_eq!(told, 1, "b is told");
+        rec.take();
+        assert_eq!(
+            store
+                .create_session(claims("alice", "j5", Some(at_s)), T0 + 11_000)
+                .await
+                .expect("answers"),
+            CreateOutcome::Revoked,
+            "iat at the revocation time is refused"
+        );
+        assert_eq!(
+            store
+                .create_session(claims("alice", "j6", None), T0 + 11_000)
+                .await
+                .expect("answers"),
+            CreateOutcome::Revoked,
+            "no iat is refused"
+        );
+        create(&store, claims("alice", "j7", Some(at_s + 1)), T0 + 11_000).await;
+        assert!(
+            store
+                .is_revoked(&claims("alice", "j8", Some(at_s)), T0 + 12_000)
+                .await
+                .expect("answers")
+        );
+        let (c, _, ec) = create(&store, claims("carol", "c1", None), T0).await;
+        let told = store
+            .revoke(
+                Revocation::Session {
+                    session_id: c.clone(),
+                },
+                T0 + 1,
+            )
+            .await
+            .expect("answers");
+        assert_eq!(told, 1);
+        assert_eq!(
+            rec.take(),
+            vec![(
+                c.clone(),
+                ec,
+                Notice::Revoked(Revocation::Session { session_id: c })
+            )]
+        );
+        // Entries expire: after the max token lifetime the user may log in with old tokens.
+        let later = T0 + 10_000 + StoreSettings::default().max_token_lifetime_ms;
+        store.purge_expired(later).await.expect("purge");
+        assert_eq!(
+            store.stats().await.expect("stats").revocations,
+            0,
+            "revocations purged"
+        );
+    }
+
+    // Publish: seq per session, buffer cap, joined sessions only, current epoch.
+    {
+        let settings = StoreSettings {
+            resume_buffer: 2,
+            ..StoreSettings::default()
+        };
+        let (store, rec) = fresh(settings);
+        let (a, ta, ea) = create(&store, claims("alice", "j1", None), T0).await;
+        let (b, _, eb) = create(&store, claims("bob", "k1", None), T0).await;
+        store.subscribe(&a, ea, "general").await.expect("sub");
+        store.subscribe(&b, eb, "general").await.expect("sub");
+        let data = Payload::from_json(r#"{"n":1}"#).expect("json");
+        assert_eq!(
+            store
+                .publish("general", "carol", data.clone(), T0)
+                .await
+                .expect("publish"),
+            2
+        );
+        assert_eq!(
+            store
+                .publish("other", "carol", data.clone(), T0)
+                .await
+                .expect("publish"),
+            0
+        );
+        let seen = rec.take();
+        assert_eq!(seen.len(), 2);
+        for (id, epoch, notice) in &seen {
+            let Notice::Deliver(d) = notice else {
+                panic!("a delivery")
+            };
+            assert_eq!(d.seq, 1);
+            assert_eq!(*epoch, if *id == a { ea } else { eb });
+        }
+        store.unsubscribe(&b, eb, "general").await.expect("unsub");
+        store.detach(&a, ea, T0).await.expect("detach");
+        for _ in 0..3 {
+            store
+                .publish("general", "carol", data.clone(), T0)
+                .await
+                .expect("publish");
+        }
+        assert!(
+            rec.take().is_empty(),
+            "detached and unsubscribed sessions get no notice"
+        );
+        let (resumed, _) = store
+            .resume_session(&a, &ta, T0 + 1)
+            .await
+            .expect("answers")
+            .expect("resumes");
+        assert_eq!(resumed.last_seq, 4);
+        let seqs: Vec<u64> = resumed.buffered.iter().map(|d| d.seq).collect();
+        assert_eq!(seqs, vec![3, 4], "the buffer keeps the last two");
+        assert_eq!(resumed.channels, vec!["general".to_owned()]);
+    }
+
+    // Refresh, expiring note and stale epochs.
+    {
+        let (store, _) = fresh(StoreSettings::default());
+        let (a, ta, ea) = create(&store, claims("alice", "j1", None), T0).await;
+        store.note_expiring_sent(&a, ea).await.expect("note");
+        store.detach(&a, ea, T0).await.expect("detach");
+        let (r, e2) = store
+            .resume_session(&a, &ta, T0)
+            .await
+            .expect("answers")
+            .expect("resumes");
+        assert!(r.expiring_sent);
+        let mut newer = Claims::new("alice", T0 + 7_200_000);
+        newer.jti = Some("j2".into());
+        assert_eq!(
+            store
+                .refresh_session(&a, e2, Arc::new(newer), T0 + 5)
+                .await
+                .expect("answers"),
+            RefreshOutcome::Refreshed
+        );
+        let info = store.sessions_of("alice").await.expect("answers");
+        assert_eq!(info[0].expires_at_ms, T0 + 7_200_000);
+        store.detach(&a, e2, T0 + 6).await.expect("detach");
+        let (r, _) = store
+            .resume_session(&a, &r.resume_token, T0 + 7)
+            .await
+            .expect("answers")
+            .expect("resumes");
+        assert!(!r.expiring_sent, "a refresh resets the notice");
+        assert_eq!(r.authorized_at_ms, T0 + 5);
+        assert_eq!(r.claims.jti.as_deref(), Some("j2"));
+    }
+
+    // Purge: sessions past grace and past their token go.
+    {
+        let settings = StoreSettings {
+            resume_grace_ms: 1_000,
+            ..StoreSettings::default()
+        };
+        let (store, _) = fresh(settings);
+        let (a, _, ea) = create(&store, claims("alice", "j1", None), T0).await;
+        create(&store, claims("bob", "k1", None), T0).await;
+        store.subscribe(&a, ea, "general").await.expect("sub");
+        store
+            .publish("general", "x", Payload::from_json("1").expect("json"), T0)
+            .await
+            .expect("pub");
+        store.detach(&a, ea, T0).await.expect("detach");
+        assert_eq!(store.stats().await.expect("stats").sessions, 2);
+        store.purge_expired(T0 + 1_000).await.expect("purge");
+        let stats = store.stats().await.expect("stats");
+        assert_eq!(stats.sessions, 1, "the detached one is gone after grace");
+        assert_eq!(stats.buffered, 0);
+        store
+            .purge_expired(T0 + 3_600_000 + 30_000)
+            .await
+            .expect("purge");
+        assert_eq!(
+            store.stats().await.expect("stats").sessions,
+            0,
+            "the expired one is gone"
+        );
+    }
+}

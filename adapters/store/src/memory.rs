@@ -1,0 +1,522 @@
+//! The in-memory store: one node, everything behind one lock, notices sent after
+//! the lock is released.
+
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::fmt;
+use std::sync::Arc;
+
+use subtle::ConstantTimeEq;
+use wsauth_core::jwt::Claims;
+use wsauth_core::{Delivery, Payload, ResumedSession, Revocation, Secret};
+
+use crate::secret::{hash_resume_token, new_resume_token, new_session_id};
+use crate::sync::{Mutex, lock};
+use crate::{
+    CreateOutcome, LimitPolicy, Notice, Notify, RefreshOutcome, SessionInfo, Store, StoreError,
+    StoreSettings, StoreStats,
+};
+
+struct Session {
+    claims: Arc<Claims>,
+    token_hash: [u8; 32],
+    epoch: u64,
+    attached: bool,
+    detached_at: Option<u64>,
+    created_at_ms: u64,
+    created_order: u64,
+    authorized_at_ms: u64,
+    expiring_sent: bool,
+    joined: BTreeSet<String>,
+    buffer: VecDeque<Delivery>,
+    last_seq: u64,
+}
+
+#[derive(Default)]
+struct State {
+    sessions: HashMap<String, Session>,
+    /// sub → session ids, oldest first by creation order.
+    by_user: HashMap<String, BTreeSet<(u64, String)>>,
+    /// channel → session ids joined to it.
+    members: HashMap<String, HashSet<String>>,
+    /// jti → revoked until (ms).
+    revoked_jtis: HashMap<String, u64>,
+    /// sub → (revocation time in s, revoked until in ms).
+    revoked_subs: HashMap<String, (u64, u64)>,
+    next_epoch: u64,
+    next_order: u64,
+}
+
+type Notices = Vec<(String, u64, Notice)>;
+
+/// The embedded single-node store.
+pub struct MemoryStore {
+    settings: StoreSettings,
+    state: Mutex<State>,
+    notify: Arc<dyn Notify>,
+}
+
+impl fmt::Debug for MemoryStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MemoryStore")
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+impl State {
+    fn alive(&self, s: &Session, now: u64, settings: &StoreSettings) -> bool {
+        let within_grace = s.attached
+            || s.detached_at
+                .is_some_and(|at| now < at.saturating_add(settings.resume_grace_ms));
+        within_grace && now < s.claims.exp_ms.saturating_add(settings.leeway_ms)
+    }
+
+    fn revoked(&self, claims: &Claims, now: u64) -> bool {
+        let by_jti = claims
+            .jti
+            .as_ref()
+            .and_then(|j| self.revoked_jtis.get(j))
+            .is_some_and(|until| now < *until);
+        let by_sub = self
+            .revoked_subs
+            .get(&claims.sub)
+            .is_some_and(|(at_s, until)| {
+                now < *until && claims.iat_s().is_none_or(|iat| iat <= *at_s)
+            });
+        by_jti || by_sub
+    }
+
+    fn remove(&mut self, session_id: &str, notices: &mut Notices, notice: Option<Notice>) -> bool {
+        let Some(s) = self.sessions.remove(session_id) else {
+            return false;
+        };
+        if let Some(set) = self.by_user.get_mut(&s.claims.sub) {
+            set.remove(&(s.created_order, session_id.to_owned()));
+            if set.is_empty() {
+                self.by_user.remove(&s.claims.sub);
+            }
+        }
+        for channel in &s.joined {
+            if let Some(m) = self.members.get_mut(channel) {
+                m.remove(session_id);
+                if m.is_empty() {
+                    self.members.remove(channel);
+                }
+            }
+        }
+        match notice {
+            Some(n) if s.attached => {
+                notices.push((session_id.to_owned(), s.epoch, n));
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Removes the user's sessions that are no longer alive.
+    fn prune_user(&mut self, sub: &str, now: u64, settings: &StoreSettings, notices: &mut Notices) {
+        let dead: Vec<String> = self
+            .by_user
+            .get(sub)
+            .into_iter()
+            .flatten()
+            .filter(|(_, id)| {
+                self.sessions
+                    .get(id)
+                    .is_none_or(|s| !self.alive(s, now, settings))
+            })
+            .map(|(_, id)| id.clone())
+            .collect();
+        for id in dead {
+            self.remove(&id, notices, None);
+        }
+    }
+
+    fn current<'a>(&'a mut self, session_id: &str, epoch: u64) -> Option<&'a mut Session> {
+        self.sessions
+            .get_mut(session_id)
+            .filter(|s| s.epoch == epoch)
+    }
+}
+
+impl MemoryStore {
+    /// A store reaching this node's connections through `notify`.
+    pub fn new(settings: StoreSettings, notify: Arc<dyn Notify>) -> Self {
+        MemoryStore {
+            settings,
+            state: Mutex::new(State::default()),
+            notify,
+        }
+    }
+
+    fn send(&self, notices: Notices) {
+        for (session_id, epoch, notice) in notices {
+            self.notify.notify(&session_id, epoch, notice);
+        }
+    }
+
+    fn create(&self, claims: Arc<Claims>, now: u64) -> CreateOutcome {
+        let mut notices = Vec::new();
+        let outcome = {
+            let mut st = lock(&self.state);
+            if st.revoked(&claims, now) {
+                return CreateOutcome::Revoked;
+            }
+            st.prune_user(&claims.sub, now, &self.settings, &mut notices);
+            if let Some(max) = self.settings.max_sessions_per_user {
+                let mine: Vec<String> = st
+                    .by_user
+                    .get(&claims.sub)
+                    .into_iter()
+                    .flatten()
+                    .map(|(_, id)| id.clone())
+                    .collect();
+                if mine.len() >= max {
+                    if self.settings.limit_policy == LimitPolicy::RejectNew {
+                        return CreateOutcome::TooManySessions;
+                    }
+                    let excess = mine.len() + 1 - max.max(1);
+                    for id in mine.into_iter().take(excess) {
+                        st.remove(&id, &mut notices, Some(Notice::Replaced));
+                    }
+                }
+            }
+            let session_id = new_session_id();
+            let resume_token = new_resume_token();
+            st.next_epoch += 1;
+            st.next_order += 1;
+            let (epoch, order) = (st.next_epoch, st.next_order);
+            st.by_user
+                .entry(claims.sub.clone())
+                .or_default()
+                .insert((order, session_id.clone()));
+            st.sessions.insert(
+                session_id.clone(),
+                Session {
+                    claims,
+                    token_hash: hash_resume_token(&resume_token),
+                    epoch,
+                    attached: true,
+                    detached_at: None,
+                    created_at_ms: now,
+                    created_order: order,
+                    authorized_at_ms: now,
+                    expiring_sent: false,
+                    joined: BTreeSet::new(),
+                    buffer: VecDeque::new(),
+                    last_seq: 0,
+                },
+            );
+            CreateOutcome::Created {
+                session_id,
+                resume_token,
+                epoch,
+            }
+        };
+        self.send(notices);
+        outcome
+    }
+
+    fn resume(&self, session_id: &str, token: &Secret, now: u64) -> Option<(ResumedSession, u64)> {
+        let presented = hash_resume_token(token);
+        let mut notices = Vec::new();
+        let result = {
+            let mut st = lock(&self.state);
+            let ok = st.sessions.get(session_id).map(|s| {
+                let token_ok = bool::from(s.token_hash.ct_eq(&presented));
+                token_ok && st.alive(s, now, &self.settings) && !st.revoked(&s.claims, now)
+            });
+            match ok {
+                None => None,
+                Some(false) => {
+                    // A wrong token says nothing about the session; a dead one goes.
+                    let dead = st.sessions.get(session_id).is_some_and(|s| {
+                        !st.alive(s, now, &self.settings) || st.revoked(&s.claims, now)
+                    });
+                    if dead {
+                        st.remove(session_id, &mut notices, Some(Notice::Replaced));
+                    }
+                    None
+                }
+                Some(true) => {
+                    st.next_epoch += 1;
+                    let epoch = st.next_epoch;
+                    let new_token = new_resume_token();
+                    let s = st.sessions.get_mut(session_id)?;
+                    if s.attached {
+                        notices.push((session_id.to_owned(), s.epoch, Notice::Replaced));
+                    }
+                    s.token_hash = hash_resume_token(&new_token);
+                    s.epoch = epoch;
+                    s.attached = true;
+                    s.detached_at = None;
+                    let resumed = ResumedSession {
+                        session_id: session_id.to_owned(),
+                        resume_token: new_token,
+                        claims: s.claims.clone(),
+                        authorized_at_ms: s.authorized_at_ms,
+                        expiring_sent: s.expiring_sent,
+                        channels: s.joined.iter().cloned().collect(),
+                        buffered: s.buffer.iter().cloned().collect(),
+                        last_seq: s.last_seq,
+                    };
+                    Some((resumed, epoch))
+                }
+            }
+        };
+        self.send(notices);
+        result
+    }
+
+    fn do_publish(&self, channel: &str, from: &str, data: Payload) -> usize {
+        let mut notices = Vec::new();
+        let n = {
+            let mut st = lock(&self.state);
+            let members: Vec<String> = st
+                .members
+                .get(channel)
+                .map(|m| m.iter().cloned().collect())
+                .unwrap_or_default();
+            let cap = self.settings.resume_buffer;
+            let mut n = 0;
+            for id in members {
+                let Some(s) = st.sessions.get_mut(&id) else {
+                    continue;
+                };
+                n += 1;
+                s.last_seq += 1;
+                let delivery = Delivery {
+                    channel: channel.to_owned(),
+                    from: from.to_owned(),
+                    seq: s.last_seq,
+                    data: data.clone(),
+                };
+                if cap > 0 {
+                    s.buffer.push_back(delivery.clone());
+                    while s.buffer.len() > cap {
+                        s.buffer.pop_front();
+                    }
+                }
+                if s.attached {
+                    notices.push((id, s.epoch, Notice::Deliver(delivery)));
+                }
+            }
+            n
+        };
+        self.send(notices);
+        n
+    }
+
+    fn do_revoke(&self, revocation: Revocation, now: u64) -> usize {
+        let mut notices = Vec::new();
+        {
+            let mut st = lock(&self.state);
+            let lifetime_end = now.saturating_add(self.settings.max_token_lifetime_ms);
+            let concerned: Vec<String> = match &revocation {
+                Revocation::Session { session_id } => vec![session_id.clone()],
+                Revocation::Token { jti } => {
+                    let ids: Vec<String> = st
+                        .sessions
+                        .iter()
+                        .filter(|(_, s)| s.claims.jti.as_deref() == Some(jti.as_str()))
+                        .map(|(id, _)| id.clone())
+                        .collect();
+                    let until = ids
+                        .iter()
+                        .filter_map(|id| st.sessions.get(id))
+                        .map(|s| s.claims.exp_ms.saturating_add(self.settings.leeway_ms))
+                        .max()
+                        .unwrap_or(lifetime_end);
+                    let entry = st.revoked_jtis.entry(jti.clone()).or_insert(0);
+                    *entry = (*entry).max(until);
+                    ids
+                }
+                Revocation::Subject { sub, at_s } => {
+                    let entry = st.revoked_subs.entry(sub.clone()).or_insert((0, 0));
+                    entry.0 = entry.0.max(*at_s);
+                    entry.1 = entry.1.max(lifetime_end);
+                    st.by_user
+                        .get(sub)
+                        .into_iter()
+                        .flatten()
+                        .filter(|(_, id)| {
+                            st.sessions
+                                .get(id)
+                                .is_some_and(|s| revocation.refuses_token(&s.claims))
+                        })
+                        .map(|(_, id)| id.clone())
+                        .collect()
+                }
+            };
+            for id in concerned {
+                st.remove(&id, &mut notices, Some(Notice::Revoked(revocation.clone())));
+            }
+        }
+        let told = notices.len();
+        self.send(notices);
+        told
+    }
+}
+
+impl Store for MemoryStore {
+    async fn create_session(
+        &self,
+        claims: Arc<Claims>,
+        now_ms: u64,
+    ) -> Result<CreateOutcome, StoreError> {
+        Ok(self.create(claims, now_ms))
+    }
+
+    async fn resume_session(
+        &self,
+        session_id: &str,
+        resume_token: &Secret,
+        now_ms: u64,
+    ) -> Result<Option<(ResumedSession, u64)>, StoreError> {
+        Ok(self.resume(session_id, resume_token, now_ms))
+    }
+
+    async fn refresh_session(
+        &self,
+        session_id: &str,
+        epoch: u64,
+        claims: Arc<Claims>,
+        now_ms: u64,
+    ) -> Result<RefreshOutcome, StoreError> {
+        let mut st = lock(&self.state);
+        if st.revoked(&claims, now_ms) {
+            return Ok(RefreshOutcome::Revoked);
+        }
+        if let Some(s) = st.current(session_id, epoch) {
+            s.claims = claims;
+            s.authorized_at_ms = now_ms;
+            s.expiring_sent = false;
+        }
+        Ok(RefreshOutcome::Refreshed)
+    }
+
+    async fn note_expiring_sent(&self, session_id: &str, epoch: u64) -> Result<(), StoreError> {
+        if let Some(s) = lock(&self.state).current(session_id, epoch) {
+            s.expiring_sent = true;
+        }
+        Ok(())
+    }
+
+    async fn subscribe(
+        &self,
+        session_id: &str,
+        epoch: u64,
+        channel: &str,
+    ) -> Result<(), StoreError> {
+        let mut st = lock(&self.state);
+        if let Some(s) = st.current(session_id, epoch) {
+            s.joined.insert(channel.to_owned());
+            st.members
+                .entry(channel.to_owned())
+                .or_default()
+                .insert(session_id.to_owned());
+        }
+        Ok(())
+    }
+
+    async fn unsubscribe(
+        &self,
+        session_id: &str,
+        epoch: u64,
+        channel: &str,
+    ) -> Result<(), StoreError> {
+        let mut st = lock(&self.state);
+        if let Some(s) = st.current(session_id, epoch) {
+            s.joined.remove(channel);
+            if let Some(m) = st.members.get_mut(channel) {
+                m.remove(session_id);
+                if m.is_empty() {
+                    st.members.remove(channel);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn publish(
+        &self,
+        channel: &str,
+        from: &str,
+        data: Payload,
+        _now_ms: u64,
+    ) -> Result<usize, StoreError> {
+        Ok(self.do_publish(channel, from, data))
+    }
+
+    async fn detach(&self, session_id: &str, epoch: u64, now_ms: u64) -> Result<(), StoreError> {
+        if let Some(s) = lock(&self.state).current(session_id, epoch) {
+            s.attached = false;
+            s.detached_at = Some(now_ms);
+        }
+        Ok(())
+    }
+
+    async fn end_session(&self, session_id: &str, epoch: u64) -> Result<(), StoreError> {
+        let mut st = lock(&self.state);
+        if st.current(session_id, epoch).is_some() {
+            st.remove(session_id, &mut Vec::new(), None);
+        }
+        Ok(())
+    }
+
+    async fn revoke(&self, revocation: Revocation, now_ms: u64) -> Result<usize, StoreError> {
+        Ok(self.do_revoke(revocation, now_ms))
+    }
+
+    async fn sessions_of(&self, sub: &str) -> Result<Vec<SessionInfo>, StoreError> {
+        let st = lock(&self.state);
+        Ok(st
+            .by_user
+            .get(sub)
+            .into_iter()
+            .flatten()
+            .filter_map(|(_, id)| {
+                st.sessions.get(id).map(|s| SessionInfo {
+                    session_id: id.clone(),
+                    attached: s.attached,
+                    created_at_ms: s.created_at_ms,
+                    expires_at_ms: s.claims.exp_ms,
+                    channels: s.joined.iter().cloned().collect(),
+                })
+            })
+            .collect())
+    }
+
+    async fn is_revoked(&self, claims: &Claims, now_ms: u64) -> Result<bool, StoreError> {
+        Ok(lock(&self.state).revoked(claims, now_ms))
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    async fn purge_expired(&self, now_ms: u64) -> Result<(), StoreError> {
+        let mut st = lock(&self.state);
+        let dead: Vec<String> = st
+            .sessions
+            .iter()
+            .filter(|(_, s)| !st.alive(s, now_ms, &self.settings))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in dead {
+            st.remove(&id, &mut Vec::new(), None);
+        }
+        st.revoked_jtis.retain(|_, until| now_ms < *until);
+        st.revoked_subs.retain(|_, (_, until)| now_ms < *until);
+        Ok(())
+    }
+
+    async fn stats(&self) -> Result<StoreStats, StoreError> {
+        let st = lock(&self.state);
+        Ok(StoreStats {
+            sessions: st.sessions.len(),
+            revocations: st.revoked_jtis.len() + st.revoked_subs.len(),
+            buffered: st.sessions.values().map(|s| s.buffer.len()).sum(),
+        })
+    }
+}

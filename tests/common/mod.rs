@@ -1,0 +1,242 @@
+//! Shared helpers of the integration tests: start the real server on ephemeral
+//! loopback ports, mint tokens, and talk to it with real WebSocket clients.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use wsauth_server::config::Config;
+use wsauth_server::{ServerHandle, start};
+
+pub const SECRET: &str = "integration-tests-secret-of-32-bytes-or-more";
+pub const ADMIN_KEY: &str = "integration-admin-key";
+
+/// How long a test waits for anything before failing.
+pub const WAIT: Duration = Duration::from_secs(5);
+
+pub fn now_s() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock")
+        .as_secs()
+}
+
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as u64
+}
+
+/// A configuration for tests: ephemeral loopback ports, a known secret and admin key.
+pub fn test_config() -> Config {
+    let mut c = Config {
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        admin_listen: "127.0.0.1:0".parse().expect("addr"),
+        admin_key: Some(ADMIN_KEY.to_owned()),
+        shutdown_drain_ms: 3_000,
+        ..Config::default()
+    };
+    c.jwt.hs256_secret = Some(SECRET.to_owned());
+    c
+}
+
+/// Starts a server with `config`.
+pub async fn server(config: Config) -> ServerHandle {
+    config.validate(false).expect("valid test config");
+    start(config, None).await.expect("server starts")
+}
+
+/// Mints an HS256 token with `claims` (merged over `sub` and a 1 h `exp`).
+pub fn token(sub: &str, extra: Value) -> String {
+    let mut claims = json!({"sub": sub, "exp": now_s() + 3600, "iat": now_s()});
+    if let (Some(c), Some(e)) = (claims.as_object_mut(), extra.as_object()) {
+        for (k, v) in e {
+            c.insert(k.clone(), v.clone());
+        }
+    }
+    wsauth_core::jwt::sign_hs256(SECRET.as_bytes(), &claims)
+}
+
+pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// A test client.
+pub struct Client {
+    pub ws: Ws,
+}
+
+/// How a connection ended, as the client saw it.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Ended {
+    Close(u16),
+    NoCloseFrame,
+}
+
+impl Client {
+    /// Connects without a token.
+    pub async fn connect(addr: SocketAddr) -> Client {
+        Self::connect_with(addr, &[])
+            .await
+            .expect("upgrade accepted")
+    }
+
+    /// Connects with extra upgrade headers; `Err((status, body))` when refused.
+    pub async fn connect_with(
+        addr: SocketAddr,
+        headers: &[(&str, &str)],
+    ) -> Result<Client, (u16, String)> {
+        Self::connect_url(&format!("ws://{addr}/ws"), headers).await
+    }
+
+    pub async fn connect_url(url: &str, headers: &[(&str, &str)]) -> Result<Client, (u16, String)> {
+        let mut request = url.into_client_request().expect("request");
+        for (name, value) in headers {
+            request.headers_mut().insert(
+                tokio_tungstenite::tungstenite::http::HeaderName::from_bytes(name.as_bytes())
+                    .expect("name"),
+                value.parse().expect("value"),
+            );
+        }
+        match tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(request)).await {
+            Ok(Ok((ws, _))) => Ok(Client { ws }),
+            Ok(Err(WsError::Http(response))) => {
+                let status = response.status().as_u16();
+                let body = response
+                    .body()
+                    .as_ref()
+                    .map(|b| String::from_utf8_lossy(b).into_owned())
+                    .unwrap_or_default();
+                Err((status, body))
+            }
+            Ok(Err(e)) => panic!("connect failed: {e}"),
+            Err(_) => panic!("connect timed out"),
+        }
+    }
+
+    /// Connects and authenticates by message; returns the `authenticated` reply.
+    pub async fn authed(addr: SocketAddr, token: &str) -> (Client, Value) {
+        let mut c = Client::connect(addr).await;
+        c.send(json!({"type": "auth", "id": 1, "token": token}))
+            .await;
+        let reply = c.recv().await;
+        assert_eq!(reply["type"], "authenticated", "{reply}");
+        (c, reply)
+    }
+
+    pub async fn send(&mut self, v: Value) {
+        self.send_text(&v.to_string()).await;
+    }
+
+    pub async fn send_text(&mut self, text: &str) {
+        self.ws.send(Message::text(text)).await.expect("send");
+    }
+
+    /// The next JSON message (pings are answered and skipped). Panics on close.
+    pub async fn recv(&mut self) -> Value {
+        loop {
+            let msg = tokio::time::timeout(WAIT, self.ws.next())
+                .await
+                .expect("a message in time")
+                .expect("stream open")
+                .expect("no socket error");
+            match msg {
+                Message::Text(t) => return serde_json::from_str(t.as_str()).expect("JSON"),
+                Message::Ping(_) | Message::Pong(_) => continue,
+                other => panic!("expected a text message, got {other:?}"),
+            }
+        }
+    }
+
+    /// Reads until the server closes; returns the JSON messages before and the end.
+    pub async fn until_closed(&mut self) -> (Vec<Value>, Ended) {
+        let mut seen = Vec::new();
+        loop {
+            let next = tokio::time::timeout(WAIT, self.ws.next())
+                .await
+                .expect("the server closes in time");
+            match next {
+                Some(Ok(Message::Text(t))) => {
+                    seen.push(serde_json::from_str(t.as_str()).expect("JSON"))
+                }
+                Some(Ok(Message::Close(Some(CloseFrame { code, .. })))) => {
+                    return (seen, Ended::Close(u16::from(code)));
+                }
+                Some(Ok(Message::Close(None))) => return (seen, Ended::Close(1005)),
+                Some(Ok(_)) => continue,
+                Some(Err(_)) | None => return (seen, Ended::NoCloseFrame),
+            }
+        }
+    }
+
+    /// Expects a fatal error with `code`, then the close `close`.
+    pub async fn expect_fatal(&mut self, code: &str, close: u16) -> Value {
+        let (seen, ended) = self.until_closed().await;
+        let error = seen
+            .iter()
+            .rev()
+            .find(|m| m["type"] == "error")
+            .cloned()
+            .unwrap_or_else(|| panic!("no error before the close; saw {seen:?}"));
+        assert_eq!(error["code"], code, "{error}");
+        assert_eq!(error["fatal"], true, "{error}");
+        assert_eq!(ended, Ended::Close(close), "close code after {code}");
+        error
+    }
+
+    pub async fn close(mut self, code: u16) {
+        let frame = CloseFrame {
+            code: code.into(),
+            reason: "".into(),
+        };
+        let _ = self.ws.close(Some(frame)).await;
+    }
+
+    /// Drops the TCP connection without a close frame.
+    pub fn drop_connection(self) {
+        drop(self.ws);
+    }
+}
+
+/// A raw HTTP/1.1 request to the admin listener: (status, body).
+pub async fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    key: Option<&str>,
+    body: Option<Value>,
+) -> (u16, String) {
+    let mut stream = TcpStream::connect(addr).await.expect("admin connect");
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    let auth = key
+        .map(|k| format!("Authorization: Bearer {k}\r\n"))
+        .unwrap_or_default();
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.expect("write");
+    let mut response = Vec::new();
+    tokio::time::timeout(WAIT, stream.read_to_end(&mut response))
+        .await
+        .expect("admin answers")
+        .expect("read");
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("status line");
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
