@@ -189,6 +189,7 @@ async fn oversize_message_closes_1009() {
     let mut config = test_config();
     config.limits.max_message_bytes = 1024;
     config.limits.max_frame_bytes = 1024;
+    config.jwt.max_token_bytes = 1024;
     let s = server(config).await;
     let (mut c, _) =
         Client::authed(s.ws_addr, &token("alice", json!({"channels": ["general"]}))).await;

@@ -107,16 +107,12 @@ pub fn build_verifier(config: &Config, dev_secret: Option<&[u8]>) -> Result<Veri
     let jwt = &config.jwt;
     let mut keys = KeySet::new();
     let err = |e: &dyn std::fmt::Display| StartError::Keys(e.to_string());
-    if let Some(secret) = &jwt.hs256_secret {
-        keys.add_hmac_secret(None, secret.as_bytes())
-            .map_err(|e| err(&e))?;
-    }
-    if let Some(path) = &jwt.hs256_secret_file {
-        let secret = std::fs::read(path).map_err(|e| {
-            StartError::Keys(format!("jwt.hs256_secret_file {}: {e}", path.display()))
-        })?;
-        let secret = trim_ascii_end(&secret);
-        keys.add_hmac_secret(None, secret).map_err(|e| err(&e))?;
+    // The secret, or the file holding it (read the way validation read it).
+    if let Some(secret) = jwt
+        .hs256_secret_bytes()
+        .map_err(|e| StartError::Keys(e.to_string()))?
+    {
+        keys.add_hmac_secret(None, &secret).map_err(|e| err(&e))?;
     }
     for path in &jwt.public_key_files {
         let pem = std::fs::read(path).map_err(|e| {
@@ -156,14 +152,6 @@ pub fn build_verifier(config: &Config, dev_secret: Option<&[u8]>) -> Result<Veri
         algorithms,
     };
     Verifier::new(keys, verifier_config).map_err(|e| err(&e))
-}
-
-fn trim_ascii_end(bytes: &[u8]) -> &[u8] {
-    let end = bytes
-        .iter()
-        .rposition(|b| !b.is_ascii_whitespace())
-        .map_or(0, |p| p + 1);
-    &bytes[..end]
 }
 
 /// The core's settings from the configuration.
@@ -252,9 +240,9 @@ pub async fn start_with_store<S: Store>(
             addr: config.admin_listen,
             source,
         })?;
-    let tls = match (&config.tls.cert_file, &config.tls.key_file) {
-        (Some(cert), Some(key)) => Some(crate::tls::acceptor(cert, key)?),
-        _ => None,
+    let tls = match &config.tls {
+        Some(tls) => Some(crate::tls::acceptor(&tls.cert_file, &tls.key_file)?),
+        None => None,
     };
     if config.allowed_origins.is_empty() {
         warn!("allowed_origins is empty: browsers from any origin may connect");

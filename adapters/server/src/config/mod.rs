@@ -1,0 +1,639 @@
+//! The server's configuration: what it is, where it comes from, and what makes it
+//! valid. `docs/configuration.md` is the operator's reference; a test keeps it in
+//! step with [`FIELDS`].
+//!
+//! # Sources
+//! In increasing precedence: built-in defaults ([`Config::default`]) < the TOML file
+//! named by `--config FILE` < environment variables (`WSAUTH_<KEY>` for a top-level
+//! key, `WSAUTH_<SECTION>__<KEY>` for a key of a section) < command-line flags
+//! ([`ServeArgs`]). [`load`] merges them with `figment` and checks every rule that
+//! does not depend on the mode; the caller then runs [`Config::validate`]`(dev)`,
+//! which also requires an admin key and a JWT key outside development mode:
+//!
+//! ```no_run
+//! # use wsauth_server::config::{self, ServeArgs};
+//! # fn start(args: ServeArgs) -> Result<(), config::ConfigError> {
+//! let mut config = config::load(&args)?;
+//! if args.dev {
+//!     // generate what is missing: config.admin_key, config.jwt.hs256_secret
+//! }
+//! config.validate(args.dev)?;
+//! # Ok(()) }
+//! ```
+//!
+//! Every error is a [`ConfigError`] naming the dotted key (`session.idle_timeout_ms`)
+//! and, when known, the source that set it; none ever prints a secret's value.
+//!
+//! # Secrets
+//! `admin_key`, `jwt.hs256_secret` and the password part of `store.url` are
+//! redacted by `Debug` and by `Serialize` (written as `"<redacted>"`), so a config
+//! can be logged or shown on an admin endpoint as it is.
+
+mod fields;
+mod sources;
+mod validate;
+
+use std::fmt;
+use std::marker::PhantomData;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::de::{self, Deserializer, SeqAccess, Visitor};
+use serde::{Deserialize, Serialize, Serializer};
+
+pub use fields::{FIELDS, SECRET_KEYS, env_var};
+pub use sources::{ServeArgs, load, load_with_env};
+pub use validate::{MIN_ADMIN_KEY_CHARS, MIN_HMAC_SECRET_BYTES};
+
+/// The JWT algorithms the server can verify, as they are spelled in a token's
+/// `alg` header and in `jwt.algorithms`.
+pub const SUPPORTED_ALGORITHMS: &[&str] = &[
+    "HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256",
+    "ES384", "EdDSA",
+];
+
+/// How `Debug` and `Serialize` show a secret that is set.
+pub const REDACTED: &str = "<redacted>";
+
+/// The whole configuration of one server process.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address of the WebSocket listener ["127.0.0.1:8080"].
+    pub listen: SocketAddr,
+    /// Address of the admin HTTP listener (revocations, health) ["127.0.0.1:9091"].
+    pub admin_listen: SocketAddr,
+    /// Bearer key of the admin API; required unless in development mode, at least
+    /// 16 characters when set.
+    #[serde(serialize_with = "serialize_secret")]
+    pub admin_key: Option<String>,
+    /// URL path of the WebSocket endpoint ["/ws"]; starts with '/'.
+    pub path: String,
+    /// Origins allowed to connect, exact `scheme://host[:port]`; empty allows every
+    /// origin (the server warns at start).
+    #[serde(deserialize_with = "string_or_list")]
+    pub allowed_origins: Vec<String>,
+    /// Accept `?access_token=` on the upgrade request [false]: URLs end up in logs.
+    pub allow_query_token: bool,
+    /// This node's name in logs and in the store; see [`Config::effective_node_id`].
+    pub node_id: Option<String>,
+    /// Graceful shutdown budget in milliseconds [10000]; 0 closes at once.
+    pub shutdown_drain_ms: u64,
+    /// Token verification.
+    pub jwt: JwtConfig,
+    /// Session timers and per-session limits.
+    pub session: SessionSettings,
+    /// Transport limits.
+    pub limits: Limits,
+    /// TLS termination by the server; `None` (section absent) serves plain `ws://`.
+    pub tls: Option<TlsConfig>,
+    /// Where sessions, revocations and channel fan-out live.
+    pub store: StoreConfig,
+    /// Logging.
+    pub log: LogConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            admin_listen: SocketAddr::from(([127, 0, 0, 1], 9091)),
+            admin_key: None,
+            path: "/ws".to_owned(),
+            allowed_origins: Vec::new(),
+            allow_query_token: false,
+            node_id: None,
+            shutdown_drain_ms: 10_000,
+            jwt: JwtConfig::default(),
+            session: SessionSettings::default(),
+            limits: Limits::default(),
+            tls: None,
+            store: StoreConfig::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("listen", &self.listen)
+            .field("admin_listen", &self.admin_listen)
+            .field("admin_key", &Redacted(&self.admin_key))
+            .field("path", &self.path)
+            .field("allowed_origins", &self.allowed_origins)
+            .field("allow_query_token", &self.allow_query_token)
+            .field("node_id", &self.node_id)
+            .field("shutdown_drain_ms", &self.shutdown_drain_ms)
+            .field("jwt", &self.jwt)
+            .field("session", &self.session)
+            .field("limits", &self.limits)
+            .field("tls", &self.tls)
+            .field("store", &self.store)
+            .field("log", &self.log)
+            .finish()
+    }
+}
+
+impl Config {
+    /// The node name to use: `node_id` when set, else `<hostname>-<pid>`, else (no
+    /// host name to be found) `node-<random hex>-<pid>`.
+    pub fn effective_node_id(&self) -> String {
+        if let Some(id) = &self.node_id {
+            return id.clone();
+        }
+        let pid = std::process::id();
+        match hostname() {
+            Some(host) => format!("{host}-{pid}"),
+            None => {
+                use std::hash::{BuildHasher, RandomState};
+                let random = RandomState::new().hash_one(pid);
+                format!("node-{random:016x}-{pid}")
+            }
+        }
+    }
+
+    /// Things that are allowed but worth a warning line at start.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.allowed_origins.is_empty() {
+            out.push("allowed_origins is empty: browsers from every origin may connect".to_owned());
+        }
+        if self.allow_query_token {
+            out.push(
+                "allow_query_token is on: tokens in URLs end up in proxy and access logs"
+                    .to_owned(),
+            );
+        }
+        if self.tls.is_none() && !self.listen.ip().is_loopback() {
+            out.push(format!(
+                "listen {} is not a loopback address and tls is not configured: tokens travel \
+                 in clear text unless a proxy terminates TLS",
+                self.listen
+            ));
+        }
+        out
+    }
+}
+
+fn hostname() -> Option<String> {
+    let from_file = |p: &str| std::fs::read_to_string(p).ok();
+    from_file("/proc/sys/kernel/hostname")
+        .or_else(|| from_file("/etc/hostname"))
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+}
+
+/// Token verification: the keys, the algorithms and the claims to require.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct JwtConfig {
+    /// An HMAC secret, at least 32 bytes. Prefer `hs256_secret_file`.
+    #[serde(serialize_with = "serialize_secret")]
+    pub hs256_secret: Option<String>,
+    /// A file holding the HMAC secret (its bytes, less one trailing line break);
+    /// mutually exclusive with `hs256_secret`.
+    pub hs256_secret_file: Option<PathBuf>,
+    /// PEM public keys (RSA, EC or Ed25519); each key's `kid` is its file stem.
+    #[serde(deserialize_with = "string_or_list")]
+    pub public_key_files: Vec<PathBuf>,
+    /// A JWKS document (`{"keys":[…]}`); each key's `kid` is its own.
+    pub jwks_file: Option<PathBuf>,
+    /// Algorithms accepted; empty accepts every supported one
+    /// ([`SUPPORTED_ALGORITHMS`]). `none` is never accepted.
+    #[serde(deserialize_with = "string_or_list")]
+    pub algorithms: Vec<String>,
+    /// Required `iss` when set.
+    pub issuer: Option<String>,
+    /// Accepted audiences: when not empty, a token's `aud` must contain one of them.
+    #[serde(deserialize_with = "string_or_list")]
+    pub audience: Vec<String>,
+    /// Clock leeway in seconds for `exp`, `nbf` and `iat` [30].
+    pub leeway_s: u64,
+    /// Largest token accepted, in bytes, checked before decoding [8192].
+    pub max_token_bytes: usize,
+}
+
+impl Default for JwtConfig {
+    fn default() -> Self {
+        JwtConfig {
+            hs256_secret: None,
+            hs256_secret_file: None,
+            public_key_files: Vec::new(),
+            jwks_file: None,
+            algorithms: Vec::new(),
+            issuer: None,
+            audience: Vec::new(),
+            leeway_s: 30,
+            max_token_bytes: 8192,
+        }
+    }
+}
+
+impl fmt::Debug for JwtConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JwtConfig")
+            .field("hs256_secret", &Redacted(&self.hs256_secret))
+            .field("hs256_secret_file", &self.hs256_secret_file)
+            .field("public_key_files", &self.public_key_files)
+            .field("jwks_file", &self.jwks_file)
+            .field("algorithms", &self.algorithms)
+            .field("issuer", &self.issuer)
+            .field("audience", &self.audience)
+            .field("leeway_s", &self.leeway_s)
+            .field("max_token_bytes", &self.max_token_bytes)
+            .finish()
+    }
+}
+
+impl JwtConfig {
+    /// Whether any verification key is configured.
+    pub fn has_key(&self) -> bool {
+        self.hs256_secret.is_some()
+            || self.hs256_secret_file.is_some()
+            || !self.public_key_files.is_empty()
+            || self.jwks_file.is_some()
+    }
+
+    /// The HMAC secret's bytes, from `hs256_secret` or read from
+    /// `hs256_secret_file` (less one trailing `\n` or `\r\n`); `None` when neither
+    /// is set. Errors name the key and never contain the secret.
+    pub fn hs256_secret_bytes(&self) -> Result<Option<Vec<u8>>, ConfigError> {
+        match (&self.hs256_secret, &self.hs256_secret_file) {
+            (Some(secret), _) => Ok(Some(secret.as_bytes().to_vec())),
+            (None, Some(path)) => read_secret_file(path).map(Some),
+            (None, None) => Ok(None),
+        }
+    }
+
+    /// The `kid` that a key read from `public_key_files` gets: its file stem
+    /// (`keys/2026-01.pem` → `2026-01`).
+    pub fn kid_of(path: &Path) -> Option<&str> {
+        path.file_stem()
+            .and_then(|s| s.to_str())
+            .filter(|s| !s.is_empty())
+    }
+}
+
+fn read_secret_file(path: &Path) -> Result<Vec<u8>, ConfigError> {
+    let mut bytes = std::fs::read(path).map_err(|e| {
+        ConfigError::new(
+            "jwt.hs256_secret_file",
+            format!("cannot be read ({}): {e}", path.display()),
+        )
+    })?;
+    if bytes.ends_with(b"\n") {
+        bytes.pop();
+        if bytes.ends_with(b"\r") {
+            bytes.pop();
+        }
+    }
+    Ok(bytes)
+}
+
+/// Session timers and per-session limits (PROTOCOL §3–§4).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SessionSettings {
+    /// Time from the upgrade to a completed `auth` or `resume` [5000].
+    pub auth_timeout_ms: u64,
+    /// Interval of the server's pings [25000].
+    pub heartbeat_ms: u64,
+    /// Silence after which a connection is closed [60000]; must exceed
+    /// `heartbeat_ms`.
+    pub idle_timeout_ms: u64,
+    /// Longest lead of the `expiring` notice [60000].
+    pub refresh_notice_ms: u64,
+    /// How long a dropped session stays resumable [30000]; 0 disables resume.
+    pub resume_grace_ms: u64,
+    /// Messages kept per session for replay on resume [256].
+    pub resume_buffer: usize,
+    /// Sessions per `sub`; `None` is unlimited, 0 is an error.
+    pub max_sessions_per_user: Option<usize>,
+    /// What a new session over `max_sessions_per_user` does [evict_oldest].
+    pub limit_policy: LimitPolicy,
+    /// How long a `sub` revocation refuses the user's older tokens, in seconds
+    /// [86400]: the longest lifetime of a token the issuer hands out.
+    pub max_token_lifetime_s: u64,
+    /// Channels one session may join at once [256].
+    pub max_channels: usize,
+    /// Requests a client may pipeline while one is being answered [64].
+    pub max_queued_requests: usize,
+}
+
+impl Default for SessionSettings {
+    fn default() -> Self {
+        SessionSettings {
+            auth_timeout_ms: 5_000,
+            heartbeat_ms: 25_000,
+            idle_timeout_ms: 60_000,
+            refresh_notice_ms: 60_000,
+            resume_grace_ms: 30_000,
+            resume_buffer: 256,
+            max_sessions_per_user: None,
+            limit_policy: LimitPolicy::EvictOldest,
+            max_token_lifetime_s: 86_400,
+            max_channels: 256,
+            max_queued_requests: 64,
+        }
+    }
+}
+
+/// What happens when a user would exceed `session.max_sessions_per_user`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LimitPolicy {
+    /// Close the user's oldest session with `SESSION_REPLACED`.
+    #[default]
+    EvictOldest,
+    /// Refuse the new session with `TOO_MANY_SESSIONS`.
+    RejectNew,
+}
+
+/// Transport limits (PROTOCOL §1).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Largest message, in bytes, after reassembling frames [65536].
+    pub max_message_bytes: usize,
+    /// Largest single frame, in bytes [65536]; at most `max_message_bytes`.
+    pub max_frame_bytes: usize,
+    /// Time for the whole upgrade (TLS included) to complete [5000].
+    pub handshake_timeout_ms: u64,
+    /// Sustained data frames per second per connection [100].
+    pub messages_per_second: u32,
+    /// Burst of data frames per connection [200].
+    pub message_burst: u32,
+    /// Connections per IP not yet authenticated [1024].
+    pub max_unauthenticated_per_ip: usize,
+    /// Open sockets in total [100000].
+    pub max_connections: usize,
+    /// Messages queued per connection before `SLOW_CONSUMER` [256].
+    pub outbound_queue: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_message_bytes: 65_536,
+            max_frame_bytes: 65_536,
+            handshake_timeout_ms: 5_000,
+            messages_per_second: 100,
+            message_burst: 200,
+            max_unauthenticated_per_ip: 1024,
+            max_connections: 100_000,
+            outbound_queue: 256,
+        }
+    }
+}
+
+/// TLS termination by the server itself.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain, leaf first.
+    pub cert_file: PathBuf,
+    /// PEM private key of the leaf certificate.
+    pub key_file: PathBuf,
+}
+
+/// Where sessions, revocations and channel fan-out live.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreConfig {
+    /// The store's kind [memory].
+    pub kind: StoreKind,
+    /// Connection URL; required for `redis` (`redis://`, `rediss://`,
+    /// `redis+unix://` or `unix://`). Its password is redacted in `Debug`.
+    #[serde(serialize_with = "serialize_url")]
+    pub url: Option<String>,
+    /// Prefix of every key the server writes ["wsauth:"].
+    pub key_prefix: String,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            kind: StoreKind::Memory,
+            url: None,
+            key_prefix: "wsauth:".to_owned(),
+        }
+    }
+}
+
+impl fmt::Debug for StoreConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StoreConfig")
+            .field("kind", &self.kind)
+            .field("url", &self.url.as_deref().map(redact_url))
+            .field("key_prefix", &self.key_prefix)
+            .finish()
+    }
+}
+
+/// The kind of store.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum StoreKind {
+    /// In-process: one node, nothing survives a restart.
+    #[default]
+    Memory,
+    /// Redis: several nodes share sessions, revocations and channels.
+    Redis,
+}
+
+/// Logging.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// Line format [text].
+    pub format: LogFormat,
+    /// Filter in `tracing` `EnvFilter` syntax ["info"], e.g. `info,wsauth=debug`.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: LogFormat::Text,
+            level: "info".to_owned(),
+        }
+    }
+}
+
+/// The log line format.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// A configuration problem: the dotted key (`session.idle_timeout_ms`), what is
+/// wrong with it and, when known, the source that set it. Never contains a
+/// secret's value.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{key} {message}{}", origin.as_ref().map(|o| format!(" (set by {o})")).unwrap_or_default())]
+pub struct ConfigError {
+    key: String,
+    message: String,
+    origin: Option<String>,
+}
+
+impl ConfigError {
+    /// A problem with `key`; `message` completes the sentence that starts with the
+    /// key ("must be at least 32 bytes") and must not contain a secret.
+    pub fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
+        ConfigError {
+            key: key.into(),
+            message: message.into(),
+            origin: None,
+        }
+    }
+
+    /// The same problem, noting the source that set the key.
+    pub fn with_origin(mut self, origin: impl Into<String>) -> Self {
+        self.origin = Some(origin.into());
+        self
+    }
+
+    /// The dotted key, e.g. `jwt.hs256_secret`; `--config` for the file itself.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// What is wrong.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    /// The source that set the key, e.g. `environment variable WSAUTH_LISTEN`.
+    pub fn origin(&self) -> Option<&str> {
+        self.origin.as_deref()
+    }
+}
+
+/// Shows whether a secret is set, never its value.
+struct Redacted<'a>(&'a Option<String>);
+
+impl fmt::Debug for Redacted<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(_) => write!(f, "Some({REDACTED:?})"),
+            None => f.write_str("None"),
+        }
+    }
+}
+
+fn serialize_secret<S: Serializer>(value: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
+    match value {
+        Some(_) => s.serialize_some(REDACTED),
+        None => s.serialize_none(),
+    }
+}
+
+fn serialize_url<S: Serializer>(value: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
+    match value {
+        Some(url) => s.serialize_some(&redact_url(url)),
+        None => s.serialize_none(),
+    }
+}
+
+/// `redis://user:pass@host:6379/0` → `redis://<redacted>@host:6379/0`.
+pub(crate) fn redact_url(url: &str) -> String {
+    let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
+        return url.to_owned();
+    };
+    let rest = &url[scheme_end..];
+    // The last '@' anywhere: an unencoded '/' or '@' in a password must not make
+    // the password show. Over-redacting a path with '@' in it costs nothing.
+    match rest.rfind('@') {
+        Some(at) => format!("{}{REDACTED}{}", &url[..scheme_end], &rest[at..]),
+        None => url.to_owned(),
+    }
+}
+
+/// A list given as a list, or as one string of comma-separated items (which is
+/// how environment variables carry lists): `"https://a.example, https://b.example"`.
+/// Items are trimmed and empty items dropped; an enclosing `[…]` and quotes around
+/// items are accepted too.
+fn string_or_list<'de, D, T>(deserializer: D) -> Result<Vec<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: From<String>,
+{
+    struct ListVisitor<T>(PhantomData<T>);
+
+    impl<'de, T: From<String>> Visitor<'de> for ListVisitor<T> {
+        type Value = Vec<T>;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a list of strings or a comma-separated string")
+        }
+
+        fn visit_str<E: de::Error>(self, s: &str) -> Result<Vec<T>, E> {
+            Ok(split_list(s).map(T::from).collect())
+        }
+
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<T>, A::Error> {
+            let mut out = Vec::new();
+            while let Some(item) = seq.next_element::<String>()? {
+                out.push(T::from(item));
+            }
+            Ok(out)
+        }
+    }
+
+    deserializer.deserialize_any(ListVisitor(PhantomData))
+}
+
+pub(crate) fn split_list(s: &str) -> impl Iterator<Item = String> + '_ {
+    let s = s.trim();
+    let s = s
+        .strip_prefix('[')
+        .and_then(|s| s.strip_suffix(']'))
+        .unwrap_or(s);
+    s.split(',')
+        .map(str::trim)
+        .filter(|item| !item.is_empty())
+        .map(|item| {
+            let unquoted = ['"', '\'']
+                .iter()
+                .find_map(|q| item.strip_prefix(*q).and_then(|i| i.strip_suffix(*q)));
+            unquoted.unwrap_or(item).to_owned()
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lists_split_at_commas() {
+        let items: Vec<String> = split_list(" a , b,,c ").collect();
+        assert_eq!(items, ["a", "b", "c"]);
+        let items: Vec<String> = split_list(r#"["a", 'b']"#).collect();
+        assert_eq!(items, ["a", "b"]);
+        assert_eq!(split_list("").count(), 0);
+    }
+
+    #[test]
+    fn url_passwords_are_redacted() {
+        assert_eq!(
+            redact_url("redis://:pw@h:6379/0"),
+            "redis://<redacted>@h:6379/0"
+        );
+        assert_eq!(redact_url("redis://u:p@ss@h"), "redis://<redacted>@h");
+        assert_eq!(redact_url("redis://:p/w@h"), "redis://<redacted>@h");
+        assert_eq!(redact_url("redis://h:6379/0"), "redis://h:6379/0");
+        assert_eq!(redact_url("no scheme"), "no scheme");
+    }
+}
