@@ -1,0 +1,244 @@
+//! The `wsauth-server` binary as a user runs it: development mode on embedded
+//! defaults, the `token` command, refused configurations, SIGTERM.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use tokio_tungstenite::tungstenite::Message;
+use wsauth_core::jwt::{KeySet, Verifier, VerifierConfig};
+
+const BIN: &str = env!("CARGO_BIN_EXE_wsauth-server");
+
+fn command() -> Command {
+    let mut cmd = Command::new(BIN);
+    // Only what the test sets: no WSAUTH_* from the outside.
+    cmd.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default());
+    cmd
+}
+
+struct Running {
+    child: Child,
+    url: String,
+    token: String,
+    secret: String,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts the server in development mode on ephemeral ports and reads its banner.
+fn start_dev() -> Running {
+    let mut child = command()
+        .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the binary starts");
+    let stdout = child.stdout.take().expect("stdout");
+    let stderr = child.stderr.take().expect("stderr");
+    // The logs: drained so that a full pipe never blocks the server.
+    std::thread::spawn(move || for _ in BufReader::new(stderr).lines() {});
+    let mut lines = BufReader::new(stdout).lines();
+    let (mut url, mut token, mut secret, mut banner) = (None, None, None, false);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while token.is_none() {
+        assert!(Instant::now() < deadline, "no banner in time");
+        let line = lines.next().expect("banner line").expect("utf8");
+        let line = line.trim().to_owned();
+        banner |= line.contains("DEVELOPMENT MODE");
+        if let Some(u) = line.strip_prefix("WebSocket") {
+            url = Some(u.trim().to_owned());
+        } else if let Some(s) = line.strip_prefix("export WSAUTH_JWT__HS256_SECRET=") {
+            secret = Some(s.to_owned());
+        } else if line.starts_with("eyJ") {
+            token = Some(line);
+        }
+    }
+    assert!(banner, "the development-mode warning is printed");
+    // Keep reading so that the server never writes into a closed pipe.
+    std::thread::spawn(move || for _ in lines {});
+    Running {
+        child,
+        url: url.expect("url line"),
+        token: token.expect("token"),
+        secret: secret.expect("secret line"),
+    }
+}
+
+#[tokio::test]
+async fn one_command_runs_the_server_on_embedded_defaults_and_its_sample_token_works() {
+    let running = start_dev();
+    assert!(
+        running.url.starts_with("ws://127.0.0.1:") && running.url.ends_with("/ws"),
+        "{}",
+        running.url
+    );
+    let (mut ws, _) = tokio_tungstenite::connect_async(running.url.as_str())
+        .await
+        .expect("connect");
+    let auth = format!(r#"{{"type":"auth","id":1,"token":"{}"}}"#, running.token);
+    ws.send(Message::text(auth)).await.expect("send");
+    let reply = loop {
+        match ws.next().await.expect("open").expect("message") {
+            Message::Text(t) => {
+                break serde_json::from_str::<serde_json::Value>(t.as_str()).expect("json");
+            }
+            _ => continue,
+        }
+    };
+    assert_eq!(reply["type"], "authenticated", "{reply}");
+    assert_eq!(reply["user_id"], "alice");
+    ws.send(Message::text(
+        r#"{"type":"join","id":2,"channel":"team:1"}"#,
+    ))
+    .await
+    .expect("send");
+    let joined = loop {
+        if let Message::Text(t) = ws.next().await.expect("open").expect("message") {
+            break serde_json::from_str::<serde_json::Value>(t.as_str()).expect("json");
+        }
+    };
+    assert_eq!(joined["type"], "joined", "the sample token allows team:*");
+
+    // SIGTERM: the socket is closed with 1001 and the process exits cleanly.
+    let pid = running.child.id().to_string();
+    let status = Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let closed = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Close(frame))) => break frame.map(|f| u16::from(f.code)),
+                Some(Ok(_)) => continue,
+                _ => break None,
+            }
+        }
+    })
+    .await
+    .expect("closed in time");
+    assert_eq!(closed, Some(1001));
+    let mut running = running;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let exit = loop {
+        if let Some(status) = running.child.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the process did not exit after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(exit.success(), "{exit:?}");
+}
+
+#[test]
+fn the_token_command_mints_with_the_configured_secret() {
+    let secret = "a-secret-for-the-token-command-32b!";
+    let out = command()
+        .env("WSAUTH_JWT__HS256_SECRET", secret)
+        .args([
+            "token",
+            "--sub",
+            "bob",
+            "--ttl",
+            "10m",
+            "--channels",
+            "team:*,general",
+        ])
+        .output()
+        .expect("runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token = String::from_utf8(out.stdout)
+        .expect("utf8")
+        .trim()
+        .to_owned();
+    let mut keys = KeySet::new();
+    keys.add_hmac_secret(None, secret.as_bytes()).expect("key");
+    let verifier = Verifier::new(keys, VerifierConfig::default()).expect("verifier");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as u64;
+    let claims = verifier
+        .verify(&token, now)
+        .expect("the minted token verifies");
+    assert_eq!(claims.sub, "bob");
+    assert_eq!(
+        claims.channels,
+        Some(vec!["team:*".to_owned(), "general".to_owned()])
+    );
+    let ttl = claims.exp_ms.saturating_sub(now);
+    assert!((595_000..=601_000).contains(&ttl), "ttl {ttl}");
+
+    let out = command()
+        .args(["token", "--sub", "bob"])
+        .output()
+        .expect("runs");
+    assert!(!out.status.success(), "no secret configured");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("WSAUTH_JWT__HS256_SECRET"));
+}
+
+#[test]
+fn a_wrong_value_stops_the_start_naming_the_key() {
+    let out = command()
+        .env("WSAUTH_SESSION__IDLE_TIMEOUT_MS", "10")
+        .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("session.idle_timeout_ms"), "{err}");
+
+    let out = command()
+        .args(["--listen", "0.0.0.0:0", "--admin-listen", "127.0.0.1:0"])
+        .output()
+        .expect("runs");
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "no key and not loopback: refused"
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("loopback"));
+
+    let out = command()
+        .env("WSAUTH_JWT__HS256_SECRET", "short")
+        .env("WSAUTH_ADMIN_KEY", "an-admin-key-long-enough")
+        .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("jwt.hs256_secret") && !err.contains("short\""),
+        "{err}"
+    );
+}
+
+#[test]
+fn the_dev_secret_line_is_usable_by_the_token_command() {
+    let running = start_dev();
+    let out = command()
+        .env("WSAUTH_JWT__HS256_SECRET", &running.secret)
+        .args(["token", "--sub", "carol"])
+        .output()
+        .expect("runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
