@@ -1,0 +1,29 @@
+//! The protocol from another ecosystem: a Python client (`websockets`) against the
+//! real server. `.ci/run` installs `websockets`; without Python or the package this
+//! test fails and says so.
+
+mod common;
+
+use common::*;
+use serde_json::json;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_python_websockets_client_speaks_the_protocol() {
+    let s = server(test_config()).await;
+    let good = token("pyuser", json!({"channels": ["general"]}));
+    let bad = wsauth_core::jwt::sign_hs256(b"not-the-server-secret-but-32-bytes!!", &json!({"sub": "x", "exp": now_s() + 60}));
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/python_client.py");
+    let url = format!("ws://{}/ws", s.ws_addr);
+    let out = tokio::process::Command::new("python3")
+        .args([script, &url, &good, &bad])
+        .output()
+        .await
+        .expect("python3 runs (install it, and `pip install websockets`)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    println!("{stdout}");
+    assert!(
+        out.status.success() && stdout.contains("python client: all ok"),
+        "python client failed:\n{stdout}\n{stderr}"
+    );
+}
