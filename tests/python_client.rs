@@ -11,8 +11,14 @@ use serde_json::json;
 async fn a_python_websockets_client_speaks_the_protocol() {
     let s = server(test_config()).await;
     let good = token("pyuser", json!({"channels": ["general"]}));
-    let bad = wsauth_core::jwt::sign_hs256(b"not-the-server-secret-but-32-bytes!!", &json!({"sub": "x", "exp": now_s() + 60}));
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/python_client.py");
+    let bad = wsauth_core::jwt::sign_hs256(
+        b"not-the-server-secret-but-32-bytes!!",
+        &json!({"sub": "x", "exp": now_s() + 60}),
+    );
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/clients/python_client.py"
+    );
     let url = format!("ws://{}/ws", s.ws_addr);
     let out = tokio::process::Command::new("python3")
         .args([script, &url, &good, &bad])

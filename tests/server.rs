@@ -794,3 +794,64 @@ async fn a_slow_upgrade_request_is_dropped_at_the_handshake_timeout() {
     assert_eq!(n, 0, "the server closes without answering");
     assert!(started.elapsed() >= Duration::from_millis(250));
 }
+
+// ----- TLS ----------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wss_is_served_directly_with_the_configured_certificate() {
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
+    use tokio_rustls::rustls::{ClientConfig, RootCertStore};
+
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/testdata/tls");
+    let mut config = test_config();
+    config.tls = Some(wsauth_server::config::TlsConfig {
+        cert_file: format!("{dir}/cert.pem").into(),
+        key_file: format!("{dir}/key.pem").into(),
+    });
+    let s = server(config).await;
+
+    let mut roots = RootCertStore::empty();
+    let cert = CertificateDer::from_pem_file(format!("{dir}/ca.pem")).expect("ca");
+    roots.add(cert).expect("root");
+    let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+    let client_config = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(client_config));
+    let tcp = tokio::net::TcpStream::connect(s.ws_addr)
+        .await
+        .expect("tcp");
+    let tls = connector
+        .connect(ServerName::try_from("localhost").expect("name"), tcp)
+        .await
+        .expect("TLS handshake with the configured certificate");
+    let url = format!("wss://localhost:{}/ws", s.ws_addr.port());
+    let (mut ws, _) = tokio_tungstenite::client_async(url, tls)
+        .await
+        .expect("upgrade over TLS");
+    let auth = json!({"type": "auth", "id": 1, "token": token("alice", json!({}))});
+    ws.send(Message::text(auth.to_string()))
+        .await
+        .expect("send");
+    use futures_util::StreamExt;
+    let reply = loop {
+        if let Message::Text(t) = ws.next().await.expect("open").expect("message") {
+            break serde_json::from_str::<serde_json::Value>(t.as_str()).expect("json");
+        }
+    };
+    assert_eq!(reply["type"], "authenticated");
+
+    // A plain-text client gets nothing useful from a TLS listener.
+    let plain = tokio::time::timeout(
+        WAIT,
+        tokio_tungstenite::connect_async(format!("ws://{}/ws", s.ws_addr)),
+    )
+    .await;
+    assert!(
+        matches!(plain, Ok(Err(_))),
+        "plain ws:// must fail against wss://"
+    );
+}
