@@ -30,8 +30,20 @@ struct Entry {
 /// client never makes the server's memory grow.
 pub struct Hub {
     entries: Mutex<HashMap<String, Arc<Entry>>>,
+    /// Notices for an epoch whose connection has not registered yet: the store may
+    /// notify a new attachment before the call that created it has returned.
+    early: Mutex<HashMap<String, Early>>,
     mailbox_limit: usize,
 }
+
+struct Early {
+    epoch: u64,
+    since: std::time::Instant,
+    events: Vec<ConnEvent>,
+}
+
+/// Early notices older than this belong to connections that never registered.
+const EARLY_TTL: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// A connection's end of the hub. Dropping it unregisters the session (unless a
 /// newer connection registered it since).
@@ -48,6 +60,7 @@ impl Hub {
     pub fn new(mailbox_limit: usize) -> Arc<Self> {
         Arc::new(Hub {
             entries: Mutex::new(HashMap::new()),
+            early: Mutex::new(HashMap::new()),
             mailbox_limit: mailbox_limit.max(1),
         })
     }
@@ -71,6 +84,16 @@ impl Hub {
             .get(session_id)
             .is_some_and(|existing| existing.epoch > epoch);
         if !keep_newer {
+            // Hand over what arrived for this epoch before it registered, in order.
+            let early = self.early_lock().remove(session_id);
+            if let Some(early) = early.filter(|e| e.epoch == epoch) {
+                for event in early.events {
+                    if let ConnEvent::Notice(Notice::Deliver(_)) = &event {
+                        entry.queued.fetch_add(1, Ordering::AcqRel);
+                    }
+                    let _ = entry.tx.send(event);
+                }
+            }
             entries.insert(session_id.to_owned(), entry);
         }
         Mailbox {
@@ -88,13 +111,53 @@ impl Hub {
     }
 }
 
+impl Hub {
+    fn early_lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Early>> {
+        self.early.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Keeps a notice for an epoch that has not registered yet (bounded).
+    fn stash(&self, session_id: &str, epoch: u64, notice: Notice) {
+        let mut early = self.early_lock();
+        if early.len() > 4096 {
+            early.retain(|_, e| e.since.elapsed() < EARLY_TTL);
+        }
+        let slot = early.entry(session_id.to_owned()).or_insert_with(|| Early {
+            epoch,
+            since: std::time::Instant::now(),
+            events: Vec::new(),
+        });
+        if slot.epoch != epoch {
+            if slot.epoch > epoch {
+                return;
+            }
+            *slot = Early {
+                epoch,
+                since: std::time::Instant::now(),
+                events: Vec::new(),
+            };
+        }
+        if slot.events.len() < self.mailbox_limit {
+            slot.events.push(ConnEvent::Notice(notice));
+        } else if !matches!(slot.events.last(), Some(ConnEvent::Overflow)) {
+            slot.events.push(ConnEvent::Overflow);
+        }
+    }
+}
+
 impl Notify for Hub {
     fn notify(&self, session_id: &str, epoch: u64, notice: Notice) {
         let entry = {
+            // The entries lock is held while stashing, so a registration cannot slip
+            // in between the look-up and the stash.
             let entries = self.lock();
             match entries.get(session_id) {
                 Some(e) if e.epoch == epoch => e.clone(),
-                _ => return,
+                Some(e) if e.epoch > epoch => return,
+                _ => {
+                    self.stash(session_id, epoch, notice);
+                    return;
+                }
             }
         };
         let event = match notice {
@@ -136,5 +199,61 @@ impl Drop for Mailbox {
         {
             entries.remove(&self.session_id);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wsauth_core::{Delivery, Payload};
+
+    fn delivery(seq: u64) -> Notice {
+        Notice::Deliver(Delivery {
+            channel: "c".into(),
+            from: "x".into(),
+            seq,
+            data: Payload::from_json("1").expect("json"),
+        })
+    }
+
+    fn seq_of(event: Option<ConnEvent>) -> Option<u64> {
+        match event {
+            Some(ConnEvent::Notice(Notice::Deliver(d))) => Some(d.seq),
+            _ => None,
+        }
+    }
+
+    #[tokio::test]
+    async fn notices_that_beat_the_registration_are_handed_over_in_order() {
+        let hub = Hub::new(16);
+        hub.notify("s", 2, delivery(7));
+        hub.notify("s", 2, delivery(8));
+        hub.notify("s", 1, delivery(99)); // an older epoch: never delivered to epoch 2
+        let mut mailbox = hub.register("s", 2);
+        assert_eq!(seq_of(mailbox.recv().await), Some(7));
+        assert_eq!(seq_of(mailbox.recv().await), Some(8));
+        hub.notify("s", 2, delivery(9));
+        assert_eq!(seq_of(mailbox.recv().await), Some(9));
+        hub.notify("s", 1, delivery(100));
+        hub.notify("s", 2, delivery(10));
+        assert_eq!(
+            seq_of(mailbox.recv().await),
+            Some(10),
+            "the stale epoch's notice was dropped"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_full_mailbox_overflows_once() {
+        let hub = Hub::new(2);
+        let mut mailbox = hub.register("s", 1);
+        for seq in 1..=5 {
+            hub.notify("s", 1, delivery(seq));
+        }
+        assert_eq!(seq_of(mailbox.recv().await), Some(1));
+        assert_eq!(seq_of(mailbox.recv().await), Some(2));
+        assert!(matches!(mailbox.recv().await, Some(ConnEvent::Overflow)));
+        drop(mailbox);
+        assert_eq!(hub.live_sessions(), 0, "dropping the mailbox unregisters");
     }
 }

@@ -52,6 +52,9 @@ type Notices = Vec<(String, u64, Notice)>;
 pub struct MemoryStore {
     settings: StoreSettings,
     state: Mutex<State>,
+    /// Taken before the state lock is released and held while notifying, so that
+    /// notices leave in the order the state changed (seq 2 never overtakes seq 1).
+    dispatch: Mutex<()>,
     notify: Arc<dyn Notify>,
 }
 
@@ -145,6 +148,7 @@ impl MemoryStore {
         MemoryStore {
             settings,
             state: Mutex::new(State::default()),
+            dispatch: Mutex::new(()),
             notify,
         }
     }
@@ -156,6 +160,7 @@ impl MemoryStore {
     }
 
     fn create(&self, claims: Arc<Claims>, now: u64) -> CreateOutcome {
+        let _order = lock(&self.dispatch);
         let mut notices = Vec::new();
         let outcome = {
             let mut st = lock(&self.state);
@@ -218,6 +223,7 @@ impl MemoryStore {
     }
 
     fn resume(&self, session_id: &str, token: &Secret, now: u64) -> Option<(ResumedSession, u64)> {
+        let _order = lock(&self.dispatch);
         let presented = hash_resume_token(token);
         let mut notices = Vec::new();
         let result = {
@@ -269,6 +275,7 @@ impl MemoryStore {
     }
 
     fn do_publish(&self, channel: &str, from: &str, data: Payload) -> usize {
+        let _order = lock(&self.dispatch);
         let mut notices = Vec::new();
         let n = {
             let mut st = lock(&self.state);
@@ -308,6 +315,7 @@ impl MemoryStore {
     }
 
     fn do_revoke(&self, revocation: Revocation, now: u64) -> usize {
+        let _order = lock(&self.dispatch);
         let mut notices = Vec::new();
         {
             let mut st = lock(&self.state);

@@ -91,3 +91,57 @@ async fn racing_creations_never_exceed_the_limit() {
         assert_eq!(store.sessions_of("alice").await.expect("answers").len(), 3);
     }
 }
+
+/// Records deliveries per session, in arrival order.
+#[derive(Default)]
+struct Arrivals(std::sync::Mutex<Vec<u64>>);
+
+impl wsauth_store::Notify for Arrivals {
+    fn notify(&self, _session_id: &str, _epoch: u64, notice: wsauth_store::Notice) {
+        if let wsauth_store::Notice::Deliver(d) = notice {
+            self.0.lock().expect("lock").push(d.seq);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_publishers_deliver_in_seq_order() {
+    let arrivals = Arc::new(Arrivals::default());
+    let store = Arc::new(MemoryStore::new(StoreSettings::default(), arrivals.clone()));
+    let CreateOutcome::Created {
+        session_id, epoch, ..
+    } = store
+        .create_session(Arc::new(Claims::new("alice", T0 + 3_600_000)), T0)
+        .await
+        .expect("answers")
+    else {
+        panic!("created")
+    };
+    store
+        .subscribe(&session_id, epoch, "general")
+        .await
+        .expect("subscribe");
+    let tasks: Vec<_> = (0..8)
+        .map(|_| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                for _ in 0..500 {
+                    let data = wsauth_core::Payload::from_json("1").expect("json");
+                    store
+                        .publish("general", "p", data, T0)
+                        .await
+                        .expect("publish");
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.expect("task");
+    }
+    let seen = arrivals.0.lock().expect("lock").clone();
+    assert_eq!(seen.len(), 4000);
+    assert!(
+        seen.windows(2).all(|w| w[1] == w[0] + 1),
+        "deliveries left out of seq order"
+    );
+}
