@@ -12,6 +12,8 @@
 #![warn(missing_docs)]
 
 pub mod error;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 pub mod jwt;
 
 pub use error::{CloseCode, ErrorCode, ErrorSpec, Retry};

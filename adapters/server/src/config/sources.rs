@@ -231,6 +231,23 @@ fn file_layer(path: &Path) -> Result<Layer, ConfigError> {
             format!("file {} cannot be read: {e}", path.display()),
         )
     })?;
+    text_layer(&text, path)
+}
+
+/// Loads a configuration from TOML text alone (no environment, no flags) and checks
+/// it as a production start would: what the `config_loader` fuzz target drives.
+pub fn load_toml_text(text: &str) -> Result<Config, ConfigError> {
+    let layer = text_layer(text, Path::new("<text>"))?;
+    let config: Config = Figment::new()
+        .merge(layer)
+        .extract()
+        .map_err(|e| from_figment(&e))?;
+    config.validate(false)?;
+    Ok(config)
+}
+
+fn text_layer(text: &str, path: &Path) -> Result<Layer, ConfigError> {
+    let text = text.to_owned();
     let table: toml::Table = toml::from_str(&text).map_err(|e| {
         let at = e.span().map(|span| {
             let before = &text[..span.start.min(text.len())];
