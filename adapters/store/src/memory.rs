@@ -416,6 +416,9 @@ impl Store for MemoryStore {
         epoch: u64,
         channel: &str,
     ) -> Result<(), StoreError> {
+        // Ordered with publishes: once this returns, every message published after it
+        // reaches the session.
+        let _order = lock(&self.dispatch);
         let mut st = lock(&self.state);
         if let Some(s) = st.current(session_id, epoch) {
             s.joined.insert(channel.to_owned());
@@ -433,6 +436,9 @@ impl Store for MemoryStore {
         epoch: u64,
         channel: &str,
     ) -> Result<(), StoreError> {
+        // Ordered with publishes: once this returns, no delivery for the channel is
+        // still on its way to the session.
+        let _order = lock(&self.dispatch);
         let mut st = lock(&self.state);
         if let Some(s) = st.current(session_id, epoch) {
             s.joined.remove(channel);

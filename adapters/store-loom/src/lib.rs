@@ -1,0 +1,2 @@
+//! loom models of the in-memory store live in `tests/`; build and run them with
+//! `RUSTFLAGS="--cfg loom" cargo test -p wsauth-store-loom --release`.
