@@ -397,6 +397,8 @@ pub fn machine(data: &[u8]) {
         match op {
             Op::Open(c) => {
                 if w.conn(pick(c)).is_none_or(|conn| conn.is_closed()) {
+                    // The name now stands for a new connection.
+                    checker.forget(pick(c));
                     w.open(pick(c));
                 }
             }

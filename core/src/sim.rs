@@ -899,6 +899,11 @@ impl InvariantChecker {
         Self::default()
     }
 
+    /// Forgets a connection's history: its name is being reused for a new one.
+    pub fn forget(&mut self, conn: &str) {
+        self.tracks.remove(conn);
+    }
+
     /// Registers a frame the client sent, to follow its request id.
     pub fn client_sent(&mut self, conn: &str, text: &str) {
         let Ok(value) = serde_json::from_str::<serde_json::Value>(text) else {
