@@ -855,3 +855,78 @@ async fn wss_is_served_directly_with_the_configured_certificate() {
         "plain ws:// must fail against wss://"
     );
 }
+
+// ----- Logs ---------------------------------------------------------------------
+
+/// A writer that keeps what the log subscriber writes.
+#[derive(Clone, Default)]
+struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().expect("lock").extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn one_log_line_per_connection_outcome_and_never_a_token() {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_env_filter("debug")
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    // A current-thread runtime: every server task logs through this subscriber.
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let s = server(test_config()).await;
+    let good = token("alice", json!({"jti": "log-test"}));
+    let (mut c, reply) = Client::authed(s.ws_addr, &good).await;
+    c.send(json!({"type": "refresh", "id": 2, "token": good}))
+        .await;
+    assert_eq!(c.recv().await["type"], "refreshed");
+    c.send(json!({"type": "logout"})).await;
+    let _ = c.until_closed().await;
+    let bad = token("mallory", json!({"exp": now_s() - 3600}));
+    let mut b = Client::connect(s.ws_addr).await;
+    b.send(json!({"type": "auth", "id": 1, "token": bad})).await;
+    b.expect_fatal("TOKEN_EXPIRED", 4401).await;
+    let header = format!("Bearer {bad}");
+    let _ = Client::connect_with(s.ws_addr, &[("Authorization", &header)]).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let logs = String::from_utf8(captured.0.lock().expect("lock").clone()).expect("utf8");
+    let closed: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains("connection closed"))
+        .collect();
+    assert_eq!(closed.len(), 3, "one line per connection outcome:\n{logs}");
+    assert!(
+        closed.iter().any(|l| l.contains("user=\"alice\"")
+            && l.contains("close=1000")
+            && l.contains("duration_ms")),
+        "{logs}"
+    );
+    assert!(
+        closed
+            .iter()
+            .any(|l| l.contains("code=\"TOKEN_EXPIRED\"") && l.contains("close=4401")),
+        "{logs}"
+    );
+    assert!(
+        closed
+            .iter()
+            .any(|l| l.contains("code=\"TOKEN_EXPIRED\"") && l.contains("close=0")),
+        "the refused upgrade: {logs}"
+    );
+    let resume_token = reply["resume_token"].as_str().expect("resume token");
+    for secret in [good.as_str(), bad.as_str(), resume_token, SECRET, ADMIN_KEY] {
+        assert!(!logs.contains(secret), "a secret reached the logs:\n{logs}");
+    }
+    // Parts of a token are secrets too: its signature.
+    let signature = good.rsplit('.').next().expect("signature");
+    assert!(!logs.contains(signature));
+}

@@ -94,6 +94,7 @@ where
         unauthenticated: Some(unauthenticated),
         upgraded: false,
         slow: false,
+        user: None,
     };
     if let Some((method, token)) = token {
         driver.conn =
@@ -149,6 +150,8 @@ struct Driver<S: Store> {
     unauthenticated: Option<crate::limits::IpGuard>,
     upgraded: bool,
     slow: bool,
+    /// The session's user, kept for the outcome line (the machine forgets it at close).
+    user: Option<String>,
 }
 
 impl<S: Store> Driver<S> {
@@ -423,6 +426,12 @@ impl<S: Store> Driver<S> {
         }
     }
 
+    fn remember_user(&mut self) {
+        if self.user.is_none() {
+            self.user = self.conn.user().map(str::to_owned);
+        }
+    }
+
     fn attach(&mut self, session_id: &str, epoch: u64) {
         self.epoch = epoch;
         self.session_id = Some(session_id.to_owned());
@@ -432,6 +441,7 @@ impl<S: Store> Driver<S> {
     }
 
     fn event(&mut self, event: Event) {
+        self.remember_user();
         self.shared.metrics.event(&event);
         match event {
             Event::Authenticated { method, user } => {
@@ -442,10 +452,9 @@ impl<S: Store> Driver<S> {
                 error,
                 session,
             } => {
-                let user = self.conn.user().map(str::to_owned);
                 info!(
                     peer = %self.peer,
-                    user = user.as_deref().unwrap_or("-"),
+                    user = self.user.as_deref().unwrap_or("-"),
                     session = self.session_id.as_deref().unwrap_or("-"),
                     close = code.map_or(0, |c: CloseCode| c.0),
                     code = error.map_or("-", ErrorCode::as_str),
