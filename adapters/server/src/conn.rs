@@ -33,22 +33,22 @@ pub fn now_ms() -> u64 {
 }
 
 /// Serves one accepted socket (already through TLS when configured).
-pub async fn serve<S, IO>(shared: Arc<Shared<S>>, mut io: IO, peer: SocketAddr)
+pub async fn serve<S, IO>(shared: Arc<Shared<S>>, mut io: IO, peer: SocketAddr, accepted: Instant)
 where
     S: Store,
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let started = Instant::now();
+    let started = accepted;
     // Counted from accept until authentication; over the cap, refused at once.
     let Some(unauthenticated) = shared.ip_limiter.try_acquire(peer.ip()) else {
         refuse(&mut io, ErrorCode::RateLimited, &shared, peer).await;
         return;
     };
-    let handshake_timeout = Duration::from_millis(shared.config.limits.handshake_timeout_ms);
+    // One deadline for the whole accept: TLS (already done by the caller) and the head.
+    let deadline = tokio::time::Instant::from_std(accepted)
+        + Duration::from_millis(shared.config.limits.handshake_timeout_ms);
     let request =
-        match tokio::time::timeout(handshake_timeout, handshake::read_upgrade_request(&mut io))
-            .await
-        {
+        match tokio::time::timeout_at(deadline, handshake::read_upgrade_request(&mut io)).await {
             Ok(Ok(r)) => r,
             Ok(Err(e)) => {
                 if let Some(status) = e.status() {

@@ -317,14 +317,15 @@ async fn accept_loop<S: Store>(
                 };
                 let shared = shared.clone();
                 let tls = tls.clone();
+                let accepted = std::time::Instant::now();
                 tracker.spawn(async move {
                     let _slot = slot;
                     match tls {
-                        None => crate::conn::serve(shared, tcp, peer).await,
+                        None => crate::conn::serve(shared, tcp, peer, accepted).await,
                         Some(acceptor) => {
                             let limit = Duration::from_millis(shared.config.limits.handshake_timeout_ms);
                             match tokio::time::timeout(limit, acceptor.accept(tcp)).await {
-                                Ok(Ok(stream)) => crate::conn::serve(shared, stream, peer).await,
+                                Ok(Ok(stream)) => crate::conn::serve(shared, stream, peer, accepted).await,
                                 _ => tracing::debug!(%peer, "TLS handshake failed or timed out"),
                             }
                         }
