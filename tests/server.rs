@@ -266,7 +266,23 @@ async fn refresh_success_and_non_fatal_failures() {
         (Some("left"), Some("team:1"), Some("FORBIDDEN"))
     );
 
+    // A revoked token is refused as a refresh too.
+    let (status, _) = http(
+        s.admin_addr,
+        "POST",
+        "/admin/revoke",
+        Some(ADMIN_KEY),
+        Some(json!({"jti": "burned"})),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let other_key = wsauth_core::jwt::sign_hs256(
+        b"another-secret-that-is-32-bytes-long!",
+        &json!({"sub": "alice", "exp": now_s() + 60}),
+    );
     let failures = [
+        (token("alice", json!({"jti": "burned"})), "TOKEN_REVOKED"),
+        (other_key, "AUTH_FAILED"),
         (token("bob", json!({})), "SUBJECT_MISMATCH"),
         (
             token("alice", json!({"exp": now_s() - 100})),
@@ -929,4 +945,59 @@ async fn one_log_line_per_connection_outcome_and_never_a_token() {
     // Parts of a token are secrets too: its signature.
     let signature = good.rsplit('.').next().expect("signature");
     assert!(!logs.contains(signature));
+}
+
+// ----- Store faults -------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_down_fails_auth_with_internal_1011_but_live_sessions_go_on() {
+    use std::sync::atomic::Ordering;
+    let (s, store) = server_with_switchable_store(test_config()).await;
+    let (mut live, _) =
+        Client::authed(s.ws_addr, &token("alice", json!({"channels": ["general"]}))).await;
+    store.down.store(true, Ordering::SeqCst);
+
+    let (status, _) = http(s.admin_addr, "GET", "/readyz", None, None).await;
+    assert_eq!(status, 503, "not ready while the store is down");
+    let (status, _) = http(s.admin_addr, "GET", "/healthz", None, None).await;
+    assert_eq!(status, 200, "still alive");
+
+    // New authentications fail closed.
+    let mut c = Client::connect(s.ws_addr).await;
+    c.send(json!({"type": "auth", "id": 1, "token": token("bob", json!({}))}))
+        .await;
+    let e = c.expect_fatal("INTERNAL", 1011).await;
+    assert_eq!(e["retry"], "reconnect");
+    let header = format!("Bearer {}", token("bob", json!({})));
+    let (status, body) = Client::connect_with(s.ws_addr, &[("Authorization", &header)])
+        .await
+        .err()
+        .expect("refused");
+    assert_eq!(status, 503);
+    assert!(body.contains("INTERNAL"));
+
+    // The live session's requests fail without closing it.
+    live.send(json!({"type": "join", "id": 2, "channel": "general"}))
+        .await;
+    let e = live.recv().await;
+    assert_eq!(
+        (e["code"].as_str(), e["fatal"].as_bool(), e["id"].as_u64()),
+        (Some("INTERNAL"), Some(false), Some(2))
+    );
+    live.send(json!({"type": "refresh", "id": 3, "token": token("alice", json!({}))}))
+        .await;
+    let e = live.recv().await;
+    assert_eq!(
+        (e["code"].as_str(), e["fatal"].as_bool()),
+        (Some("INTERNAL"), Some(false))
+    );
+
+    // Back up: everything works again, the live session included.
+    store.down.store(false, Ordering::SeqCst);
+    live.send(json!({"type": "join", "id": 4, "channel": "general"}))
+        .await;
+    assert_eq!(live.recv().await["type"], "joined");
+    Client::authed(s.ws_addr, &token("bob", json!({}))).await;
+    let (status, _) = http(s.admin_addr, "GET", "/readyz", None, None).await;
+    assert_eq!(status, 200);
 }

@@ -240,3 +240,73 @@ pub async fn http(
         .unwrap_or_default();
     (status, body)
 }
+
+/// A store that can be switched off: the in-memory store, or `Unavailable` for every
+/// call while `down` is set. For the `INTERNAL` paths and readiness.
+pub struct SwitchableStore {
+    pub inner: wsauth_store::MemoryStore,
+    pub down: std::sync::atomic::AtomicBool,
+}
+
+impl SwitchableStore {
+    fn check(&self) -> Result<(), wsauth_store::StoreError> {
+        if self.down.load(std::sync::atomic::Ordering::SeqCst) {
+            Err(wsauth_store::StoreError::Unavailable(
+                "switched off by the test".into(),
+            ))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+macro_rules! delegate {
+    ($( fn $name:ident(&self $(, $arg:ident: $ty:ty)*) -> $out:ty; )*) => {
+        impl wsauth_store::Store for SwitchableStore {
+            $(
+                async fn $name(&self $(, $arg: $ty)*) -> Result<$out, wsauth_store::StoreError> {
+                    self.check()?;
+                    self.inner.$name($($arg),*).await
+                }
+            )*
+        }
+    };
+}
+
+delegate! {
+    fn create_session(&self, claims: std::sync::Arc<wsauth_core::jwt::Claims>, now_ms: u64) -> wsauth_store::CreateOutcome;
+    fn resume_session(&self, session_id: &str, resume_token: &wsauth_core::Secret, now_ms: u64) -> Option<(wsauth_core::ResumedSession, u64)>;
+    fn refresh_session(&self, session_id: &str, epoch: u64, claims: std::sync::Arc<wsauth_core::jwt::Claims>, now_ms: u64) -> wsauth_store::RefreshOutcome;
+    fn note_expiring_sent(&self, session_id: &str, epoch: u64) -> ();
+    fn subscribe(&self, session_id: &str, epoch: u64, channel: &str) -> ();
+    fn unsubscribe(&self, session_id: &str, epoch: u64, channel: &str) -> ();
+    fn publish(&self, channel: &str, from: &str, data: wsauth_core::Payload, now_ms: u64) -> usize;
+    fn detach(&self, session_id: &str, epoch: u64, now_ms: u64) -> ();
+    fn end_session(&self, session_id: &str, epoch: u64) -> ();
+    fn revoke(&self, revocation: wsauth_core::Revocation, now_ms: u64) -> usize;
+    fn sessions_of(&self, sub: &str) -> Vec<wsauth_store::SessionInfo>;
+    fn is_revoked(&self, claims: &wsauth_core::jwt::Claims, now_ms: u64) -> bool;
+    fn ping(&self) -> ();
+    fn purge_expired(&self, now_ms: u64) -> ();
+    fn stats(&self) -> wsauth_store::StoreStats;
+}
+
+/// Starts a server on a [`SwitchableStore`].
+pub async fn server_with_switchable_store(
+    config: Config,
+) -> (ServerHandle, std::sync::Arc<SwitchableStore>) {
+    config.validate(false).expect("valid test config");
+    let verifier = wsauth_server::server::build_verifier(&config, None).expect("verifier");
+    let hub = wsauth_server::hub::Hub::new(config.limits.outbound_queue);
+    let store = std::sync::Arc::new(SwitchableStore {
+        inner: wsauth_store::MemoryStore::new(
+            wsauth_server::server::store_settings(&config),
+            hub.clone() as std::sync::Arc<dyn wsauth_store::Notify>,
+        ),
+        down: std::sync::atomic::AtomicBool::new(false),
+    });
+    let handle = wsauth_server::server::start_with_store(config, verifier, hub, store.clone())
+        .await
+        .expect("server starts");
+    (handle, store)
+}
