@@ -190,6 +190,13 @@ impl KeySet {
                     if p.curve != EllipticCurve::Ed25519 {
                         return Err(KeyError::Unsupported("OKP curve other than Ed25519"));
                     }
+                    // A public key of another length would only fail (or worse) at
+                    // verification time: refuse it while loading.
+                    let x = super::b64::decode(&p.x)
+                        .map_err(|_| KeyError::BadJwks("bad OKP key".into()))?;
+                    if x.len() != 32 {
+                        return Err(KeyError::BadJwks("an Ed25519 key is 32 bytes".into()));
+                    }
                     (
                         vec![Algorithm::EdDSA],
                         DecodingKey::from_jwk(jwk)
