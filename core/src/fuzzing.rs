@@ -331,9 +331,14 @@ pub enum RevokeKind {
     Session,
 }
 
-/// A stand-in verifier (the real one has its own target): `sym:<sub>:<exp s>:<jti>:<channels>`.
+/// A stand-in verifier for tests of the machine (the real one has its own target):
+/// `sym:<sub>:<exp s>:<jti>:<channels>` is valid, `bad:…` has a bad signature, anything
+/// else is malformed.
 pub fn symbolic_verifier(leeway_ms: u64) -> crate::sim::VerifyFn {
     Arc::new(move |token: &str, now: u64| {
+        if token.starts_with("bad:") {
+            return Err(TokenError::BadSignature);
+        }
         let rest = token
             .strip_prefix("sym:")
             .ok_or(TokenError::Malformed("not a symbolic token"))?;
