@@ -2,7 +2,7 @@
 #![allow(dead_code)]
 
 use wsauth_core::SessionConfig;
-use wsauth_core::sim::{StoreConfig, VerifyFn, World};
+use wsauth_core::sim::{StoreConfig, World};
 
 /// 2026-01-01T00:00:00Z: every test world starts here.
 pub const T0: u64 = 1_767_225_600_000;
