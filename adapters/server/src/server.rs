@@ -15,6 +15,7 @@ use wsauth_core::jwt::{KeySet, Verifier, VerifierConfig};
 use wsauth_core::upgrade::UpgradePolicy;
 use wsauth_core::{ErrorBody, ErrorCode, SessionConfig};
 use wsauth_store::{MemoryStore, Notify, Store, StoreSettings};
+use wsauth_store_redis::{RedisConfig, RedisStore};
 
 use crate::config::{Config, StoreKind};
 use crate::hub::Hub;
@@ -196,18 +197,31 @@ pub async fn start(
 ) -> Result<ServerHandle, StartError> {
     let verifier = build_verifier(&config, dev_secret.as_deref())?;
     let hub = Hub::new(config.limits.outbound_queue);
-    let store = match config.store.kind {
-        StoreKind::Memory => Arc::new(MemoryStore::new(
-            store_settings(&config),
-            hub.clone() as Arc<dyn Notify>,
-        )),
-        StoreKind::Redis => {
-            return Err(StartError::Store(
-                "store.kind = \"redis\" is not available in this build yet".into(),
+    match config.store.kind {
+        StoreKind::Memory => {
+            let store = Arc::new(MemoryStore::new(
+                store_settings(&config),
+                hub.clone() as Arc<dyn Notify>,
             ));
+            start_with_store(config, verifier, hub, store).await
         }
-    };
-    start_with_store(config, verifier, hub, store).await
+        StoreKind::Redis => {
+            let url = config.store.url.clone().ok_or_else(|| {
+                StartError::Store("store.url is required when store.kind is redis".into())
+            })?;
+            let redis_config =
+                RedisConfig::new(url, &config.store.key_prefix, config.effective_node_id());
+            let store = RedisStore::connect(
+                redis_config,
+                store_settings(&config),
+                hub.clone() as Arc<dyn Notify>,
+            )
+            .await
+            .map_err(|e| StartError::Store(format!("cannot use Redis at store.url: {e}")))?;
+            info!(prefix = %config.store.key_prefix, "sessions are kept in Redis");
+            start_with_store(config, verifier, hub, Arc::new(store)).await
+        }
+    }
 }
 
 /// Starts the server on a given store.

@@ -1,6 +1,846 @@
 //! The Redis store for wsauth: several `wsauth-server` nodes share sessions,
 //! resume tokens, the per-user index, revocations and channel fan-out through one
 //! Redis (or Valkey) primary.
+//!
+//! Every decision that must be atomic across nodes (create under the per-user
+//! limit, spend a resume token, revoke, assign `seq`) is one Lua script, so Redis
+//! runs it as one step. A script that must reach a connection appends a notice to
+//! the holding node's stream (`<prefix>in:<inbox>`); each node reads its own stream
+//! and hands the notices to its [`Notify`]. A stream, not pub/sub: a node whose link
+//! to Redis drops for a moment reads on from the last entry it saw, so neither a
+//! revocation nor a message is missed silently, and entries leave in the order the
+//! scripts ran, which is `seq` order for every session.
 
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{AsyncConnectionConfig, Client, RedisError, Script, Value};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use tokio::sync::oneshot;
+use wsauth_core::jwt::Claims;
+use wsauth_core::{Delivery, Payload, ResumedSession, Revocation, Secret};
+use wsauth_store::{
+    CreateOutcome, LimitPolicy, Notice, Notify, RefreshOutcome, SessionInfo, Store, StoreError,
+    StoreSettings, StoreStats, hash_resume_token, new_resume_token, new_session_id,
+};
+
+mod claims;
 #[cfg(feature = "testing")]
 pub mod testing;
+
+use claims::StoredClaims;
+
+/// How a node reaches Redis.
+#[derive(Clone)]
+pub struct RedisConfig {
+    /// `redis://[user:password@]host:port/db`, `rediss://…` or `unix://…`.
+    pub url: String,
+    /// Prefix of every key this store writes, e.g. `wsauth:`.
+    pub key_prefix: String,
+    /// This node's name, shown by the admin API next to its sessions.
+    pub node_id: String,
+    /// Longest wait for one Redis reply.
+    pub response_timeout: Duration,
+}
+
+impl std::fmt::Debug for RedisConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The URL may hold a password.
+        f.debug_struct("RedisConfig")
+            .field("key_prefix", &self.key_prefix)
+            .field("node_id", &self.node_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisConfig {
+    /// A configuration with a 2 s reply timeout.
+    pub fn new(
+        url: impl Into<String>,
+        key_prefix: impl Into<String>,
+        node_id: impl Into<String>,
+    ) -> Self {
+        RedisConfig {
+            url: url.into(),
+            key_prefix: key_prefix.into(),
+            node_id: node_id.into(),
+            response_timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+const PRELUDE: &str = include_str!("lua/prelude.lua");
+
+struct Scripts {
+    create: Script,
+    resume: Script,
+    refresh: Script,
+    session_ops: Script,
+    publish: Script,
+    revoke: Script,
+    read: Script,
+    purge: Script,
+}
+
+impl Scripts {
+    fn new() -> Self {
+        let with_prelude = |body: &str| Script::new(&format!("{PRELUDE}\n{body}"));
+        Scripts {
+            create: with_prelude(include_str!("lua/create.lua")),
+            resume: with_prelude(include_str!("lua/resume.lua")),
+            refresh: with_prelude(include_str!("lua/refresh.lua")),
+            session_ops: with_prelude(include_str!("lua/session_ops.lua")),
+            publish: with_prelude(include_str!("lua/publish.lua")),
+            revoke: with_prelude(include_str!("lua/revoke.lua")),
+            read: with_prelude(include_str!("lua/read.lua")),
+            purge: with_prelude(include_str!("lua/purge.lua")),
+        }
+    }
+}
+
+/// Settle marks waiting for the stream reader.
+type Marks = Mutex<HashMap<u64, oneshot::Sender<()>>>;
+
+/// The Redis store. Cloning is not offered: one per node, shared behind an `Arc`.
+pub struct RedisStore {
+    settings: StoreSettings,
+    prefix: String,
+    node: String,
+    inbox: String,
+    conn: ConnectionManager,
+    scripts: Scripts,
+    marks: Arc<Marks>,
+    next_mark: AtomicU64,
+    reader: tokio::task::JoinHandle<()>,
+}
+
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("prefix", &self.prefix)
+            .field("node", &self.node)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for RedisStore {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
+}
+
+fn unavailable(e: RedisError) -> StoreError {
+    // A Redis error never carries the URL or a command's arguments; the kind and
+    // the server's short text say what happened.
+    let detail = e.detail().map(|d| format!(": {d}")).unwrap_or_default();
+    StoreError::Unavailable(format!("redis {}{detail}", e.category()))
+}
+
+fn protocol_error(what: &str) -> StoreError {
+    StoreError::Unavailable(format!("redis: unexpected reply to {what}"))
+}
+
+/// Session ids come from clients and admins: anything that is not one of ours is
+/// unknown without asking Redis.
+fn plausible_session_id(id: &str) -> bool {
+    id.len() <= 64
+        && id.starts_with("s_")
+        && id[2..]
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+impl RedisStore {
+    /// Connects, checks that Redis answers, and starts reading this node's stream.
+    /// Fails (with a message that names no password) when Redis cannot be reached.
+    pub async fn connect(
+        config: RedisConfig,
+        settings: StoreSettings,
+        notify: Arc<dyn Notify>,
+    ) -> Result<RedisStore, StoreError> {
+        let client = Client::open(config.url.as_str()).map_err(|e| {
+            StoreError::Unavailable(format!(
+                "store.url is not a valid Redis URL ({})",
+                e.category()
+            ))
+        })?;
+        let manager_config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(1)))
+            .set_response_timeout(Some(config.response_timeout))
+            .set_number_of_retries(3)
+            .set_max_delay(Duration::from_secs(2));
+        let mut conn = ConnectionManager::new_with_config(client.clone(), manager_config)
+            .await
+            .map_err(unavailable)?;
+        let _: String = redis::cmd("PING")
+            .query_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        let inbox = format!("{}:{:016x}", config.node_id, rand::random::<u64>());
+        let marks: Arc<Marks> = Arc::default();
+        let stream_key = format!("{}in:{}", config.key_prefix, inbox);
+        let reader = tokio::spawn(read_inbox(client, stream_key, notify, marks.clone()));
+        Ok(RedisStore {
+            settings,
+            prefix: config.key_prefix,
+            node: config.node_id,
+            inbox,
+            conn,
+            scripts: Scripts::new(),
+            marks,
+            next_mark: AtomicU64::new(1),
+            reader,
+        })
+    }
+
+    fn conn(&self) -> ConnectionManager {
+        self.conn.clone()
+    }
+}
+
+/// A notice as a script writes it into a node's stream.
+#[derive(Deserialize)]
+struct InboxEntry<'a> {
+    kind: &'a str,
+    #[serde(default)]
+    to: Vec<(String, u64, u64)>,
+    #[serde(default)]
+    channel: Option<String>,
+    #[serde(default)]
+    from: Option<String>,
+    #[serde(default, borrow)]
+    data: Option<&'a RawValue>,
+    #[serde(default)]
+    rev: Option<RevocationJson>,
+    #[serde(default)]
+    mark: Option<u64>,
+}
+
+#[derive(serde::Serialize, Deserialize)]
+#[serde(untagged)]
+enum RevocationJson {
+    Token { jti: String },
+    Subject { sub: String, at_s: u64 },
+    Session { session_id: String },
+}
+
+impl From<&Revocation> for RevocationJson {
+    fn from(r: &Revocation) -> Self {
+        match r {
+            Revocation::Token { jti } => RevocationJson::Token { jti: jti.clone() },
+            Revocation::Subject { sub, at_s } => RevocationJson::Subject {
+                sub: sub.clone(),
+                at_s: *at_s,
+            },
+            Revocation::Session { session_id } => RevocationJson::Session {
+                session_id: session_id.clone(),
+            },
+        }
+    }
+}
+
+impl From<RevocationJson> for Revocation {
+    fn from(r: RevocationJson) -> Self {
+        match r {
+            RevocationJson::Token { jti } => Revocation::Token { jti },
+            RevocationJson::Subject { sub, at_s } => Revocation::Subject { sub, at_s },
+            RevocationJson::Session { session_id } => Revocation::Session { session_id },
+        }
+    }
+}
+
+/// Hands one stream entry to the node's connections.
+fn dispatch(text: &str, notify: &dyn Notify, marks: &Marks) {
+    let Ok(entry) = serde_json::from_str::<InboxEntry<'_>>(text) else {
+        tracing::warn!("store: an unreadable notice in this node's stream was skipped");
+        return;
+    };
+    match entry.kind {
+        "deliver" => {
+            let (Some(channel), Some(from), Some(data)) = (entry.channel, entry.from, entry.data)
+            else {
+                return;
+            };
+            let Ok(data) = Payload::from_json(data.get()) else {
+                return;
+            };
+            for (session_id, epoch, seq) in entry.to {
+                let delivery = Delivery {
+                    channel: channel.clone(),
+                    from: from.clone(),
+                    seq,
+                    data: data.clone(),
+                };
+                notify.notify(&session_id, epoch, Notice::Deliver(delivery));
+            }
+        }
+        "replaced" => {
+            for (session_id, epoch, _) in entry.to {
+                notify.notify(&session_id, epoch, Notice::Replaced);
+            }
+        }
+        "revoked" => {
+            let Some(rev) = entry.rev.map(Revocation::from) else {
+                return;
+            };
+            for (session_id, epoch, _) in entry.to {
+                notify.notify(&session_id, epoch, Notice::Revoked(rev.clone()));
+            }
+        }
+        "mark" => {
+            if let Some(id) = entry.mark
+                && let Some(tx) = marks.lock().unwrap_or_else(|e| e.into_inner()).remove(&id)
+            {
+                let _ = tx.send(());
+            }
+        }
+        _ => {}
+    }
+}
+
+type StreamReply = Option<Vec<(String, Vec<(String, Vec<(String, String)>)>)>>;
+
+/// Reads this node's stream for as long as the store lives, reconnecting with
+/// backoff; after a reconnect it reads on from the last entry it handled.
+async fn read_inbox(client: Client, key: String, notify: Arc<dyn Notify>, marks: Arc<Marks>) {
+    const BLOCK_MS: u64 = 1000;
+    let config = AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(1)))
+        .set_response_timeout(Some(Duration::from_millis(BLOCK_MS + 2000)));
+    let mut last_id = "0-0".to_owned();
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        let mut conn = match client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
+        {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e.category(), retry_in_ms = backoff.as_millis() as u64, "store: cannot read this node's notices");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+                continue;
+            }
+        };
+        loop {
+            let reply: Result<StreamReply, RedisError> = redis::cmd("XREAD")
+                .arg("COUNT")
+                .arg(1024)
+                .arg("BLOCK")
+                .arg(BLOCK_MS)
+                .arg("STREAMS")
+                .arg(&key)
+                .arg(&last_id)
+                .query_async(&mut conn)
+                .await;
+            match reply {
+                Ok(streams) => {
+                    backoff = Duration::from_millis(50);
+                    for (_, entries) in streams.unwrap_or_default() {
+                        for (id, fields) in entries {
+                            for (_, text) in fields.iter().filter(|(f, _)| f == "m") {
+                                dispatch(text, notify.as_ref(), &marks);
+                            }
+                            last_id = id;
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e.category(), "store: lost the notice stream; reconnecting");
+                    tokio::time::sleep(backoff).await;
+                    break;
+                }
+            }
+        }
+    }
+}
+
+fn text(v: &Value) -> Option<String> {
+    match v {
+        Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
+        Value::SimpleString(s) => Some(s.clone()),
+        Value::Int(i) => Some(i.to_string()),
+        _ => None,
+    }
+}
+
+fn number(v: &Value) -> Option<u64> {
+    match v {
+        Value::Int(i) => u64::try_from(*i).ok(),
+        other => text(other)?.parse().ok(),
+    }
+}
+
+fn texts(v: &Value) -> Option<Vec<String>> {
+    match v {
+        Value::Array(items) | Value::Set(items) => items.iter().map(text).collect(),
+        Value::Nil => Some(Vec::new()),
+        _ => None,
+    }
+}
+
+/// The claims fields the scripts compare: `sub`, `jti` ('' when none), `iat` in
+/// seconds ('' when none), `exp` in ms.
+fn claim_args(claims: &Claims) -> (String, String, String) {
+    (
+        claims.jti.clone().unwrap_or_default(),
+        claims.iat_s().map(|s| s.to_string()).unwrap_or_default(),
+        claims.exp_ms.to_string(),
+    )
+}
+
+fn encode_claims(claims: &Claims) -> Result<String, StoreError> {
+    serde_json::to_string(&StoredClaims::from(claims))
+        .map_err(|_| StoreError::Unavailable("claims could not be encoded".into()))
+}
+
+/// A replay-buffer entry as `publish.lua` writes it.
+#[derive(Deserialize)]
+struct BufferedEntry<'a> {
+    seq: u64,
+    channel: String,
+    from: String,
+    #[serde(borrow)]
+    data: &'a RawValue,
+}
+
+fn decode_buffered(text: &str) -> Option<Delivery> {
+    let e: BufferedEntry<'_> = serde_json::from_str(text).ok()?;
+    Some(Delivery {
+        channel: e.channel,
+        from: e.from,
+        seq: e.seq,
+        data: Payload::from_json(e.data.get()).ok()?,
+    })
+}
+
+impl Store for RedisStore {
+    async fn create_session(
+        &self,
+        claims: Arc<Claims>,
+        now_ms: u64,
+    ) -> Result<CreateOutcome, StoreError> {
+        let (jti, iat, exp) = claim_args(&claims);
+        let session_id = new_session_id();
+        let resume_token = new_resume_token();
+        let s = &self.settings;
+        let reply: Value = self
+            .scripts
+            .create
+            .arg(&self.prefix)
+            .arg(now_ms)
+            .arg(s.resume_grace_ms)
+            .arg(s.leeway_ms)
+            .arg(&claims.sub)
+            .arg(jti)
+            .arg(iat)
+            .arg(exp)
+            .arg(encode_claims(&claims)?)
+            .arg(&session_id)
+            .arg(&hash_resume_token(&resume_token)[..])
+            .arg(&self.node)
+            .arg(&self.inbox)
+            .arg(s.max_sessions_per_user.unwrap_or(0))
+            .arg(match s.limit_policy {
+                LimitPolicy::EvictOldest => "evict",
+                LimitPolicy::RejectNew => "reject",
+            })
+            .invoke_async(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
+        let Value::Array(items) = reply else {
+            return Err(protocol_error("create"));
+        };
+        match items.first().and_then(text).as_deref() {
+            Some("revoked") => Ok(CreateOutcome::Revoked),
+            Some("too_many") => Ok(CreateOutcome::TooManySessions),
+            Some("created") => {
+                let epoch = items
+                    .get(1)
+                    .and_then(number)
+                    .ok_or_else(|| protocol_error("create"))?;
+                Ok(CreateOutcome::Created {
+                    session_id,
+                    resume_token,
+                    epoch,
+                })
+            }
+            _ => Err(protocol_error("create")),
+        }
+    }
+
+    async fn resume_session(
+        &self,
+        session_id: &str,
+        resume_token: &Secret,
+        now_ms: u64,
+    ) -> Result<Option<(ResumedSession, u64)>, StoreError> {
+        if !plausible_session_id(session_id) {
+            return Ok(None);
+        }
+        let new_token = new_resume_token();
+        let s = &self.settings;
+        let reply: Value = self
+            .scripts
+            .resume
+            .arg(&self.prefix)
+            .arg(now_ms)
+            .arg(s.resume_grace_ms)
+            .arg(s.leeway_ms)
+            .arg(session_id)
+            .arg(&hash_resume_token(resume_token)[..])
+            .arg(&hash_resume_token(&new_token)[..])
+            .arg(&self.node)
+            .arg(&self.inbox)
+            .invoke_async(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
+        let items = match reply {
+            Value::Nil => return Ok(None),
+            Value::Array(items) if items.len() == 7 => items,
+            _ => return Err(protocol_error("resume")),
+        };
+        let bad = || protocol_error("resume");
+        let epoch = number(&items[0]).ok_or_else(bad)?;
+        let claims: StoredClaims =
+            serde_json::from_str(&text(&items[1]).ok_or_else(bad)?).map_err(|_| bad())?;
+        let buffered = texts(&items[6])
+            .ok_or_else(bad)?
+            .iter()
+            .map(|t| decode_buffered(t))
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(bad)?;
+        let mut channels = texts(&items[5]).ok_or_else(bad)?;
+        channels.sort();
+        let resumed = ResumedSession {
+            session_id: session_id.to_owned(),
+            resume_token: new_token,
+            claims: Arc::new(claims.into()),
+            authorized_at_ms: number(&items[2]).ok_or_else(bad)?,
+            expiring_sent: text(&items[3]).as_deref() == Some("1"),
+            channels,
+            buffered,
+            last_seq: number(&items[4]).ok_or_else(bad)?,
+        };
+        Ok(Some((resumed, epoch)))
+    }
+
+    async fn refresh_session(
+        &self,
+        session_id: &str,
+        epoch: u64,
+        claims: Arc<Claims>,
+        now_ms: u64,
+    ) -> Result<RefreshOutcome, StoreError> {
+        let (jti, iat, exp) = claim_args(&claims);
+        let reply: String = self
+            .scripts
+            .refresh
+            .arg(&self.prefix)
+            .arg(now_ms)
+            .arg(self.settings.leeway_ms)
+            .arg(session_id)
+            .arg(epoch)
+            .arg(&claims.sub)
+            .arg(jti)
+            .arg(iat)
+            .arg(exp)
+            .arg(encode_claims(&claims)?)
+            .invoke_async(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
+        Ok(if reply == "revoked" {
+            RefreshOutcome::Revoked
+        } else {
+            RefreshOutcome::Refreshed
+        })
+    }
+
+    async fn note_expiring_sent(&self, session_id: &str, epoch: u64) -> Result<(), StoreError> {
+        self.session_op("expiring", session_id, epoch, 0, "").await
+    }
+
+    async fn subscribe(
+        &self,
+        session_id: &str,
+        epoch: u64,
+        channel: &str,
+    ) -> Result<(), StoreError> {
+        self.session_op("join", session_id, epoch, 0, channel).await
+    }
+
+    async fn unsubscribe(
+        &self,
+        session_id: &str,
+        epoch: u64,
+        channel: &str,
+    ) -> Result<(), StoreError> {
+        self.session_op("leave", session_id, epoch, 0, channel)
+            .await
+    }
+
+    async fn publish(
+        &self,
+        channel: &str,
+        from: &str,
+        data: Payload,
+        _now_ms: u64,
+    ) -> Result<usize, StoreError> {
+        let encode = |s: &str| serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into());
+        let body = format!(
+            "\"channel\":{},\"from\":{},\"data\":{}",
+            encode(channel),
+            encode(from),
+            data.get()
+        );
+        let n: u64 = self
+            .scripts
+            .publish
+            .arg(&self.prefix)
+            .arg(channel)
+            .arg(body)
+            .arg(self.settings.resume_buffer)
+            .invoke_async(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
+        Ok(usize::try_from(n).unwrap_or(usize::MAX))
+    }
+
+    async fn detach(&self, session_id: &str, epoch: u64, now_ms: u64) -> Result<(), StoreError> {
+        self.session_op("detach", session_id, epoch, now_ms, "")
+            .await
+    }
+
+    async fn end_session(&self, session_id: &str, epoch: u64) -> Result<(), StoreError> {
+        self.session_op("end", session_id, epoch, 0, "").await
+    }
+
+    async fn revoke(&self, revocation: Revocation, now_ms: u64) -> Result<usize, StoreError> {
+        let (kind, value, at_s) = match &revocation {
+            Revocation::Token { jti } => ("jti", jti.clone(), 0),
+            Revocation::Subject { sub, at_s } => ("sub", sub.clone(), *at_s),
+            Revocation::Session { session_id } => {
+                if !plausible_session_id(session_id) {
+                    return Ok(0);
+                }
+                ("session", session_id.clone(), 0)
+            }
+        };
+        let json = serde_json::to_string(&RevocationJson::from(&revocation))
+            .map_err(|_| protocol_error("revoke"))?;
+        let told: u64 = self
+            .scripts
+            .revoke
+            .arg(&self.prefix)
+            .arg(now_ms)
+            .arg(self.settings.max_token_lifetime_ms)
+            .arg(self.settings.leeway_ms)
+            .arg(kind)
+            .arg(value)
+            .arg(at_s)
+            .arg(json)
+            .invoke_async(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
+        Ok(usize::try_from(told).unwrap_or(usize::MAX))
+    }
+
+    async fn sessions_of(&self, sub: &str) -> Result<Vec<SessionInfo>, StoreError> {
+        let reply: Value = self
+            .scripts
+            .read
+            .arg(&self.prefix)
+            .arg("sessions_of")
+            .arg(sub)
+            .invoke_async(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
+        let bad = || protocol_error("sessions_of");
+        let Value::Array(rows) = reply else {
+            return Ok(Vec::new());
+        };
+        rows.iter()
+            .map(|row| {
+                let Value::Array(f) = row else {
+                    return Err(bad());
+                };
+                if f.len() != 5 {
+                    return Err(bad());
+                }
+                let mut channels = texts(&f[4]).ok_or_else(bad)?;
+                channels.sort();
+                Ok(SessionInfo {
+                    session_id: text(&f[0]).ok_or_else(bad)?,
+                    attached: text(&f[1]).as_deref() == Some("1"),
+                    created_at_ms: number(&f[2]).ok_or_else(bad)?,
+                    expires_at_ms: number(&f[3]).ok_or_else(bad)?,
+                    channels,
+                })
+            })
+            .collect()
+    }
+
+    async fn is_revoked(&self, claims: &Claims, now_ms: u64) -> Result<bool, StoreError> {
+        let (jti, iat, _) = claim_args(claims);
+        let revoked: u64 = self
+            .scripts
+            .read
+            .arg(&self.prefix)
+            .arg("revoked")
+            .arg(now_ms)
+            .arg(&claims.sub)
+            .arg(jti)
+            .arg(iat)
+            .invoke_async(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
+        Ok(revoked == 1)
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        let _: String = redis::cmd("PING")
+            .query_async(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn purge_expired(&self, now_ms: u64) -> Result<(), StoreError> {
+        // Redis's TTLs drop keys on its own clock; this drops them on the nodes'
+        // clock, in batches so that no script runs long.
+        const BATCH: u64 = 500;
+        loop {
+            let handled: u64 = self
+                .scripts
+                .purge
+                .arg(&self.prefix)
+                .arg(now_ms)
+                .arg(self.settings.resume_grace_ms)
+                .arg(self.settings.leeway_ms)
+                .arg(BATCH)
+                .invoke_async(&mut self.conn())
+                .await
+                .map_err(unavailable)?;
+            if handled < BATCH {
+                return Ok(());
+            }
+        }
+    }
+
+    async fn stats(&self) -> Result<StoreStats, StoreError> {
+        let sessions = self.scan(&["s:"]).await?;
+        let revocations = self.scan(&["rj:", "rs:"]).await?;
+        let mut buffered = 0;
+        for key in self.scan(&["sb:"]).await? {
+            let len: u64 = redis::cmd("LLEN")
+                .arg(&key)
+                .query_async(&mut self.conn())
+                .await
+                .map_err(unavailable)?;
+            buffered += usize::try_from(len).unwrap_or(usize::MAX);
+        }
+        Ok(StoreStats {
+            sessions: sessions.len(),
+            revocations: revocations.len(),
+            buffered,
+        })
+    }
+
+    async fn settle(&self) -> Result<(), StoreError> {
+        let mark = self.next_mark.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        self.marks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(mark, tx);
+        let key = format!("{}in:{}", self.prefix, self.inbox);
+        let _: String = redis::cmd("XADD")
+            .arg(&key)
+            .arg("*")
+            .arg("m")
+            .arg(format!("{{\"kind\":\"mark\",\"mark\":{mark}}}"))
+            .query_async(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
+        match tokio::time::timeout(Duration::from_secs(5), rx).await {
+            Ok(Ok(())) => Ok(()),
+            _ => {
+                self.marks
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&mark);
+                Err(StoreError::Unavailable(
+                    "redis: this node's notice stream is not being read".into(),
+                ))
+            }
+        }
+    }
+}
+
+impl RedisStore {
+    async fn session_op(
+        &self,
+        op: &str,
+        session_id: &str,
+        epoch: u64,
+        now_ms: u64,
+        channel: &str,
+    ) -> Result<(), StoreError> {
+        let _: u64 = self
+            .scripts
+            .session_ops
+            .arg(&self.prefix)
+            .arg(op)
+            .arg(session_id)
+            .arg(epoch)
+            .arg(now_ms)
+            .arg(self.settings.resume_grace_ms)
+            .arg(self.settings.leeway_ms)
+            .arg(channel)
+            .invoke_async(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    /// Keys under `<prefix><kind>` for each kind, by SCAN (for stats, not the hot path).
+    async fn scan(&self, kinds: &[&str]) -> Result<Vec<String>, StoreError> {
+        let mut keys = Vec::new();
+        for kind in kinds {
+            let pattern = format!("{}{kind}*", glob_escape(&self.prefix));
+            let mut cursor = 0u64;
+            loop {
+                let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+                    .arg(cursor)
+                    .arg("MATCH")
+                    .arg(&pattern)
+                    .arg("COUNT")
+                    .arg(1000)
+                    .query_async(&mut self.conn())
+                    .await
+                    .map_err(unavailable)?;
+                keys.extend(batch);
+                if next == 0 {
+                    break;
+                }
+                cursor = next;
+            }
+        }
+        Ok(keys)
+    }
+}
+
+fn glob_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}

@@ -2,9 +2,10 @@
 //! in-memory store's tests run it, and so will the Redis store's.
 //!
 //! ```text
-//! wsauth_store::contract::run_all(|settings, notify| MemoryStore::new(settings, notify)).await;
+//! wsauth_store::contract::run_all(async |settings, notify| MemoryStore::new(settings, notify)).await;
 //! ```
 
+use std::future::Future;
 use std::sync::{Arc, Mutex};
 
 use wsauth_core::jwt::Claims;
@@ -54,21 +55,28 @@ async fn create<S: Store>(store: &S, c: Arc<Claims>, now: u64) -> (String, Secre
     }
 }
 
+/// What was recorded once the store's notices have all arrived.
+pub async fn settled<S: Store>(store: &S, rec: &Recorder) -> Vec<(String, u64, Notice)> {
+    store.settle().await.expect("the store settles");
+    rec.take()
+}
+
 /// Runs every check against stores made by `make`.
-pub async fn run_all<S, F>(make: F)
+pub async fn run_all<S, F, Fut>(make: F)
 where
     S: Store,
-    F: Fn(StoreSettings, Arc<dyn Notify>) -> S,
+    F: Fn(StoreSettings, Arc<dyn Notify>) -> Fut,
+    Fut: Future<Output = S>,
 {
-    let fresh = |settings: StoreSettings| {
+    let fresh = async |settings: StoreSettings| {
         let recorder = Arc::new(Recorder::default());
-        let store = make(settings, recorder.clone());
+        let store = make(settings, recorder.clone()).await;
         (store, recorder)
     };
 
     // ids and tokens: random, prefixed, long enough.
     {
-        let (store, _) = fresh(StoreSettings::default());
+        let (store, _) = fresh(StoreSettings::default()).await;
         let (a, ta, _) = create(&store, claims("alice", "j1", None), T0).await;
         let (b, tb, _) = create(&store, claims("alice", "j2", None), T0).await;
         assert!(a.starts_with("s_") && a.len() >= 2 + 22, "session id {a}");
@@ -79,7 +87,7 @@ where
 
     // Resume: rotation, single use, wrong token.
     {
-        let (store, rec) = fresh(StoreSettings::default());
+        let (store, rec) = fresh(StoreSettings::default()).await;
         let (id, token, epoch) = create(&store, claims("alice", "j1", None), T0).await;
         store.detach(&id, epoch, T0 + 10).await.expect("detach");
         let wrong = Secret::new("r_wrong");
@@ -106,14 +114,20 @@ where
                 .is_none(),
             "single use"
         );
-        assert!(rec.take().is_empty(), "nothing was attached when resumed");
+        assert!(
+            settled(&store, &rec).await.is_empty(),
+            "nothing was attached when resumed"
+        );
         // A live attachment is told Replaced, at its own epoch.
         let (_, epoch3) = store
             .resume_session(&id, &resumed.resume_token, T0 + 50)
             .await
             .expect("answers")
             .expect("resumes again");
-        assert_eq!(rec.take(), vec![(id.clone(), epoch2, Notice::Replaced)]);
+        assert_eq!(
+            settled(&store, &rec).await,
+            vec![(id.clone(), epoch2, Notice::Replaced)]
+        );
         assert!(epoch3 > epoch2);
         // A stale epoch can no longer detach or end it.
         store.end_session(&id, epoch2).await.expect("answers");
@@ -141,7 +155,7 @@ where
             resume_grace_ms: 1_000,
             ..StoreSettings::default()
         };
-        let (store, _) = fresh(settings);
+        let (store, _) = fresh(settings).await;
         let (id, token, epoch) = create(&store, claims("alice", "j1", None), T0).await;
         store.detach(&id, epoch, T0).await.expect("detach");
         assert!(
@@ -173,13 +187,13 @@ where
             max_sessions_per_user: Some(2),
             ..StoreSettings::default()
         };
-        let (store, rec) = fresh(settings);
+        let (store, rec) = fresh(settings).await;
         let (a, _, ea) = create(&store, claims("alice", "j1", None), T0).await;
         let (b, _, eb) = create(&store, claims("alice", "j2", None), T0 + 1).await;
         store.detach(&b, eb, T0 + 2).await.expect("detach");
         let (_c, _, _) = create(&store, claims("alice", "j3", None), T0 + 3).await;
         assert_eq!(
-            rec.take(),
+            settled(&store, &rec).await,
             vec![(a.clone(), ea, Notice::Replaced)],
             "the oldest is evicted"
         );
@@ -197,7 +211,7 @@ where
         );
         // Other users are not affected.
         create(&store, claims("bob", "k1", None), T0 + 4).await;
-        assert!(rec.take().is_empty());
+        assert!(settled(&store, &rec).await.is_empty());
     }
     {
         let settings = StoreSettings {
@@ -206,7 +220,7 @@ where
             resume_grace_ms: 1_000,
             ..StoreSettings::default()
         };
-        let (store, _) = fresh(settings);
+        let (store, _) = fresh(settings).await;
         let (a, _, ea) = create(&store, claims("alice", "j1", None), T0).await;
         assert_eq!(
             store
@@ -229,7 +243,7 @@ where
 
     // Revocation by jti, by sub (iat rule), by session.
     {
-        let (store, rec) = fresh(StoreSettings::default());
+        let (store, rec) = fresh(StoreSettings::default()).await;
         let (a, ta, ea) = create(&store, claims("alice", "j1", Some(T0 / 1000)), T0).await;
         let told = store
             .revoke(Revocation::Token { jti: "j1".into() }, T0 + 1)
@@ -237,7 +251,7 @@ where
             .expect("answers");
         assert_eq!(told, 1);
         assert_eq!(
-            rec.take(),
+            settled(&store, &rec).await,
             vec![(
                 a.clone(),
                 ea,
@@ -278,7 +292,7 @@ where
             .await
             .expect("answers");
         assert_eq!(told, 1, "b is told");
-        rec.take();
+        settled(&store, &rec).await;
         assert_eq!(
             store
                 .create_session(claims("alice", "j5", Some(at_s)), T0 + 11_000)
@@ -314,7 +328,7 @@ where
             .expect("answers");
         assert_eq!(told, 1);
         assert_eq!(
-            rec.take(),
+            settled(&store, &rec).await,
             vec![(
                 c.clone(),
                 ec,
@@ -337,7 +351,7 @@ where
             resume_buffer: 2,
             ..StoreSettings::default()
         };
-        let (store, rec) = fresh(settings);
+        let (store, rec) = fresh(settings).await;
         let (a, ta, ea) = create(&store, claims("alice", "j1", None), T0).await;
         let (b, _, eb) = create(&store, claims("bob", "k1", None), T0).await;
         store.subscribe(&a, ea, "general").await.expect("sub");
@@ -357,7 +371,7 @@ where
                 .expect("publish"),
             0
         );
-        let seen = rec.take();
+        let seen = settled(&store, &rec).await;
         assert_eq!(seen.len(), 2);
         for (id, epoch, notice) in &seen {
             let Notice::Deliver(d) = notice else {
@@ -375,7 +389,7 @@ where
                 .expect("publish");
         }
         assert!(
-            rec.take().is_empty(),
+            settled(&store, &rec).await.is_empty(),
             "detached and unsubscribed sessions get no notice"
         );
         let (resumed, _) = store
@@ -391,7 +405,7 @@ where
 
     // Refresh, expiring note and stale epochs.
     {
-        let (store, _) = fresh(StoreSettings::default());
+        let (store, _) = fresh(StoreSettings::default()).await;
         let (a, ta, ea) = create(&store, claims("alice", "j1", None), T0).await;
         store.note_expiring_sent(&a, ea).await.expect("note");
         store.detach(&a, ea, T0).await.expect("detach");
@@ -429,7 +443,7 @@ where
             resume_grace_ms: 1_000,
             ..StoreSettings::default()
         };
-        let (store, _) = fresh(settings);
+        let (store, _) = fresh(settings).await;
         let (a, _, ea) = create(&store, claims("alice", "j1", None), T0).await;
         create(&store, claims("bob", "k1", None), T0).await;
         store.subscribe(&a, ea, "general").await.expect("sub");

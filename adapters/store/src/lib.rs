@@ -180,7 +180,9 @@ pub enum StoreError {
 /// - **Nothing grows forever.** `purge_expired` drops sessions past grace or past their
 ///   token's `exp` + leeway, and revocation entries past their time.
 /// - Notices are sent after the store's own state is updated, never while a lock is
-///   held.
+///   held, and reach [`Notify`] in the order the state changed. A store may deliver
+///   them after the call returns (Redis: through the node's stream); [`Store::settle`]
+///   waits for them.
 pub trait Store: Send + Sync + 'static {
     /// Creates a session for verified claims.
     fn create_session(
@@ -281,4 +283,11 @@ pub trait Store: Send + Sync + 'static {
 
     /// Counts, for tests and operators.
     fn stats(&self) -> impl Future<Output = Result<StoreStats, StoreError>> + Send;
+
+    /// Waits until every notice caused by calls that have returned has reached this
+    /// node's [`Notify`]. A store that notifies before its calls return (the
+    /// in-memory one) has nothing to wait for.
+    fn settle(&self) -> impl Future<Output = Result<(), StoreError>> + Send {
+        std::future::ready(Ok(()))
+    }
 }

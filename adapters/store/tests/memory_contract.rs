@@ -8,7 +8,7 @@ use wsauth_store::{CreateOutcome, LimitPolicy, MemoryStore, Store, StoreSettings
 
 #[tokio::test]
 async fn memory_store_keeps_the_contract() {
-    run_all(MemoryStore::new).await;
+    run_all(async |settings, notify| MemoryStore::new(settings, notify)).await;
 }
 
 const T0: u64 = 1_767_225_600_000;
