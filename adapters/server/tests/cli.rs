@@ -242,3 +242,34 @@ fn the_dev_secret_line_is_usable_by_the_token_command() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn an_unreachable_redis_stops_the_start_with_a_clear_message() {
+    // A port nothing listens on (bound, then released), and a password in the URL
+    // that must not be printed.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let started = Instant::now();
+    let out = command()
+        .env("WSAUTH_STORE__KIND", "redis")
+        .env(
+            "WSAUTH_STORE__URL",
+            format!("redis://:hunter2-password@127.0.0.1:{port}/"),
+        )
+        .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+        .output()
+        .expect("runs");
+    assert!(!out.status.success(), "no Redis, no start");
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "gives up instead of hanging"
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cannot use Redis at store.url"), "{err}");
+    assert!(
+        !err.contains("hunter2"),
+        "the password is not printed: {err}"
+    );
+}
