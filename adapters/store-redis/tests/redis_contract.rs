@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use wsauth_store::contract::run_all;
+use wsauth_store::contract::{run_all, run_races};
 use wsauth_store_redis::testing::{RedisServer, available};
 use wsauth_store_redis::{RedisConfig, RedisStore};
 
@@ -37,6 +37,25 @@ async fn redis_store_keeps_the_contract() {
     run_all(async |settings, notify| {
         let prefix = format!("t{}:", PREFIXES.fetch_add(1, Ordering::Relaxed));
         store_on(&redis, "n1", &prefix, settings, notify).await
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_store_survives_the_races_across_nodes() {
+    if !available("redis_store_survives_the_races_across_nodes") {
+        return;
+    }
+    let redis = RedisServer::start();
+    run_races(async |settings, notify, n| {
+        let prefix = format!("race{}:", PREFIXES.fetch_add(1, Ordering::Relaxed));
+        let mut nodes = Vec::new();
+        for i in 0..n {
+            let name = format!("n{i}");
+            let node = store_on(&redis, &name, &prefix, settings.clone(), notify.clone()).await;
+            nodes.push(Arc::new(node));
+        }
+        nodes
     })
     .await;
 }

@@ -468,3 +468,124 @@ where
         );
     }
 }
+
+/// Records the `seq` of every delivery, in arrival order.
+#[derive(Default)]
+struct Arrivals(Mutex<Vec<u64>>);
+
+impl Notify for Arrivals {
+    fn notify(&self, _session_id: &str, _epoch: u64, notice: Notice) {
+        if let Notice::Deliver(d) = notice {
+            self.0.lock().unwrap_or_else(|e| e.into_inner()).push(d.seq);
+        }
+    }
+}
+
+/// Races across the nodes of one deployment. `make_nodes(settings, notify, n)`
+/// returns `n` handles on one shared state: the same store `n` times for a
+/// single-node store, `n` separate stores (connections, streams) for a shared one.
+/// Run it on a multi-threaded runtime.
+pub async fn run_races<S, F, Fut>(make_nodes: F)
+where
+    S: Store,
+    F: Fn(StoreSettings, Arc<dyn Notify>, usize) -> Fut,
+    Fut: Future<Output = Vec<Arc<S>>>,
+{
+    // Racing resumes of one session on several nodes: exactly one wins.
+    {
+        let nodes = make_nodes(StoreSettings::default(), Arc::new(Recorder::default()), 4).await;
+        for round in 0..25 {
+            let (id, token, epoch) = create(&*nodes[0], claims("alice", "j", None), T0).await;
+            nodes[0].detach(&id, epoch, T0).await.expect("detach");
+            let tasks: Vec<_> = (0..8)
+                .map(|i| {
+                    let (node, id, token) =
+                        (nodes[i % nodes.len()].clone(), id.clone(), token.clone());
+                    tokio::spawn(async move {
+                        node.resume_session(&id, &token, T0 + 1)
+                            .await
+                            .expect("answers")
+                            .is_some()
+                    })
+                })
+                .collect();
+            let mut wins = 0;
+            for t in tasks {
+                wins += usize::from(t.await.expect("task"));
+            }
+            assert_eq!(wins, 1, "round {round}: exactly one resume wins");
+        }
+    }
+
+    // Racing creations for one user never pass the limit, under both policies.
+    for policy in [LimitPolicy::EvictOldest, LimitPolicy::RejectNew] {
+        let settings = StoreSettings {
+            max_sessions_per_user: Some(3),
+            limit_policy: policy,
+            ..StoreSettings::default()
+        };
+        let nodes = make_nodes(settings, Arc::new(Recorder::default()), 3).await;
+        let tasks: Vec<_> = (0..64)
+            .map(|i| {
+                let node = nodes[i % nodes.len()].clone();
+                tokio::spawn(async move {
+                    node.create_session(claims("alice", &format!("j{i}"), None), T0)
+                        .await
+                        .expect("answers")
+                })
+            })
+            .collect();
+        let mut created = 0;
+        for t in tasks {
+            if matches!(t.await.expect("task"), CreateOutcome::Created { .. }) {
+                created += 1;
+            }
+            let live = nodes[0].sessions_of("alice").await.expect("answers").len();
+            assert!(live <= 3, "{policy:?}: {live} sessions");
+        }
+        let expected = if policy == LimitPolicy::RejectNew {
+            3
+        } else {
+            64
+        };
+        assert_eq!(created, expected, "{policy:?}");
+        assert_eq!(
+            nodes[1].sessions_of("alice").await.expect("answers").len(),
+            3
+        );
+    }
+
+    // Publishers on every node: one session sees one gap-free seq order.
+    {
+        let arrivals = Arc::new(Arrivals::default());
+        let nodes = make_nodes(StoreSettings::default(), arrivals.clone(), 4).await;
+        let (id, _, epoch) = create(&*nodes[0], claims("alice", "j", None), T0).await;
+        nodes[0]
+            .subscribe(&id, epoch, "general")
+            .await
+            .expect("subscribe");
+        let tasks: Vec<_> = (0..8)
+            .map(|i| {
+                let node = nodes[i % nodes.len()].clone();
+                tokio::spawn(async move {
+                    for _ in 0..250 {
+                        let data = Payload::from_json("1").expect("json");
+                        node.publish("general", "p", data, T0)
+                            .await
+                            .expect("publish");
+                    }
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.expect("task");
+        }
+        nodes[0].settle().await.expect("settles");
+        let seen = arrivals.0.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        assert_eq!(seen.len(), 2000, "every delivery arrives once");
+        assert!(
+            seen.windows(2).all(|w| w[1] == w[0] + 1),
+            "deliveries left out of seq order"
+        );
+    }
+}
