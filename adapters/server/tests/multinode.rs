@@ -834,3 +834,88 @@ async fn a_redis_outage_fails_new_work_keeps_live_sockets_and_loses_nothing() {
         assert_eq!(got, (4, json!({"n": 4})), "{who}: live after the outage");
     }
 }
+
+/// After a Redis outage of a few seconds, once every node reports ready again, a
+/// revocation made through c still closes the socket on a within 1 s, and a
+/// message published through c still reaches a.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn after_a_redis_outage_revocation_still_propagates_within_a_second() {
+    let Some(mut cluster) = Cluster::start("revoke_after_outage", true, &[]) else {
+        return;
+    };
+    let (mut listener, _) = authed(cluster.a().ws, "after-listener").await;
+    join(&mut listener, "room8").await;
+    let t = token(
+        "after-victim",
+        json!({"channels": ["*"], "jti": "victim-jti"}),
+    );
+    let (mut victim, o) = auth(cluster.a().ws, &t).await;
+    o.ok();
+
+    cluster.redis.stop();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    cluster.redis.restart();
+    let restarted = Instant::now();
+    let deadline = restarted + Duration::from_secs(10);
+    for node in &cluster.nodes {
+        while readyz(node).await != 200 {
+            assert!(
+                Instant::now() < deadline,
+                "node {} not ready again",
+                node.name
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let (mut p, o) = loop {
+        let (p, o) = auth(cluster.c().ws, &tok("pub8")).await;
+        if matches!(o, Outcome::Ok(_)) || Instant::now() >= deadline {
+            break (p, o);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    o.ok();
+    println!(
+        "after a 3 s outage: all nodes ready and an auth on c {:?} after the restart",
+        restarted.elapsed()
+    );
+
+    // The revocation: the one timed assertion, the documented 1 s.
+    let watcher = tokio::spawn(async move {
+        let (seen, ended) = victim.until_closed().await;
+        (Instant::now(), seen, ended)
+    });
+    let start = Instant::now();
+    let (status, reply) = http(
+        cluster.c().admin,
+        "POST",
+        "/admin/revoke",
+        Some(ADMIN_KEY),
+        Some(json!({"jti": "victim-jti"})),
+    )
+    .await;
+    assert_eq!(status, 200, "{reply}");
+    let (closed_at, seen, ended) = watcher.await.expect("the revoked socket on a was closed");
+    let took = closed_at.duration_since(start);
+    println!("after the outage: revocation via c closed the socket on a in {took:?}");
+    let error = seen.iter().find(|m| m["type"] == "error").cloned();
+    assert_eq!(
+        error.as_ref().map(|e| e["code"].clone()),
+        Some(json!("TOKEN_REVOKED")),
+        "{seen:?}"
+    );
+    assert_eq!(ended, Ended::Close(4403));
+    assert!(
+        took <= Duration::from_secs(1),
+        "revocation after the outage took {took:?} to close the socket on a (documented: within 1 s)"
+    );
+
+    let sent = Instant::now();
+    publish(&mut p, "room8", json!({"n": 1})).await;
+    let got = message(&mut listener).await;
+    println!(
+        "after the outage: a message published via c reached a in {:?}",
+        sent.elapsed()
+    );
+    assert_eq!(got, (1, json!({"n": 1})));
+}
