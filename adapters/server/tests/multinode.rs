@@ -919,3 +919,47 @@ async fn after_a_redis_outage_revocation_still_propagates_within_a_second() {
     );
     assert_eq!(got, (1, json!({"n": 1})));
 }
+
+/// Once Redis is back (and has been for 2 s), the first request on each node
+/// succeeds: a readiness probe, a new auth, a request on a socket that lived
+/// through the outage. None of them should fail because the node has not yet
+/// noticed that its old Redis connection died.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_first_request_after_redis_is_back_succeeds_on_every_node() {
+    let Some(mut cluster) = Cluster::start("first_request_after_restart", true, &[]) else {
+        return;
+    };
+    let (mut live_c, _) = authed(cluster.c().ws, "first-live").await;
+    cluster.redis.stop();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    cluster.redis.restart();
+    // Not a timing assertion: Redis answers PING already; give the nodes time anyway.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let mut failures = Vec::new();
+    let ready_a = readyz(cluster.a()).await;
+    if ready_a != 200 {
+        failures.push(format!("first GET /readyz on a: {ready_a}"));
+    }
+    let (_, o) = auth(cluster.b().ws, &tok("first-auth")).await;
+    if !matches!(o, Outcome::Ok(_)) {
+        failures.push(format!("first auth on b: {o:?}"));
+    }
+    live_c
+        .send(json!({"type": "join", "id": 5, "channel": "first"}))
+        .await;
+    let r = live_c.recv().await;
+    if r["type"] != "joined" {
+        failures.push(format!("first join on the live socket on c: {r}"));
+    }
+    // The second attempt on each: these are expected to work in any case.
+    assert_eq!(readyz(cluster.a()).await, 200, "second readyz on a");
+    let (_, o) = auth(cluster.b().ws, &tok("second-auth")).await;
+    o.ok();
+    join(&mut live_c, "second").await;
+    println!("first requests after the Redis restart that failed: {failures:?}");
+    assert!(
+        failures.is_empty(),
+        "2 s after Redis came back, the first request on a node failed: {failures:#?}"
+    );
+}
