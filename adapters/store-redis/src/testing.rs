@@ -15,6 +15,7 @@ pub struct RedisServer {
 }
 
 /// Whether `redis-server` is installed; prints why a test is skipped when not.
+/// With `WSAUTH_REQUIRE_REDIS` set (CI sets it), a missing server is a failure.
 pub fn available(test: &str) -> bool {
     let found = Command::new("redis-server")
         .arg("--version")
@@ -23,6 +24,10 @@ pub fn available(test: &str) -> bool {
         .status()
         .is_ok_and(|s| s.success());
     if !found {
+        assert!(
+            std::env::var_os("WSAUTH_REQUIRE_REDIS").is_none(),
+            "{test}: redis-server is not installed and WSAUTH_REQUIRE_REDIS is set"
+        );
         eprintln!("SKIPPED {test}: redis-server is not installed (`.ci/run` installs it)");
     }
     found
