@@ -16,6 +16,8 @@ pub enum ConnEvent {
     /// Deliveries were dropped because the connection's mailbox was full: the client
     /// does not keep up (`SLOW_CONSUMER`).
     Overflow,
+    /// The store may have lost notices for this node: close, resumable (`INTERNAL`).
+    NoticesLost,
 }
 
 struct Entry {
@@ -177,6 +179,17 @@ impl Notify for Hub {
         // A closed receiver means the connection is ending: nothing to do.
         let _ = entry.tx.send(event);
     }
+
+    fn notices_lost(&self) {
+        let entries: Vec<Arc<Entry>> = self.lock().values().cloned().collect();
+        tracing::warn!(
+            connections = entries.len(),
+            "the store may have lost notices for this node: closing every connection (resumable)"
+        );
+        for entry in entries {
+            let _ = entry.tx.send(ConnEvent::NoticesLost);
+        }
+    }
 }
 
 impl Mailbox {
@@ -255,5 +268,15 @@ mod tests {
         assert!(matches!(mailbox.recv().await, Some(ConnEvent::Overflow)));
         drop(mailbox);
         assert_eq!(hub.live_sessions(), 0, "dropping the mailbox unregisters");
+    }
+
+    #[tokio::test]
+    async fn lost_notices_reach_every_live_connection() {
+        let hub = Hub::new(4);
+        let mut a = hub.register("a", 1);
+        let mut b = hub.register("b", 7);
+        hub.notices_lost();
+        assert!(matches!(a.recv().await, Some(ConnEvent::NoticesLost)));
+        assert!(matches!(b.recv().await, Some(ConnEvent::NoticesLost)));
     }
 }

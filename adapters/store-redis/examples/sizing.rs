@@ -81,7 +81,10 @@ async fn main() {
                     c.channels = Some(vec!["room:*".into()]);
                     let CreateOutcome::Created {
                         session_id, epoch, ..
-                    } = store.create_session(Arc::new(c), now).await.expect("create")
+                    } = store
+                        .create_session(Arc::new(c), now)
+                        .await
+                        .expect("create")
                     else {
                         panic!("created");
                     };
