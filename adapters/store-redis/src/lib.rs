@@ -136,7 +136,11 @@ impl Drop for RedisStore {
 fn unavailable(e: RedisError) -> StoreError {
     // A Redis error never carries the URL or a command's arguments; the kind and
     // the server's short text say what happened.
-    let detail = e.detail().map(|d| format!(": {d}")).unwrap_or_default();
+    let detail = if e.is_io_error() || e.is_timeout() {
+        format!(": {e}")
+    } else {
+        e.detail().map(|d| format!(": {d}")).unwrap_or_default()
+    };
     StoreError::Unavailable(format!("redis {}{detail}", e.category()))
 }
 
