@@ -96,7 +96,11 @@ impl Hub {
                     let _ = entry.tx.send(event);
                 }
             }
-            entries.insert(session_id.to_owned(), entry);
+            // An older connection of the session on this node was taken over. A store
+            // that notifies later (Redis) would find its entry gone: tell it now.
+            if let Some(older) = entries.insert(session_id.to_owned(), entry) {
+                let _ = older.tx.send(ConnEvent::Notice(Notice::Replaced));
+            }
         }
         Mailbox {
             hub: self.clone(),
@@ -278,5 +282,16 @@ mod tests {
         hub.notices_lost();
         assert!(matches!(a.recv().await, Some(ConnEvent::NoticesLost)));
         assert!(matches!(b.recv().await, Some(ConnEvent::NoticesLost)));
+    }
+
+    #[tokio::test]
+    async fn a_newer_epoch_on_the_same_node_replaces_the_older_connection() {
+        let hub = Hub::new(4);
+        let mut old = hub.register("s", 1);
+        let _new = hub.register("s", 2);
+        assert!(matches!(
+            old.recv().await,
+            Some(ConnEvent::Notice(Notice::Replaced))
+        ));
     }
 }
