@@ -55,6 +55,21 @@ pub async fn server(config: Config) -> ServerHandle {
     start(config, None).await.expect("server starts")
 }
 
+/// Starts a server with `config` on the Redis store: one `redis-server` for the
+/// whole test binary, a key prefix per server. Without `redis-server` installed
+/// (and `WSAUTH_REQUIRE_REDIS` unset) the server runs on the in-memory store and says so.
+pub async fn server_on_redis(mut config: Config) -> ServerHandle {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static PREFIXES: AtomicU64 = AtomicU64::new(0);
+    if wsauth_store_redis::testing::available("the Redis run of the server suite") {
+        let redis = wsauth_store_redis::testing::RedisServer::shared();
+        config.store.kind = wsauth_server::config::StoreKind::Redis;
+        config.store.url = Some(redis.url());
+        config.store.key_prefix = format!("suite{}:", PREFIXES.fetch_add(1, Ordering::Relaxed));
+    }
+    server(config).await
+}
+
 /// Mints an HS256 token with `claims` (merged over `sub` and a 1 h `exp`).
 pub fn token(sub: &str, extra: Value) -> String {
     let mut claims = json!({"sub": sub, "exp": now_s() + 3600, "iat": now_s()});

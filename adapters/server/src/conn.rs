@@ -249,6 +249,7 @@ impl<S: Store> Driver<S> {
                             self.conn.handle_revocation(now, &r);
                         }
                         Some(ConnEvent::Overflow) => self.conn.handle_fault(now, ErrorCode::SlowConsumer),
+                        Some(ConnEvent::NoticesLost) => self.conn.handle_fault(now, ErrorCode::Internal),
                         None => self.mailbox = None,
                     }
                 }

@@ -16,6 +16,8 @@ pub enum ConnEvent {
     /// Deliveries were dropped because the connection's mailbox was full: the client
     /// does not keep up (`SLOW_CONSUMER`).
     Overflow,
+    /// The store may have lost notices for this node: close, resumable (`INTERNAL`).
+    NoticesLost,
 }
 
 struct Entry {
@@ -94,7 +96,11 @@ impl Hub {
                     let _ = entry.tx.send(event);
                 }
             }
-            entries.insert(session_id.to_owned(), entry);
+            // An older connection of the session on this node was taken over. A store
+            // that notifies later (Redis) would find its entry gone: tell it now.
+            if let Some(older) = entries.insert(session_id.to_owned(), entry) {
+                let _ = older.tx.send(ConnEvent::Notice(Notice::Replaced));
+            }
         }
         Mailbox {
             hub: self.clone(),
@@ -177,6 +183,17 @@ impl Notify for Hub {
         // A closed receiver means the connection is ending: nothing to do.
         let _ = entry.tx.send(event);
     }
+
+    fn notices_lost(&self) {
+        let entries: Vec<Arc<Entry>> = self.lock().values().cloned().collect();
+        tracing::warn!(
+            connections = entries.len(),
+            "the store may have lost notices for this node: closing every connection (resumable)"
+        );
+        for entry in entries {
+            let _ = entry.tx.send(ConnEvent::NoticesLost);
+        }
+    }
 }
 
 impl Mailbox {
@@ -255,5 +272,26 @@ mod tests {
         assert!(matches!(mailbox.recv().await, Some(ConnEvent::Overflow)));
         drop(mailbox);
         assert_eq!(hub.live_sessions(), 0, "dropping the mailbox unregisters");
+    }
+
+    #[tokio::test]
+    async fn lost_notices_reach_every_live_connection() {
+        let hub = Hub::new(4);
+        let mut a = hub.register("a", 1);
+        let mut b = hub.register("b", 7);
+        hub.notices_lost();
+        assert!(matches!(a.recv().await, Some(ConnEvent::NoticesLost)));
+        assert!(matches!(b.recv().await, Some(ConnEvent::NoticesLost)));
+    }
+
+    #[tokio::test]
+    async fn a_newer_epoch_on_the_same_node_replaces_the_older_connection() {
+        let hub = Hub::new(4);
+        let mut old = hub.register("s", 1);
+        let _new = hub.register("s", 2);
+        assert!(matches!(
+            old.recv().await,
+            Some(ConnEvent::Notice(Notice::Replaced))
+        ));
     }
 }

@@ -136,7 +136,11 @@ impl Drop for RedisStore {
 fn unavailable(e: RedisError) -> StoreError {
     // A Redis error never carries the URL or a command's arguments; the kind and
     // the server's short text say what happened.
-    let detail = e.detail().map(|d| format!(": {d}")).unwrap_or_default();
+    let detail = if e.is_io_error() || e.is_timeout() {
+        format!(": {e}")
+    } else {
+        e.detail().map(|d| format!(": {d}")).unwrap_or_default()
+    };
     StoreError::Unavailable(format!("redis {}{detail}", e.category()))
 }
 
@@ -183,7 +187,29 @@ impl RedisStore {
         let inbox = format!("{}:{:016x}", config.node_id, rand::random::<u64>());
         let marks: Arc<Marks> = Arc::default();
         let stream_key = format!("{}in:{}", config.key_prefix, inbox);
-        let reader = tokio::spawn(read_inbox(client, stream_key, notify, marks.clone()));
+        // The stream exists from the start, so that a stream found missing later
+        // means it was lost.
+        let first_id: String = redis::cmd("XADD")
+            .arg(&stream_key)
+            .arg("*")
+            .arg("m")
+            .arg(r#"{"kind":"hello"}"#)
+            .query_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        let _: i64 = redis::cmd("PEXPIRE")
+            .arg(&stream_key)
+            .arg(INBOX_TTL_MS)
+            .query_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        let reader = tokio::spawn(read_inbox(
+            client,
+            stream_key,
+            first_id,
+            notify,
+            marks.clone(),
+        ));
         Ok(RedisStore {
             settings,
             prefix: config.key_prefix,
@@ -304,15 +330,43 @@ fn dispatch(text: &str, notify: &dyn Notify, marks: &Marks) {
 
 type StreamReply = Option<Vec<(String, Vec<(String, Vec<(String, String)>)>)>>;
 
+/// How long a node's stream lives after its last write; a node refreshes it while it
+/// runs, so only a dead node's stream goes.
+const INBOX_TTL_MS: u64 = 3_600_000;
+
+/// Whether the entry `id` is still in the stream: streams are trimmed oldest first,
+/// so if it is, nothing after it was trimmed.
+async fn still_there(
+    conn: &mut redis::aio::MultiplexedConnection,
+    key: &str,
+    id: &str,
+) -> Result<bool, RedisError> {
+    let entries: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
+        .arg(key)
+        .arg(id)
+        .arg(id)
+        .query_async(conn)
+        .await?;
+    Ok(!entries.is_empty())
+}
+
 /// Reads this node's stream for as long as the store lives, reconnecting with
-/// backoff; after a reconnect it reads on from the last entry it handled.
-async fn read_inbox(client: Client, key: String, notify: Arc<dyn Notify>, marks: Arc<Marks>) {
+/// backoff. After a reconnect it reads on from the last entry it handled; if that
+/// entry is gone (trimmed, or Redis lost its data) notices may have been missed,
+/// and every connection is closed resumable ([`Notify::notices_lost`]).
+async fn read_inbox(
+    client: Client,
+    key: String,
+    mut last_id: String,
+    notify: Arc<dyn Notify>,
+    marks: Arc<Marks>,
+) {
     const BLOCK_MS: u64 = 1000;
     let config = AsyncConnectionConfig::new()
         .set_connection_timeout(Some(Duration::from_secs(1)))
         .set_response_timeout(Some(Duration::from_millis(BLOCK_MS + 2000)));
-    let mut last_id = "0-0".to_owned();
     let mut backoff = Duration::from_millis(50);
+    let mut reconnecting = false;
     loop {
         let mut conn = match client
             .get_multiplexed_async_connection_with_config(&config)
@@ -326,7 +380,24 @@ async fn read_inbox(client: Client, key: String, notify: Arc<dyn Notify>, marks:
                 continue;
             }
         };
+        if reconnecting {
+            match still_there(&mut conn, &key, &last_id).await {
+                Ok(true) => tracing::info!("store: notice stream back; nothing was missed"),
+                Ok(false) => notify.notices_lost(),
+                Err(_) => continue,
+            }
+        }
+        reconnecting = true;
+        let mut refreshed = std::time::Instant::now();
         loop {
+            if refreshed.elapsed() > Duration::from_secs(60) {
+                let _: Result<i64, RedisError> = redis::cmd("PEXPIRE")
+                    .arg(&key)
+                    .arg(INBOX_TTL_MS)
+                    .query_async(&mut conn)
+                    .await;
+                refreshed = std::time::Instant::now();
+            }
             let reply: Result<StreamReply, RedisError> = redis::cmd("XREAD")
                 .arg("COUNT")
                 .arg(1024)

@@ -12,9 +12,13 @@ pub struct RedisServer {
     port: u16,
     dir: tempfile::TempDir,
     persistent: bool,
+    /// Runs under a shell that kills it when the test process's end of its stdin
+    /// closes, i.e. when the test process exits (a static is never dropped).
+    tied_to_process: bool,
 }
 
 /// Whether `redis-server` is installed; prints why a test is skipped when not.
+/// With `WSAUTH_REQUIRE_REDIS` set (CI sets it), a missing server is a failure.
 pub fn available(test: &str) -> bool {
     let found = Command::new("redis-server")
         .arg("--version")
@@ -23,6 +27,10 @@ pub fn available(test: &str) -> bool {
         .status()
         .is_ok_and(|s| s.success());
     if !found {
+        assert!(
+            std::env::var_os("WSAUTH_REQUIRE_REDIS").is_none(),
+            "{test}: redis-server is not installed and WSAUTH_REQUIRE_REDIS is set"
+        );
         eprintln!("SKIPPED {test}: redis-server is not installed (`.ci/run` installs it)");
     }
     found
@@ -40,12 +48,24 @@ impl RedisServer {
         Self::launch(true)
     }
 
+    /// One server for the whole test binary, stopped when the process exits. Give
+    /// each store its own key prefix.
+    pub fn shared() -> &'static RedisServer {
+        static SHARED: std::sync::OnceLock<RedisServer> = std::sync::OnceLock::new();
+        SHARED.get_or_init(|| Self::launch_with(false, true))
+    }
+
     fn launch(persistent: bool) -> RedisServer {
+        Self::launch_with(persistent, false)
+    }
+
+    fn launch_with(persistent: bool, tied_to_process: bool) -> RedisServer {
         let mut server = RedisServer {
             child: None,
             port: free_port(),
             dir: tempfile::tempdir().expect("a temporary directory"),
             persistent,
+            tied_to_process,
         };
         for _ in 0..10 {
             if server.spawn() {
@@ -58,18 +78,29 @@ impl RedisServer {
 
     /// Starts the process on this server's port; false when it did not come up.
     fn spawn(&mut self) -> bool {
-        let mut cmd = Command::new("redis-server");
-        cmd.args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
-            .args(["--dir", path(self.dir.path())])
-            .args(["--save", ""])
-            .args(["--protected-mode", "no", "--loglevel", "warning"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
+        let port = self.port.to_string();
+        let mut args = vec!["--bind", "127.0.0.1", "--port", &port];
+        args.extend(["--dir", path(self.dir.path()), "--save", ""]);
+        args.extend(["--protected-mode", "no", "--loglevel", "warning"]);
         if self.persistent {
-            cmd.args(["--appendonly", "yes", "--appendfsync", "always"]);
+            args.extend(["--appendonly", "yes", "--appendfsync", "always"]);
         } else {
-            cmd.args(["--appendonly", "no"]);
+            args.extend(["--appendonly", "no"]);
         }
+        let mut cmd = if self.tied_to_process {
+            let mut sh = Command::new("sh");
+            sh.arg("-c")
+                .arg(r#"redis-server "$@" & pid=$!; cat >/dev/null; kill $pid; wait $pid"#)
+                .arg("sh")
+                .args(&args)
+                .stdin(Stdio::piped());
+            sh
+        } else {
+            let mut direct = Command::new("redis-server");
+            direct.args(&args);
+            direct
+        };
+        cmd.stdout(Stdio::null()).stderr(Stdio::null());
         let child = cmd.spawn().expect("redis-server runs");
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(5);

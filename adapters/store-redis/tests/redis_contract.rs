@@ -152,6 +152,40 @@ async fn a_revocation_during_a_link_blip_still_reaches_the_node() {
         )],
         "node A reads on from where it was and misses nothing"
     );
+    assert_eq!(on_a.lost(), 0, "and knows it missed nothing");
+}
+
+#[tokio::test]
+async fn a_node_whose_stream_was_wiped_closes_its_connections() {
+    if !available("a_node_whose_stream_was_wiped_closes_its_connections") {
+        return;
+    }
+    let redis = RedisServer::start();
+    let on_a = Arc::new(Recorder::default());
+    let a = store_on(&redis, "a", "wipe:", StoreSettings::default(), on_a.clone()).await;
+    created(&a, claims("alice", "j1")).await;
+    // Redis restarted without its data: the stream, and whatever was in it, is gone.
+    let client = redis::Client::open(redis.url()).expect("url");
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connects");
+    let _: () = redis::cmd("FLUSHALL")
+        .query_async(&mut conn)
+        .await
+        .expect("flush");
+    drop_every_link(&redis).await;
+    for _ in 0..100 {
+        if on_a.lost() > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        on_a.lost(),
+        1,
+        "the node cannot rule out a missed revocation: it closes its connections"
+    );
 }
 
 #[tokio::test]

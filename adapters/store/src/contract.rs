@@ -17,12 +17,18 @@ use crate::{CreateOutcome, LimitPolicy, Notice, Notify, RefreshOutcome, Store, S
 #[derive(Default)]
 pub struct Recorder {
     notices: Mutex<Vec<(String, u64, Notice)>>,
+    lost: std::sync::atomic::AtomicUsize,
 }
 
 impl Recorder {
     /// Takes what was recorded.
     pub fn take(&self) -> Vec<(String, u64, Notice)> {
         std::mem::take(&mut *self.notices.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// How many times the store said notices may have been lost.
+    pub fn lost(&self) -> usize {
+        self.lost.load(std::sync::atomic::Ordering::SeqCst)
     }
 }
 
@@ -32,6 +38,10 @@ impl Notify for Recorder {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push((session_id.to_owned(), epoch, notice));
+    }
+
+    fn notices_lost(&self) {
+        self.lost.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     }
 }
 

@@ -80,6 +80,12 @@ pub trait Notify: Send + Sync + 'static {
     /// Delivers `notice` to the connection holding `session_id` at `epoch`, if any.
     /// Must not block.
     fn notify(&self, session_id: &str, epoch: u64, notice: Notice);
+
+    /// The store cannot rule out that notices for this node were lost (a shared
+    /// store whose notice stream was trimmed or wiped while the node was away).
+    /// Every live connection must close with its session resumable: the clients
+    /// resume, get their replay, and every revocation is checked again.
+    fn notices_lost(&self) {}
 }
 
 /// The outcome of [`Store::create_session`].

@@ -28,7 +28,7 @@ end
 local function tell(inbox, msg)
   local k = P .. 'in:' .. inbox
   redis.call('XADD', k, 'MAXLEN', '~', '100000', '*', 'm', msg)
-  redis.call('PEXPIRE', k, 3600000)
+  redis.call('PEXPIRE', k, 3600000) -- INBOX_TTL_MS in lib.rs
 end
 
 -- Removes a session and every reference to it; tells its connection `kind` (a JSON

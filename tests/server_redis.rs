@@ -1,0 +1,15 @@
+//! The server suite of `server.rs` again, every server on the Redis store (one
+//! throwaway `redis-server`, a key prefix per server): the protocol behaves the same
+//! whichever store holds the sessions.
+
+mod common;
+#[path = "suite/server.rs"]
+mod suite;
+
+use wsauth_server::ServerHandle;
+use wsauth_server::config::Config;
+
+/// A server for the suite, on Redis.
+async fn server(config: Config) -> ServerHandle {
+    common::server_on_redis(config).await
+}

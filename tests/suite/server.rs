@@ -1,0 +1,1008 @@
+// The server suite: compiled into `tests/server.rs` (in-memory store) and
+// `tests/server_redis.rs` (Redis store), each of which defines `server`.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::common::*;
+use crate::server;
+use futures_util::SinkExt;
+use serde_json::json;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+use wsauth_server::config::LimitPolicy;
+
+// ----- §2 Authentication --------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn header_auth_succeeds_before_the_upgrade_and_selects_the_subprotocol() {
+    let s = server(test_config()).await;
+    let t = token("alice", json!({}));
+    let auth = format!("Bearer {t}");
+    let mut c = Client::connect_with(
+        s.ws_addr,
+        &[
+            ("Authorization", &auth),
+            ("Sec-WebSocket-Protocol", "wsauth.v1"),
+        ],
+    )
+    .await
+    .expect("upgrade accepted");
+    let first = c.recv().await;
+    assert_eq!(first["type"], "authenticated");
+    assert!(first.get("id").is_none(), "no id for header authentication");
+    assert_eq!(first["user_id"], "alice");
+    assert_eq!(first["protocol"], "wsauth.v1");
+    assert!(first["session_id"].as_str().expect("id").starts_with("s_"));
+    assert!(first["resume_token"].as_str().expect("token").len() >= 45);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn header_auth_failures_refuse_the_upgrade_with_a_json_body() {
+    let s = server(test_config()).await;
+    let expired = token("alice", json!({"exp": now_s() - 3600}));
+    let cases = [
+        (format!("Bearer {expired}"), 401, "TOKEN_EXPIRED"),
+        ("Bearer not-a-jwt".to_owned(), 401, "INVALID_TOKEN"),
+        ("Basic YWxpY2U6cHc=".to_owned(), 401, "INVALID_TOKEN"),
+    ];
+    for (header, status, code) in cases {
+        let (got, body) = Client::connect_with(s.ws_addr, &[("Authorization", &header)])
+            .await
+            .err()
+            .expect("refused");
+        assert_eq!(got, status, "{code}");
+        let body: serde_json::Value = serde_json::from_str(&body).expect("JSON body");
+        assert_eq!(body["code"], code);
+        assert!(body["retry"].is_string());
+        assert!(!body.to_string().contains(&expired));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn origin_outside_the_allow_list_gets_403() {
+    let mut config = test_config();
+    config.allowed_origins = vec!["https://chat.example".into()];
+    let s = server(config).await;
+    let (status, body) = Client::connect_with(s.ws_addr, &[("Origin", "https://evil.example")])
+        .await
+        .err()
+        .expect("refused");
+    assert_eq!(status, 403);
+    assert!(body.contains("ORIGIN_NOT_ALLOWED"), "{body}");
+    assert!(
+        Client::connect_with(s.ws_addr, &[("Origin", "https://chat.example")])
+            .await
+            .is_ok()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn query_token_only_when_enabled() {
+    let t = token("alice", json!({}));
+    let mut config = test_config();
+    config.allow_query_token = true;
+    let s = server(config).await;
+    let mut c = Client::connect_url(&format!("ws://{}/ws?access_token={t}", s.ws_addr), &[])
+        .await
+        .expect("accepted");
+    assert_eq!(c.recv().await["type"], "authenticated");
+
+    let off = server(test_config()).await;
+    let mut c = Client::connect_url(&format!("ws://{}/ws?access_token={t}", off.ws_addr), &[])
+        .await
+        .expect("accepted, unauthenticated");
+    c.send(json!({"type": "join", "id": 1, "channel": "general"}))
+        .await;
+    c.expect_fatal("NOT_AUTHENTICATED", 4401).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn message_auth_and_each_token_failure_with_its_close_code() {
+    let s = server(test_config()).await;
+    let (_c, reply) = Client::authed(s.ws_addr, &token("alice", json!({}))).await;
+    assert_eq!(reply["id"], 1);
+
+    let other_key = wsauth_core::jwt::sign_hs256(
+        b"another-secret-that-is-32-bytes-long!",
+        &json!({"sub": "alice", "exp": now_s() + 60}),
+    );
+    let cases = [
+        (
+            token("alice", json!({"exp": now_s() - 120})),
+            "TOKEN_EXPIRED",
+            4401,
+        ),
+        (
+            token("alice", json!({"nbf": now_s() + 600})),
+            "TOKEN_NOT_YET_VALID",
+            4401,
+        ),
+        ("garbage".to_owned(), "INVALID_TOKEN", 4401),
+        (other_key, "AUTH_FAILED", 4401),
+    ];
+    for (t, code, close) in cases {
+        let mut c = Client::connect(s.ws_addr).await;
+        c.send(json!({"type": "auth", "id": 5, "token": t})).await;
+        let err = c.expect_fatal(code, close).await;
+        assert_eq!(err["id"], 5);
+        assert!(!err.to_string().contains(&t) || t == "garbage");
+    }
+    // user_id must equal sub.
+    let mut c = Client::connect(s.ws_addr).await;
+    c.send(
+        json!({"type": "auth", "id": 1, "token": token("alice", json!({})), "user_id": "mallory"}),
+    )
+    .await;
+    c.expect_fatal("AUTH_FAILED", 4401).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth_timeout_closes_4408() {
+    let mut config = test_config();
+    config.session.auth_timeout_ms = 300;
+    let s = server(config).await;
+    let mut c = Client::connect(s.ws_addr).await;
+    let started = Instant::now();
+    c.expect_fatal("AUTH_TIMEOUT", 4408).await;
+    assert!(started.elapsed() >= Duration::from_millis(250));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_before_auth_and_malformed_frames() {
+    let s = server(test_config()).await;
+    let mut c = Client::connect(s.ws_addr).await;
+    c.send(json!({"type": "publish", "id": 3, "channel": "x", "data": 1}))
+        .await;
+    assert_eq!(c.expect_fatal("NOT_AUTHENTICATED", 4401).await["id"], 3);
+
+    let mut c = Client::connect(s.ws_addr).await;
+    c.send_text("{not json").await;
+    c.expect_fatal("BAD_REQUEST", 4400).await;
+
+    let (mut c, _) = Client::authed(s.ws_addr, &token("alice", json!({}))).await;
+    c.ws.send(Message::binary(vec![1, 2, 3]))
+        .await
+        .expect("send");
+    c.expect_fatal("BAD_REQUEST", 4400).await;
+
+    let (mut c, _) = Client::authed(s.ws_addr, &token("alice", json!({}))).await;
+    let frame = Frame::message(vec![0xff, 0xfe, 0x41], OpCode::Data(Data::Text), true);
+    c.ws.send(Message::Frame(frame)).await.expect("send");
+    let (_, ended) = c.until_closed().await;
+    assert_eq!(ended, Ended::Close(1007));
+
+    let (mut c, _) = Client::authed(s.ws_addr, &token("alice", json!({}))).await;
+    c.send(json!({"type": "auth", "id": 2, "token": token("alice", json!({}))}))
+        .await;
+    let reply = c.recv().await;
+    assert_eq!(
+        (reply["code"].as_str(), reply["fatal"].as_bool()),
+        (Some("ALREADY_AUTHENTICATED"), Some(false))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversize_message_closes_1009() {
+    let mut config = test_config();
+    config.limits.max_message_bytes = 1024;
+    config.limits.max_frame_bytes = 1024;
+    config.jwt.max_token_bytes = 1024;
+    let s = server(config).await;
+    let (mut c, _) =
+        Client::authed(s.ws_addr, &token("alice", json!({"channels": ["general"]}))).await;
+    let big = json!({"type": "publish", "id": 2, "channel": "general", "data": "x".repeat(2000)});
+    c.send(big).await;
+    let (seen, ended) = c.until_closed().await;
+    assert_eq!(ended, Ended::Close(1009), "{seen:?}");
+    if let Some(e) = seen.iter().find(|m| m["type"] == "error") {
+        assert_eq!(e["code"], "MESSAGE_TOO_LARGE");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limit_closes_4429() {
+    let mut config = test_config();
+    config.limits.messages_per_second = 5;
+    config.limits.message_burst = 10;
+    let s = server(config).await;
+    let (mut c, _) = Client::authed(s.ws_addr, &token("alice", json!({}))).await;
+    for i in 0..20 {
+        c.send(json!({"type": "leave", "id": 10 + i, "channel": "x"}))
+            .await;
+    }
+    c.expect_fatal("RATE_LIMITED", 4429).await;
+}
+
+// ----- §3 Session lifetime ------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expiring_notice_then_session_expired() {
+    let mut config = test_config();
+    config.jwt.leeway_s = 0;
+    let s = server(config).await;
+    let exp = now_s() + 3;
+    let (mut c, reply) = Client::authed(s.ws_addr, &token("alice", json!({"exp": exp}))).await;
+    assert_eq!(reply["expires_at"], exp * 1000);
+    let notice = c.recv().await;
+    assert_eq!(notice["type"], "expiring");
+    assert_eq!(notice["expires_at"], exp * 1000);
+    assert!(notice["in_ms"].as_u64().expect("in_ms") <= 2_000);
+    c.expect_fatal("SESSION_EXPIRED", 4401).await;
+    assert!(now_ms() >= exp * 1000, "not closed before exp");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refresh_success_and_non_fatal_failures() {
+    let s = server(test_config()).await;
+    let (mut c, _) = Client::authed(
+        s.ws_addr,
+        &token("alice", json!({"channels": ["general", "team:*"]})),
+    )
+    .await;
+    c.send(json!({"type": "join", "id": 2, "channel": "team:1"}))
+        .await;
+    assert_eq!(c.recv().await["type"], "joined");
+    let later = now_s() + 7200;
+    c.send(json!({"type": "refresh", "id": 3, "token": token("alice", json!({"exp": later, "channels": ["general"]}))})).await;
+    let r = c.recv().await;
+    assert_eq!(
+        (
+            r["type"].as_str(),
+            r["id"].as_u64(),
+            r["expires_at"].as_u64()
+        ),
+        (Some("refreshed"), Some(3), Some(later * 1000))
+    );
+    let left = c.recv().await;
+    assert_eq!(
+        (
+            left["type"].as_str(),
+            left["channel"].as_str(),
+            left["reason"].as_str()
+        ),
+        (Some("left"), Some("team:1"), Some("FORBIDDEN"))
+    );
+
+    // A revoked token is refused as a refresh too.
+    let (status, _) = http(
+        s.admin_addr,
+        "POST",
+        "/admin/revoke",
+        Some(ADMIN_KEY),
+        Some(json!({"jti": "burned"})),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let other_key = wsauth_core::jwt::sign_hs256(
+        b"another-secret-that-is-32-bytes-long!",
+        &json!({"sub": "alice", "exp": now_s() + 60}),
+    );
+    let failures = [
+        (token("alice", json!({"jti": "burned"})), "TOKEN_REVOKED"),
+        (other_key, "AUTH_FAILED"),
+        (token("bob", json!({})), "SUBJECT_MISMATCH"),
+        (
+            token("alice", json!({"exp": now_s() - 100})),
+            "TOKEN_EXPIRED",
+        ),
+        ("x.y.z".to_owned(), "INVALID_TOKEN"),
+        (
+            token("alice", json!({"iat": now_s() + 3600})),
+            "TOKEN_NOT_YET_VALID",
+        ),
+    ];
+    for (i, (t, code)) in failures.into_iter().enumerate() {
+        let id = 10 + i as u64;
+        c.send(json!({"type": "refresh", "id": id, "token": t}))
+            .await;
+        let e = c.recv().await;
+        assert_eq!(
+            (e["code"].as_str(), e["fatal"].as_bool(), e["id"].as_u64()),
+            (Some(code), Some(false), Some(id))
+        );
+    }
+    // Still alive and on the refreshed token.
+    c.send(json!({"type": "join", "id": 20, "channel": "general"}))
+        .await;
+    assert_eq!(c.recv().await["type"], "joined");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_timeout_closes_4408_and_keeps_the_session() {
+    let mut config = test_config();
+    config.session.heartbeat_ms = 100;
+    config.session.idle_timeout_ms = 400;
+    let s = server(config).await;
+    let (mut c, reply) = Client::authed(s.ws_addr, &token("alice", json!({}))).await;
+    // Not reading means not answering pings: the client is silent.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    c.expect_fatal("IDLE_TIMEOUT", 4408).await;
+    let mut c = Client::connect(s.ws_addr).await;
+    c.send(json!({"type": "resume", "id": 1, "session_id": reply["session_id"], "resume_token": reply["resume_token"]})).await;
+    assert_eq!(
+        c.recv().await["type"],
+        "resumed",
+        "still resumable after an idle timeout"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logout_closes_1000_and_ends_the_session() {
+    let s = server(test_config()).await;
+    let (mut c, reply) = Client::authed(s.ws_addr, &token("alice", json!({}))).await;
+    c.send(json!({"type": "logout", "id": 2})).await;
+    let (seen, ended) = c.until_closed().await;
+    assert!(seen.is_empty(), "logout has no other reply: {seen:?}");
+    assert_eq!(ended, Ended::Close(1000));
+    let mut c = Client::connect(s.ws_addr).await;
+    c.send(json!({"type": "resume", "id": 1, "session_id": reply["session_id"], "resume_token": reply["resume_token"]})).await;
+    c.expect_fatal("SESSION_NOT_FOUND", 4401).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_user_limit_under_both_policies() {
+    let mut config = test_config();
+    config.session.max_sessions_per_user = Some(1);
+    let s = server(config.clone()).await;
+    let (mut first, _) = Client::authed(s.ws_addr, &token("alice", json!({}))).await;
+    let (_second, _) = Client::authed(s.ws_addr, &token("alice", json!({}))).await;
+    first.expect_fatal("SESSION_REPLACED", 4409).await;
+
+    config.session.limit_policy = LimitPolicy::RejectNew;
+    let s = server(config).await;
+    let (mut first, _) = Client::authed(s.ws_addr, &token("alice", json!({}))).await;
+    let mut second = Client::connect(s.ws_addr).await;
+    second
+        .send(json!({"type": "auth", "id": 1, "token": token("alice", json!({}))}))
+        .await;
+    second.expect_fatal("TOO_MANY_SESSIONS", 4429).await;
+    first
+        .send(json!({"type": "leave", "id": 2, "channel": "x"}))
+        .await;
+    assert_eq!(first.recv().await["type"], "left", "the first one lives on");
+}
+
+// ----- §4 Resume ----------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resume_after_a_drop_replays_in_order_then_gap_and_reuse() {
+    let mut config = test_config();
+    config.session.resume_buffer = 3;
+    let s = server(config).await;
+    let t = token("alice", json!({"channels": ["general"]}));
+    let (mut a, reply) = Client::authed(s.ws_addr, &t).await;
+    a.send(json!({"type": "join", "id": 2, "channel": "general"}))
+        .await;
+    assert_eq!(a.recv().await["type"], "joined");
+    let (mut bob, _) =
+        Client::authed(s.ws_addr, &token("bob", json!({"channels": ["general"]}))).await;
+    bob.send(json!({"type": "publish", "id": 2, "channel": "general", "data": {"n": 1}}))
+        .await;
+    assert_eq!(bob.recv().await["type"], "published");
+    let m1 = a.recv().await;
+    assert_eq!(
+        (m1["seq"].as_u64(), m1["data"]["n"].as_u64()),
+        (Some(1), Some(1))
+    );
+    a.drop_connection();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    for n in 2..=3 {
+        bob.send(json!({"type": "publish", "id": n, "channel": "general", "data": {"n": n}}))
+            .await;
+        assert_eq!(bob.recv().await["type"], "published");
+    }
+    let mut a = Client::connect(s.ws_addr).await;
+    a.send(json!({"type": "resume", "id": 1, "session_id": reply["session_id"], "resume_token": reply["resume_token"], "last_seq": 1})).await;
+    let r = a.recv().await;
+    assert_eq!(
+        (
+            r["type"].as_str(),
+            r["replayed"].as_u64(),
+            r["gap"].as_bool()
+        ),
+        (Some("resumed"), Some(2), Some(false)),
+        "{r}"
+    );
+    assert_eq!(r["channels"], json!(["general"]));
+    assert_ne!(r["resume_token"], reply["resume_token"], "rotated");
+    for n in 2..=3 {
+        let m = a.recv().await;
+        assert_eq!(
+            (m["seq"].as_u64(), m["data"]["n"].as_u64()),
+            (Some(n), Some(n))
+        );
+    }
+    // Live delivery continues the numbering.
+    bob.send(json!({"type": "publish", "id": 9, "channel": "general", "data": {"n": 4}}))
+        .await;
+    assert_eq!(
+        bob.recv().await["id"],
+        9,
+        "bob's ack, so that later acks match their publishes"
+    );
+    assert_eq!(a.recv().await["seq"], 4);
+
+    // Too many missed: gap.
+    let token2 = r["resume_token"].clone();
+    a.close(1001).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    for n in 5..=9 {
+        bob.send(json!({"type": "publish", "id": 10 + n, "channel": "general", "data": {"n": n}}))
+            .await;
+        assert_eq!(bob.recv().await, json!({"type": "published", "id": 10 + n}));
+    }
+    let mut a = Client::connect(s.ws_addr).await;
+    a.send(json!({"type": "resume", "id": 1, "session_id": reply["session_id"], "resume_token": token2, "last_seq": 4})).await;
+    let r = a.recv().await;
+    assert_eq!(
+        (r["replayed"].as_u64(), r["gap"].as_bool()),
+        (Some(3), Some(true)),
+        "{r}"
+    );
+    for n in 7..=9 {
+        let m = a.recv().await;
+        assert_eq!(m["seq"], n, "after {r}: {m}");
+    }
+    // The spent token is refused.
+    let mut c = Client::connect(s.ws_addr).await;
+    c.send(json!({"type": "resume", "id": 1, "session_id": reply["session_id"], "resume_token": token2})).await;
+    c.expect_fatal("SESSION_NOT_FOUND", 4401).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resume_after_the_grace_period_fails_and_takeover_replaces() {
+    let mut config = test_config();
+    config.session.resume_grace_ms = 300;
+    let s = server(config).await;
+    let (a, reply) = Client::authed(s.ws_addr, &token("alice", json!({}))).await;
+    a.drop_connection();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut c = Client::connect(s.ws_addr).await;
+    c.send(json!({"type": "resume", "id": 1, "session_id": reply["session_id"], "resume_token": reply["resume_token"]})).await;
+    c.expect_fatal("SESSION_NOT_FOUND", 4401).await;
+
+    // A half-open old connection loses to the resume.
+    let (mut old, reply) = Client::authed(s.ws_addr, &token("alice", json!({}))).await;
+    let mut new = Client::connect(s.ws_addr).await;
+    new.send(json!({"type": "resume", "id": 1, "session_id": reply["session_id"], "resume_token": reply["resume_token"]})).await;
+    assert_eq!(new.recv().await["type"], "resumed");
+    old.expect_fatal("SESSION_REPLACED", 4409).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_shutdown_closes_1001_and_the_session_resumes_on_the_next_server() {
+    let config = test_config();
+    let verifier = wsauth_server::server::build_verifier(&config, None).expect("verifier");
+    let hub = wsauth_server::hub::Hub::new(16);
+    let store = Arc::new(wsauth_store::MemoryStore::new(
+        wsauth_server::server::store_settings(&config),
+        hub.clone() as Arc<dyn wsauth_store::Notify>,
+    ));
+    let first = wsauth_server::server::start_with_store(
+        config.clone(),
+        verifier.clone(),
+        hub.clone(),
+        store.clone(),
+    )
+    .await
+    .expect("first server");
+    let (mut c, reply) = Client::authed(first.ws_addr, &token("alice", json!({}))).await;
+    let stopping = tokio::spawn(first.shutdown());
+    let (_, ended) = c.until_closed().await;
+    assert_eq!(ended, Ended::Close(1001));
+    tokio::time::timeout(WAIT, stopping)
+        .await
+        .expect("shutdown ends in time")
+        .expect("task");
+    let second = wsauth_server::server::start_with_store(config, verifier, hub, store)
+        .await
+        .expect("second server");
+    let mut c = Client::connect(second.ws_addr).await;
+    c.send(json!({"type": "resume", "id": 1, "session_id": reply["session_id"], "resume_token": reply["resume_token"]})).await;
+    assert_eq!(c.recv().await["type"], "resumed");
+}
+
+// ----- Revocation through the admin API ----------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_revocation_of_each_kind_closes_4403_within_a_second() {
+    let s = server(test_config()).await;
+    let admin = s.admin_addr;
+    // No key or a wrong key: 401 and nothing else.
+    for key in [None, Some("wrong-key-wrong-key")] {
+        let (status, body) = http(
+            admin,
+            "POST",
+            "/admin/revoke",
+            key,
+            Some(json!({"sub": "alice"})),
+        )
+        .await;
+        assert_eq!(status, 401);
+        assert!(body.is_empty(), "{body}");
+    }
+    let (status, _) = http(admin, "GET", "/admin/sessions?sub=alice", None, None).await;
+    assert_eq!(status, 401);
+
+    // By jti.
+    let (mut a, _) = Client::authed(s.ws_addr, &token("alice", json!({"jti": "t-1"}))).await;
+    let (mut other, _) = Client::authed(s.ws_addr, &token("alice", json!({"jti": "t-2"}))).await;
+    let started = Instant::now();
+    let (status, body) = http(
+        admin,
+        "POST",
+        "/admin/revoke",
+        Some(ADMIN_KEY),
+        Some(json!({"jti": "t-1"})),
+    )
+    .await;
+    assert_eq!((status, body.trim()), (200, r#"{"revoked":1}"#));
+    a.expect_fatal("TOKEN_REVOKED", 4403).await;
+    assert!(started.elapsed() < Duration::from_secs(1));
+    let mut again = Client::connect(s.ws_addr).await;
+    again
+        .send(json!({"type": "auth", "id": 1, "token": token("alice", json!({"jti": "t-1"}))}))
+        .await;
+    again.expect_fatal("TOKEN_REVOKED", 4403).await;
+    other
+        .send(json!({"type": "leave", "id": 2, "channel": "x"}))
+        .await;
+    assert_eq!(
+        other.recv().await["type"],
+        "left",
+        "another token of the same user is untouched"
+    );
+
+    // By session.
+    let (status, body) = http(
+        admin,
+        "GET",
+        "/admin/sessions?sub=alice",
+        Some(ADMIN_KEY),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    let listed: serde_json::Value = serde_json::from_str(&body).expect("json");
+    let session_id = listed["sessions"][0]["session_id"]
+        .as_str()
+        .expect("a session")
+        .to_owned();
+    assert!(!body.contains("r_"), "never a resume token: {body}");
+    let (status, body) = http(
+        admin,
+        "POST",
+        "/admin/revoke",
+        Some(ADMIN_KEY),
+        Some(json!({"session_id": session_id})),
+    )
+    .await;
+    assert_eq!((status, body.trim()), (200, r#"{"revoked":1}"#));
+    other.expect_fatal("SESSION_REVOKED", 4403).await;
+
+    // By user: older tokens refused, newer accepted.
+    let (mut b1, _) = Client::authed(s.ws_addr, &token("bob", json!({"iat": now_s() - 10}))).await;
+    let (mut b2, _) = Client::authed(s.ws_addr, &token("bob", json!({"iat": now_s() - 10}))).await;
+    let (status, body) = http(
+        admin,
+        "POST",
+        "/admin/revoke",
+        Some(ADMIN_KEY),
+        Some(json!({"sub": "bob"})),
+    )
+    .await;
+    assert_eq!((status, body.trim()), (200, r#"{"revoked":2}"#));
+    b1.expect_fatal("TOKEN_REVOKED", 4403).await;
+    b2.expect_fatal("TOKEN_REVOKED", 4403).await;
+    let mut old = Client::connect(s.ws_addr).await;
+    old.send(json!({"type": "auth", "id": 1, "token": token("bob", json!({"iat": now_s() - 5}))}))
+        .await;
+    old.expect_fatal("TOKEN_REVOKED", 4403).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    Client::authed(s.ws_addr, &token("bob", json!({"iat": now_s()}))).await;
+
+    let (status, _) = http(
+        admin,
+        "POST",
+        "/admin/revoke",
+        Some(ADMIN_KEY),
+        Some(json!({"sub": "a", "jti": "b"})),
+    )
+    .await;
+    assert_eq!(status, 400, "exactly one of jti, sub, session_id");
+}
+
+// ----- §6 Channels --------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn channels_fan_out_with_per_session_seq_and_forbidden() {
+    let s = server(test_config()).await;
+    let (mut a, _) = Client::authed(
+        s.ws_addr,
+        &token("alice", json!({"channels": ["general", "team:*"]})),
+    )
+    .await;
+    let (mut b, _) =
+        Client::authed(s.ws_addr, &token("bob", json!({"channels": ["general"]}))).await;
+    for c in [&mut a, &mut b] {
+        c.send(json!({"type": "join", "id": 2, "channel": "general"}))
+            .await;
+        assert_eq!(
+            c.recv().await,
+            json!({"type": "joined", "id": 2, "channel": "general"})
+        );
+    }
+    a.send(json!({"type": "join", "id": 3, "channel": "team:7"}))
+        .await;
+    assert_eq!(a.recv().await["type"], "joined");
+    a.send(json!({"type": "publish", "id": 4, "channel": "team:7", "data": {"only": "alice"}}))
+        .await;
+    assert_eq!(a.recv().await, json!({"type": "published", "id": 4}));
+    assert_eq!(a.recv().await["seq"], 1);
+    a.send(json!({"type": "publish", "id": 5, "channel": "general", "data": [1, 2]}))
+        .await;
+    assert_eq!(a.recv().await["type"], "published");
+    let am = a.recv().await;
+    let bm = b.recv().await;
+    assert_eq!(
+        (am["seq"].as_u64(), bm["seq"].as_u64()),
+        (Some(2), Some(1)),
+        "seq is per session"
+    );
+    assert_eq!(
+        bm,
+        json!({"type": "message", "channel": "general", "from": "alice", "seq": 1, "data": [1, 2]})
+    );
+    b.send(json!({"type": "join", "id": 3, "channel": "team:7"}))
+        .await;
+    let e = b.recv().await;
+    assert_eq!(
+        (e["code"].as_str(), e["fatal"].as_bool()),
+        (Some("FORBIDDEN"), Some(false))
+    );
+    b.send(json!({"type": "publish", "id": 4, "channel": "user:bob", "data": 1}))
+        .await;
+    assert_eq!(
+        b.recv().await["type"],
+        "published",
+        "user:{{sub}} is always allowed"
+    );
+    b.send(json!({"type": "leave", "id": 5, "channel": "general"}))
+        .await;
+    assert_eq!(b.recv().await["type"], "left");
+    a.send(json!({"type": "publish", "id": 6, "channel": "general", "data": "after leave"}))
+        .await;
+    assert_eq!(a.recv().await["type"], "published");
+    assert_eq!(a.recv().await["seq"], 3);
+    b.send(json!({"type": "leave", "id": 6, "channel": "x"}))
+        .await;
+    assert_eq!(
+        b.recv().await["id"],
+        6,
+        "nothing arrived for bob after left"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_does_not_read_is_closed_slow_consumer() {
+    let mut config = test_config();
+    config.limits.outbound_queue = 8;
+    config.limits.messages_per_second = 100_000;
+    config.limits.message_burst = 100_000;
+    let s = server(config).await;
+    let (mut slow, _) =
+        Client::authed(s.ws_addr, &token("slow", json!({"channels": ["firehose"]}))).await;
+    slow.send(json!({"type": "join", "id": 2, "channel": "firehose"}))
+        .await;
+    assert_eq!(slow.recv().await["type"], "joined");
+    let (mut fast, _) =
+        Client::authed(s.ws_addr, &token("fast", json!({"channels": ["firehose"]}))).await;
+    let chunk = "x".repeat(60_000);
+    // Several MB, far more than the socket buffers hold.
+    for i in 0..400 {
+        fast.send(json!({"type": "publish", "id": 10 + i, "channel": "firehose", "data": chunk}))
+            .await;
+        assert_eq!(fast.recv().await["type"], "published");
+        if s.metrics
+            .closes()
+            .keys()
+            .any(|(_, e)| *e == "SLOW_CONSUMER")
+        {
+            break;
+        }
+    }
+    let deadline = Instant::now() + WAIT;
+    while !s
+        .metrics
+        .closes()
+        .keys()
+        .any(|(close, e)| *close == 1013 && *e == "SLOW_CONSUMER")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the slow client was not closed: {:?}",
+            s.metrics.closes()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The client, reading at last, finds the stream ends (with the error and 1013
+    // when the socket let them through).
+    let (seen, ended) = slow.until_closed().await;
+    if let Ended::Close(code) = ended {
+        assert_eq!(code, 1013);
+        assert!(seen.iter().any(|m| m["code"] == "SLOW_CONSUMER"));
+    }
+}
+
+// ----- Load ---------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_thousand_clients_authenticate_at_once_with_none_lost() {
+    let mut config = test_config();
+    config.limits.max_unauthenticated_per_ip = 4096;
+    let s = server(config).await;
+    let addr = s.ws_addr;
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..2000)
+        .map(|i| {
+            tokio::spawn(async move {
+                let t = token(&format!("user{i}"), json!({}));
+                let (c, reply) = Client::authed(addr, &t).await;
+                (c, reply["user_id"] == format!("user{i}"))
+            })
+        })
+        .collect();
+    let mut clients = Vec::with_capacity(2000);
+    for t in tasks {
+        let (c, ok) = t.await.expect("client task");
+        assert!(ok);
+        clients.push(c);
+    }
+    println!("2000 clients authenticated in {:?}", started.elapsed());
+    assert_eq!(clients.len(), 2000);
+    assert_eq!(
+        s.metrics
+            .authenticated
+            .load(std::sync::atomic::Ordering::Relaxed),
+        2000
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unauthenticated_connections_per_ip_are_capped_with_429() {
+    let mut config = test_config();
+    config.limits.max_unauthenticated_per_ip = 3;
+    let s = server(config).await;
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(Client::connect(s.ws_addr).await);
+    }
+    let (status, body) = Client::connect_with(s.ws_addr, &[])
+        .await
+        .err()
+        .expect("refused");
+    assert_eq!(status, 429);
+    assert!(body.contains("RATE_LIMITED"));
+    // Authenticating frees a slot.
+    held[0]
+        .send(json!({"type": "auth", "id": 1, "token": token("alice", json!({}))}))
+        .await;
+    assert_eq!(held[0].recv().await["type"], "authenticated");
+    assert!(Client::connect_with(s.ws_addr, &[]).await.is_ok());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_upgrade_request_is_dropped_at_the_handshake_timeout() {
+    let mut config = test_config();
+    config.limits.handshake_timeout_ms = 300;
+    let s = server(config).await;
+    let mut stream = tokio::net::TcpStream::connect(s.ws_addr)
+        .await
+        .expect("connect");
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    stream
+        .write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .expect("partial head");
+    let mut buf = [0u8; 64];
+    let started = Instant::now();
+    let n = tokio::time::timeout(WAIT, stream.read(&mut buf))
+        .await
+        .expect("closed in time")
+        .unwrap_or(0);
+    assert_eq!(n, 0, "the server closes without answering");
+    assert!(started.elapsed() >= Duration::from_millis(250));
+}
+
+// ----- TLS ----------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wss_is_served_directly_with_the_configured_certificate() {
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
+    use tokio_rustls::rustls::{ClientConfig, RootCertStore};
+
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/testdata/tls");
+    let mut config = test_config();
+    config.tls = Some(wsauth_server::config::TlsConfig {
+        cert_file: format!("{dir}/cert.pem").into(),
+        key_file: format!("{dir}/key.pem").into(),
+    });
+    let s = server(config).await;
+
+    let mut roots = RootCertStore::empty();
+    let cert = CertificateDer::from_pem_file(format!("{dir}/ca.pem")).expect("ca");
+    roots.add(cert).expect("root");
+    let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+    let client_config = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(client_config));
+    let tcp = tokio::net::TcpStream::connect(s.ws_addr)
+        .await
+        .expect("tcp");
+    let tls = connector
+        .connect(ServerName::try_from("localhost").expect("name"), tcp)
+        .await
+        .expect("TLS handshake with the configured certificate");
+    let url = format!("wss://localhost:{}/ws", s.ws_addr.port());
+    let (mut ws, _) = tokio_tungstenite::client_async(url, tls)
+        .await
+        .expect("upgrade over TLS");
+    let auth = json!({"type": "auth", "id": 1, "token": token("alice", json!({}))});
+    ws.send(Message::text(auth.to_string()))
+        .await
+        .expect("send");
+    use futures_util::StreamExt;
+    let reply = loop {
+        if let Message::Text(t) = ws.next().await.expect("open").expect("message") {
+            break serde_json::from_str::<serde_json::Value>(t.as_str()).expect("json");
+        }
+    };
+    assert_eq!(reply["type"], "authenticated");
+
+    // A plain-text client gets nothing useful from a TLS listener.
+    let plain = tokio::time::timeout(
+        WAIT,
+        tokio_tungstenite::connect_async(format!("ws://{}/ws", s.ws_addr)),
+    )
+    .await;
+    assert!(
+        matches!(plain, Ok(Err(_))),
+        "plain ws:// must fail against wss://"
+    );
+}
+
+// ----- Logs ---------------------------------------------------------------------
+
+/// A writer that keeps what the log subscriber writes.
+#[derive(Clone, Default)]
+struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().expect("lock").extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn one_log_line_per_connection_outcome_and_never_a_token() {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_env_filter("debug")
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    // A current-thread runtime: every server task logs through this subscriber.
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let s = server(test_config()).await;
+    let good = token("alice", json!({"jti": "log-test"}));
+    let (mut c, reply) = Client::authed(s.ws_addr, &good).await;
+    c.send(json!({"type": "refresh", "id": 2, "token": good}))
+        .await;
+    assert_eq!(c.recv().await["type"], "refreshed");
+    c.send(json!({"type": "logout"})).await;
+    let _ = c.until_closed().await;
+    let bad = token("mallory", json!({"exp": now_s() - 3600}));
+    let mut b = Client::connect(s.ws_addr).await;
+    b.send(json!({"type": "auth", "id": 1, "token": bad})).await;
+    b.expect_fatal("TOKEN_EXPIRED", 4401).await;
+    let header = format!("Bearer {bad}");
+    let _ = Client::connect_with(s.ws_addr, &[("Authorization", &header)]).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let logs = String::from_utf8(captured.0.lock().expect("lock").clone()).expect("utf8");
+    let closed: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains("connection closed"))
+        .collect();
+    assert_eq!(closed.len(), 3, "one line per connection outcome:\n{logs}");
+    assert!(
+        closed.iter().any(|l| l.contains("user=\"alice\"")
+            && l.contains("close=1000")
+            && l.contains("duration_ms")),
+        "{logs}"
+    );
+    assert!(
+        closed
+            .iter()
+            .any(|l| l.contains("code=\"TOKEN_EXPIRED\"") && l.contains("close=4401")),
+        "{logs}"
+    );
+    assert!(
+        closed
+            .iter()
+            .any(|l| l.contains("code=\"TOKEN_EXPIRED\"") && l.contains("close=0")),
+        "the refused upgrade: {logs}"
+    );
+    let resume_token = reply["resume_token"].as_str().expect("resume token");
+    for secret in [good.as_str(), bad.as_str(), resume_token, SECRET, ADMIN_KEY] {
+        assert!(!logs.contains(secret), "a secret reached the logs:\n{logs}");
+    }
+    // Parts of a token are secrets too: its signature.
+    let signature = good.rsplit('.').next().expect("signature");
+    assert!(!logs.contains(signature));
+}
+
+// ----- Store faults -------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_down_fails_auth_with_internal_1011_but_live_sessions_go_on() {
+    use std::sync::atomic::Ordering;
+    let (s, store) = server_with_switchable_store(test_config()).await;
+    let (mut live, _) =
+        Client::authed(s.ws_addr, &token("alice", json!({"channels": ["general"]}))).await;
+    store.down.store(true, Ordering::SeqCst);
+
+    let (status, _) = http(s.admin_addr, "GET", "/readyz", None, None).await;
+    assert_eq!(status, 503, "not ready while the store is down");
+    let (status, _) = http(s.admin_addr, "GET", "/healthz", None, None).await;
+    assert_eq!(status, 200, "still alive");
+
+    // New authentications fail closed.
+    let mut c = Client::connect(s.ws_addr).await;
+    c.send(json!({"type": "auth", "id": 1, "token": token("bob", json!({}))}))
+        .await;
+    let e = c.expect_fatal("INTERNAL", 1011).await;
+    assert_eq!(e["retry"], "reconnect");
+    let header = format!("Bearer {}", token("bob", json!({})));
+    let (status, body) = Client::connect_with(s.ws_addr, &[("Authorization", &header)])
+        .await
+        .err()
+        .expect("refused");
+    assert_eq!(status, 503);
+    assert!(body.contains("INTERNAL"));
+
+    // The live session's requests fail without closing it.
+    live.send(json!({"type": "join", "id": 2, "channel": "general"}))
+        .await;
+    let e = live.recv().await;
+    assert_eq!(
+        (e["code"].as_str(), e["fatal"].as_bool(), e["id"].as_u64()),
+        (Some("INTERNAL"), Some(false), Some(2))
+    );
+    live.send(json!({"type": "refresh", "id": 3, "token": token("alice", json!({}))}))
+        .await;
+    let e = live.recv().await;
+    assert_eq!(
+        (e["code"].as_str(), e["fatal"].as_bool()),
+        (Some("INTERNAL"), Some(false))
+    );
+
+    // Back up: everything works again, the live session included.
+    store.down.store(false, Ordering::SeqCst);
+    live.send(json!({"type": "join", "id": 4, "channel": "general"}))
+        .await;
+    assert_eq!(live.recv().await["type"], "joined");
+    Client::authed(s.ws_addr, &token("bob", json!({}))).await;
+    let (status, _) = http(s.admin_addr, "GET", "/readyz", None, None).await;
+    assert_eq!(status, 200);
+}
