@@ -116,6 +116,7 @@ pub struct RedisStore {
     marks: Arc<Marks>,
     next_mark: AtomicU64,
     reader: tokio::task::JoinHandle<()>,
+    health: tokio::task::JoinHandle<()>,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -130,6 +131,7 @@ impl std::fmt::Debug for RedisStore {
 impl Drop for RedisStore {
     fn drop(&mut self) {
         self.reader.abort();
+        self.health.abort();
     }
 }
 
@@ -210,6 +212,7 @@ impl RedisStore {
             notify,
             marks.clone(),
         ));
+        let health = tokio::spawn(keep_link_fresh(conn.clone()));
         Ok(RedisStore {
             settings,
             prefix: config.key_prefix,
@@ -220,11 +223,59 @@ impl RedisStore {
             marks,
             next_mark: AtomicU64::new(1),
             reader,
+            health,
         })
     }
 
     fn conn(&self) -> ConnectionManager {
         self.conn.clone()
+    }
+
+    /// Runs a script. A refused connection means the request was never sent (the
+    /// link is being re-established after Redis came back), so it is tried once
+    /// more; any other failure could have run the script and is reported.
+    async fn invoke<T: redis::FromRedisValue>(
+        &self,
+        invocation: &redis::ScriptInvocation<'_>,
+    ) -> Result<T, StoreError> {
+        match invocation.invoke_async(&mut self.conn()).await {
+            Err(e) if e.is_connection_refusal() => invocation
+                .invoke_async(&mut self.conn())
+                .await
+                .map_err(unavailable),
+            other => other.map_err(unavailable),
+        }
+    }
+}
+
+async fn ping(conn: &ConnectionManager) -> Result<(), RedisError> {
+    let attempt = async || {
+        redis::cmd("PING")
+            .query_async::<String>(&mut conn.clone())
+            .await
+    };
+    match attempt().await {
+        Err(e) if e.is_connection_refusal() => attempt().await.map(drop),
+        other => other.map(drop),
+    }
+}
+
+/// The connection manager finds a dead link only when a request fails on it. This
+/// task is that request: it pings every second, and every 100 ms while Redis is
+/// away, so that once Redis is back the link is re-established before a client's
+/// request needs it.
+async fn keep_link_fresh(conn: ConnectionManager) {
+    let mut was_down = false;
+    loop {
+        let up = ping(&conn).await.is_ok();
+        if up && was_down {
+            tracing::info!("store: Redis answers again");
+        } else if !up && !was_down {
+            tracing::warn!("store: Redis does not answer; new authentications fail until it does");
+        }
+        was_down = !up;
+        let pause = if up { 1000 } else { 100 };
+        tokio::time::sleep(Duration::from_millis(pause)).await;
     }
 }
 
@@ -500,29 +551,29 @@ impl Store for RedisStore {
         let resume_token = new_resume_token();
         let s = &self.settings;
         let reply: Value = self
-            .scripts
-            .create
-            .arg(&self.prefix)
-            .arg(now_ms)
-            .arg(s.resume_grace_ms)
-            .arg(s.leeway_ms)
-            .arg(&claims.sub)
-            .arg(jti)
-            .arg(iat)
-            .arg(exp)
-            .arg(encode_claims(&claims)?)
-            .arg(&session_id)
-            .arg(&hash_resume_token(&resume_token)[..])
-            .arg(&self.node)
-            .arg(&self.inbox)
-            .arg(s.max_sessions_per_user.unwrap_or(0))
-            .arg(match s.limit_policy {
-                LimitPolicy::EvictOldest => "evict",
-                LimitPolicy::RejectNew => "reject",
-            })
-            .invoke_async(&mut self.conn())
-            .await
-            .map_err(unavailable)?;
+            .invoke(
+                self.scripts
+                    .create
+                    .arg(&self.prefix)
+                    .arg(now_ms)
+                    .arg(s.resume_grace_ms)
+                    .arg(s.leeway_ms)
+                    .arg(&claims.sub)
+                    .arg(jti)
+                    .arg(iat)
+                    .arg(exp)
+                    .arg(encode_claims(&claims)?)
+                    .arg(&session_id)
+                    .arg(&hash_resume_token(&resume_token)[..])
+                    .arg(&self.node)
+                    .arg(&self.inbox)
+                    .arg(s.max_sessions_per_user.unwrap_or(0))
+                    .arg(match s.limit_policy {
+                        LimitPolicy::EvictOldest => "evict",
+                        LimitPolicy::RejectNew => "reject",
+                    }),
+            )
+            .await?;
         let Value::Array(items) = reply else {
             return Err(protocol_error("create"));
         };
@@ -556,20 +607,20 @@ impl Store for RedisStore {
         let new_token = new_resume_token();
         let s = &self.settings;
         let reply: Value = self
-            .scripts
-            .resume
-            .arg(&self.prefix)
-            .arg(now_ms)
-            .arg(s.resume_grace_ms)
-            .arg(s.leeway_ms)
-            .arg(session_id)
-            .arg(&hash_resume_token(resume_token)[..])
-            .arg(&hash_resume_token(&new_token)[..])
-            .arg(&self.node)
-            .arg(&self.inbox)
-            .invoke_async(&mut self.conn())
-            .await
-            .map_err(unavailable)?;
+            .invoke(
+                self.scripts
+                    .resume
+                    .arg(&self.prefix)
+                    .arg(now_ms)
+                    .arg(s.resume_grace_ms)
+                    .arg(s.leeway_ms)
+                    .arg(session_id)
+                    .arg(&hash_resume_token(resume_token)[..])
+                    .arg(&hash_resume_token(&new_token)[..])
+                    .arg(&self.node)
+                    .arg(&self.inbox),
+            )
+            .await?;
         let items = match reply {
             Value::Nil => return Ok(None),
             Value::Array(items) if items.len() == 7 => items,
@@ -609,21 +660,21 @@ impl Store for RedisStore {
     ) -> Result<RefreshOutcome, StoreError> {
         let (jti, iat, exp) = claim_args(&claims);
         let reply: String = self
-            .scripts
-            .refresh
-            .arg(&self.prefix)
-            .arg(now_ms)
-            .arg(self.settings.leeway_ms)
-            .arg(session_id)
-            .arg(epoch)
-            .arg(&claims.sub)
-            .arg(jti)
-            .arg(iat)
-            .arg(exp)
-            .arg(encode_claims(&claims)?)
-            .invoke_async(&mut self.conn())
-            .await
-            .map_err(unavailable)?;
+            .invoke(
+                self.scripts
+                    .refresh
+                    .arg(&self.prefix)
+                    .arg(now_ms)
+                    .arg(self.settings.leeway_ms)
+                    .arg(session_id)
+                    .arg(epoch)
+                    .arg(&claims.sub)
+                    .arg(jti)
+                    .arg(iat)
+                    .arg(exp)
+                    .arg(encode_claims(&claims)?),
+            )
+            .await?;
         Ok(if reply == "revoked" {
             RefreshOutcome::Revoked
         } else {
@@ -669,15 +720,15 @@ impl Store for RedisStore {
             data.get()
         );
         let n: u64 = self
-            .scripts
-            .publish
-            .arg(&self.prefix)
-            .arg(channel)
-            .arg(body)
-            .arg(self.settings.resume_buffer)
-            .invoke_async(&mut self.conn())
-            .await
-            .map_err(unavailable)?;
+            .invoke(
+                self.scripts
+                    .publish
+                    .arg(&self.prefix)
+                    .arg(channel)
+                    .arg(body)
+                    .arg(self.settings.resume_buffer),
+            )
+            .await?;
         Ok(usize::try_from(n).unwrap_or(usize::MAX))
     }
 
@@ -704,32 +755,32 @@ impl Store for RedisStore {
         let json = serde_json::to_string(&RevocationJson::from(&revocation))
             .map_err(|_| protocol_error("revoke"))?;
         let told: u64 = self
-            .scripts
-            .revoke
-            .arg(&self.prefix)
-            .arg(now_ms)
-            .arg(self.settings.max_token_lifetime_ms)
-            .arg(self.settings.leeway_ms)
-            .arg(kind)
-            .arg(value)
-            .arg(at_s)
-            .arg(json)
-            .invoke_async(&mut self.conn())
-            .await
-            .map_err(unavailable)?;
+            .invoke(
+                self.scripts
+                    .revoke
+                    .arg(&self.prefix)
+                    .arg(now_ms)
+                    .arg(self.settings.max_token_lifetime_ms)
+                    .arg(self.settings.leeway_ms)
+                    .arg(kind)
+                    .arg(value)
+                    .arg(at_s)
+                    .arg(json),
+            )
+            .await?;
         Ok(usize::try_from(told).unwrap_or(usize::MAX))
     }
 
     async fn sessions_of(&self, sub: &str) -> Result<Vec<SessionInfo>, StoreError> {
         let reply: Value = self
-            .scripts
-            .read
-            .arg(&self.prefix)
-            .arg("sessions_of")
-            .arg(sub)
-            .invoke_async(&mut self.conn())
-            .await
-            .map_err(unavailable)?;
+            .invoke(
+                self.scripts
+                    .read
+                    .arg(&self.prefix)
+                    .arg("sessions_of")
+                    .arg(sub),
+            )
+            .await?;
         let bad = || protocol_error("sessions_of");
         let Value::Array(rows) = reply else {
             return Ok(Vec::new());
@@ -758,26 +809,22 @@ impl Store for RedisStore {
     async fn is_revoked(&self, claims: &Claims, now_ms: u64) -> Result<bool, StoreError> {
         let (jti, iat, _) = claim_args(claims);
         let revoked: u64 = self
-            .scripts
-            .read
-            .arg(&self.prefix)
-            .arg("revoked")
-            .arg(now_ms)
-            .arg(&claims.sub)
-            .arg(jti)
-            .arg(iat)
-            .invoke_async(&mut self.conn())
-            .await
-            .map_err(unavailable)?;
+            .invoke(
+                self.scripts
+                    .read
+                    .arg(&self.prefix)
+                    .arg("revoked")
+                    .arg(now_ms)
+                    .arg(&claims.sub)
+                    .arg(jti)
+                    .arg(iat),
+            )
+            .await?;
         Ok(revoked == 1)
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        let _: String = redis::cmd("PING")
-            .query_async(&mut self.conn())
-            .await
-            .map_err(unavailable)?;
-        Ok(())
+        ping(&self.conn).await.map_err(unavailable)
     }
 
     async fn purge_expired(&self, now_ms: u64) -> Result<(), StoreError> {
@@ -786,16 +833,16 @@ impl Store for RedisStore {
         const BATCH: u64 = 500;
         loop {
             let handled: u64 = self
-                .scripts
-                .purge
-                .arg(&self.prefix)
-                .arg(now_ms)
-                .arg(self.settings.resume_grace_ms)
-                .arg(self.settings.leeway_ms)
-                .arg(BATCH)
-                .invoke_async(&mut self.conn())
-                .await
-                .map_err(unavailable)?;
+                .invoke(
+                    self.scripts
+                        .purge
+                        .arg(&self.prefix)
+                        .arg(now_ms)
+                        .arg(self.settings.resume_grace_ms)
+                        .arg(self.settings.leeway_ms)
+                        .arg(BATCH),
+                )
+                .await?;
             if handled < BATCH {
                 return Ok(());
             }
@@ -862,19 +909,19 @@ impl RedisStore {
         channel: &str,
     ) -> Result<(), StoreError> {
         let _: u64 = self
-            .scripts
-            .session_ops
-            .arg(&self.prefix)
-            .arg(op)
-            .arg(session_id)
-            .arg(epoch)
-            .arg(now_ms)
-            .arg(self.settings.resume_grace_ms)
-            .arg(self.settings.leeway_ms)
-            .arg(channel)
-            .invoke_async(&mut self.conn())
-            .await
-            .map_err(unavailable)?;
+            .invoke(
+                self.scripts
+                    .session_ops
+                    .arg(&self.prefix)
+                    .arg(op)
+                    .arg(session_id)
+                    .arg(epoch)
+                    .arg(now_ms)
+                    .arg(self.settings.resume_grace_ms)
+                    .arg(self.settings.leeway_ms)
+                    .arg(channel),
+            )
+            .await?;
         Ok(())
     }
 
