@@ -19,6 +19,8 @@ import json
 import sys
 import tempfile
 import time
+import urllib.error
+import urllib.request
 
 import websockets
 from playwright.async_api import async_playwright
@@ -31,6 +33,61 @@ ARGS = [
 # A 1366×768 laptop screen less the browser's tabs and address bar: the page must fit.
 VIEWPORT = {"width": 1366, "height": 657}
 WAIT_S = 10
+
+
+NUM = (int, float)
+LATENCY = {k: (int, float, type(None)) for k in ("p50", "p90", "p99", "p999", "max")} | {"count": int}
+# The /api/stats schema the page is written against.
+SCHEMA = {
+    "node": str, "version": str, "uptime_s": int, "time_ms": int,
+    "features": {"session_limits": bool, "resume": bool, "query_token": bool, "dashboard": bool},
+    "store": {"kind": str, "ready": bool, "errors": int, "latency_ms": LATENCY},
+    "connections": {"open": int},
+    "sessions": {"live": int},
+    "auth": {"ok": int, "refused": int, "refused_by_code": dict},
+    "auth_latency_ms": LATENCY,
+    "verify_latency_ms": LATENCY,
+    "refresh": {"ok": int, "refused": int},
+    "resume": {"ok": int, "refused": int, "replayed": int, "gaps": int},
+    "revocations": {"issued": int, "closed": int},
+    "expired": int, "replaced": int, "rate_limited": int, "slow_consumer": int,
+    "messages": {"in": int, "out": int},
+    "closes": [{"close_code": int, "error_code": str, "count": int}],
+}
+
+
+def schema_problems(value, schema, path="stats"):
+    """Where `value` differs from `schema` (missing fields, wrong types); extra fields are fine."""
+    if isinstance(schema, dict):
+        if not isinstance(value, dict):
+            return [f"{path} is {type(value).__name__}, not an object"]
+        out = []
+        for key, sub in schema.items():
+            if key not in value:
+                out.append(f"{path}.{key} is missing")
+            else:
+                out += schema_problems(value[key], sub, f"{path}.{key}")
+        return out
+    if isinstance(schema, list):
+        if not isinstance(value, list):
+            return [f"{path} is {type(value).__name__}, not a list"]
+        return [p for i, item in enumerate(value) for p in schema_problems(item, schema[0], f"{path}[{i}]")]
+    types = schema if isinstance(schema, tuple) else (schema,)
+    # bool is an int in Python; a flag where a count belongs is still wrong.
+    if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+        return [f"{path} is {value!r}, not {' or '.join(t.__name__ for t in types)}"]
+    return []
+
+
+def get_stats(url, key):
+    """(status, JSON or None) of GET /api/stats next to the dashboard URL."""
+    stats_url = url.rsplit("/", 1)[0] + "/api/stats"
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    try:
+        with urllib.request.urlopen(urllib.request.Request(stats_url, headers=headers), timeout=5) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, None
 
 
 def fail(msg):
@@ -152,6 +209,17 @@ async def main(a):
         ok("auth ok total grew")
         # Let a few more polls in so rates and the chart have something to show.
         await asyncio.sleep(2)
+
+        status, stats = get_stats(a.url, a.key)
+        if status != 200:
+            fail(f"GET /api/stats with the key answered {status}")
+        print(f"stats: {json.dumps(stats, separators=(',', ':'))}", flush=True)
+        problems += [f"/api/stats: {p}" for p in schema_problems(stats, SCHEMA)]
+        if not problems:
+            ok("/api/stats matches the schema")
+        status, _ = get_stats(a.url, None)
+        if status != 401:
+            problems.append(f"GET /api/stats without the key answered {status}, not 401")
 
         size = await page.evaluate("""() => ({
             w: document.documentElement.scrollWidth, h: document.documentElement.scrollHeight,
