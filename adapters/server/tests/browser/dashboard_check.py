@@ -6,7 +6,8 @@ Usage: dashboard_check.py --url DASHBOARD_URL --key ADMIN_KEY --ws WS_URL
 Loads the dashboard with the key in the fragment, waits for the first figures, then
 authenticates one WebSocket connection per TOKEN and fails one with --bad-token, and
 waits until the page shows more open connections and a failure code. Saves a
-screenshot, then checks that a wrong key brings back the key form.
+screenshot, then checks that a wrong key brings back the key form, and that typing
+the right one there shows the figures.
 
 Uses Debian's Chromium (/usr/bin/chromium), never a browser downloaded by Playwright.
 Exits non-zero with a message on any console error or warning, page error, failed
@@ -249,6 +250,12 @@ async def main(a):
         if wrong_errors:
             fail("; ".join(wrong_errors))
         ok("a wrong key brings back the key form")
+        await wrong.fill("#keyinput", a.key)
+        await wrong.click("#keyform button")
+        await wait_until("the figures appear after typing the key", lambda: figure(wrong, "open-connections"))
+        if await wrong.is_visible("#banner"):
+            fail(f"the error banner stays after a good key: {await wrong.text_content('#banner')!r}")
+        ok("typing the right key into the form shows the figures")
 
         await ctx.close()
     print("dashboard check: all ok", flush=True)
