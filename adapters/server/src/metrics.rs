@@ -231,32 +231,32 @@ impl Metrics {
         };
         let r = &mut m.registry;
         register! { r,
-            "wsauth_connections_open" => m.connections_open, "Sockets open on this node (upgraded or not).";
-            "wsauth_sessions_live" => m.sessions_live, "Sessions with a live connection on this node.";
-            "wsauth_store_up" => m.store_up, "1 when the store answered the last check, else 0.";
-            "wsauth_upgrades_refused" => m.upgrades_refused, "Upgrade requests refused with an HTTP status, by error code.";
-            "wsauth_auth" => m.auth, "Authentications (auth message, header or query token) by method, outcome and error code.";
-            "wsauth_refresh" => m.refresh, "Token refreshes by outcome and error code.";
-            "wsauth_resume" => m.resume, "Resumes by outcome and error code.";
-            "wsauth_resume_replayed_messages" => m.resume_replayed, "Messages replayed by successful resumes.";
-            "wsauth_resume_gaps" => m.resume_gaps, "Resumes whose replay had a gap (messages no longer buffered).";
-            "wsauth_sessions_expired" => m.expired, "Sessions closed at their token's expiry for want of a refresh (SESSION_EXPIRED).";
-            "wsauth_sessions_replaced" => m.replaced, "Connections closed because their session was taken over or evicted (SESSION_REPLACED).";
-            "wsauth_expiring_sent" => m.expiring_sent, "`expiring` notices sent.";
-            "wsauth_revocations" => m.revocations, "Revocations issued through this node's admin API, by kind.";
-            "wsauth_revocation_closes" => m.revocation_closes, "Connections on this node closed by a revocation (wherever it was issued).";
-            "wsauth_rate_limited" => m.rate_limited, "Connections closed for exceeding the message rate (RATE_LIMITED).";
-            "wsauth_slow_consumer_closes" => m.slow_consumer, "Connections closed because they did not read fast enough (SLOW_CONSUMER).";
-            "wsauth_messages_in" => m.messages_in, "Data frames received from clients.";
-            "wsauth_messages_out" => m.messages_out, "Messages sent to clients.";
-            "wsauth_closes" => m.closes, "Connections closed, by close code (0: socket lost) and error code (none: no error).";
-            "wsauth_store_errors" => m.store_errors, "Store calls that failed or timed out, by operation.";
-            "wsauth_auth_duration_seconds" => m.auth_duration, "From accepting the socket to `authenticated`.";
-            "wsauth_token_verify_duration_seconds" => m.verify_duration, "Token verification alone.";
-            "wsauth_refresh_duration_seconds" => m.refresh_duration, "From a refresh's verification to its answer.";
-            "wsauth_refresh_time_left_seconds" => m.refresh_time_left, "Time left on the old token when a refresh succeeded.";
-            "wsauth_revocation_propagation_seconds" => m.revocation_propagation, "From the admin call to the connection's close, on the node holding it.";
-            "wsauth_store_duration_seconds" => m.store_duration, "Store calls, by operation.";
+            "wsauth_connections_open" => m.connections_open, "Sockets open on this node (upgraded or not)";
+            "wsauth_sessions_live" => m.sessions_live, "Sessions with a live connection on this node";
+            "wsauth_store_up" => m.store_up, "1 when the store answered the last check, else 0";
+            "wsauth_upgrades_refused" => m.upgrades_refused, "Upgrade requests refused with an HTTP status, by error code";
+            "wsauth_auth" => m.auth, "Authentications (auth message, header or query token) by method, outcome and error code";
+            "wsauth_refresh" => m.refresh, "Token refreshes by outcome and error code";
+            "wsauth_resume" => m.resume, "Resumes by outcome and error code";
+            "wsauth_resume_replayed_messages" => m.resume_replayed, "Messages replayed by successful resumes";
+            "wsauth_resume_gaps" => m.resume_gaps, "Resumes whose replay had a gap (messages no longer buffered)";
+            "wsauth_sessions_expired" => m.expired, "Sessions closed at their token's expiry for want of a refresh (SESSION_EXPIRED)";
+            "wsauth_sessions_replaced" => m.replaced, "Connections closed because their session was taken over or evicted (SESSION_REPLACED)";
+            "wsauth_expiring_sent" => m.expiring_sent, "`expiring` notices sent";
+            "wsauth_revocations" => m.revocations, "Revocations issued through this node's admin API, by kind";
+            "wsauth_revocation_closes" => m.revocation_closes, "Connections on this node closed by a revocation (wherever it was issued)";
+            "wsauth_rate_limited" => m.rate_limited, "Connections closed for exceeding the message rate (RATE_LIMITED)";
+            "wsauth_slow_consumer_closes" => m.slow_consumer, "Connections closed because they did not read fast enough (SLOW_CONSUMER)";
+            "wsauth_messages_in" => m.messages_in, "Data frames received from clients";
+            "wsauth_messages_out" => m.messages_out, "Messages sent to clients";
+            "wsauth_closes" => m.closes, "Connections closed, by close code (0: socket lost) and error code (none: no error)";
+            "wsauth_store_errors" => m.store_errors, "Store calls that failed or timed out, by operation";
+            "wsauth_auth_duration_seconds" => m.auth_duration, "From accepting the socket to `authenticated`";
+            "wsauth_token_verify_duration_seconds" => m.verify_duration, "Token verification alone";
+            "wsauth_refresh_duration_seconds" => m.refresh_duration, "From a refresh's verification to its answer";
+            "wsauth_refresh_time_left_seconds" => m.refresh_time_left, "Time left on the old token when a refresh succeeded";
+            "wsauth_revocation_propagation_seconds" => m.revocation_propagation, "From the admin call to the connection's close, on the node holding it";
+            "wsauth_store_duration_seconds" => m.store_duration, "Store calls, by operation";
         }
         m
     }
