@@ -299,6 +299,7 @@ delegate! {
     fn detach(&self, session_id: &str, epoch: u64, now_ms: u64) -> ();
     fn end_session(&self, session_id: &str, epoch: u64) -> ();
     fn revoke(&self, revocation: wsauth_core::Revocation, now_ms: u64) -> usize;
+    fn session(&self, session_id: &str) -> Option<wsauth_store::SessionInfo>;
     fn sessions_of(&self, sub: &str) -> Vec<wsauth_store::SessionInfo>;
     fn is_revoked(&self, claims: &wsauth_core::jwt::Claims, now_ms: u64) -> bool;
     fn ping(&self) -> ();

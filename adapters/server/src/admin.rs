@@ -1,15 +1,19 @@
-//! The operator listener: health, readiness, and the admin API (revocation,
-//! sessions). Admin calls need `Authorization: Bearer <admin key>`.
+//! The operator listener: health, readiness, Prometheus metrics, the dashboard,
+//! and the admin API (revocation, sessions, refusals, stats). Admin calls need
+//! `Authorization: Bearer <admin key>`; a missing or wrong key gets 401 with an
+//! empty body.
 
 use std::sync::Arc;
 
 use axum::Json;
 use axum::Router;
+use axum::extract::Path;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use serde::Deserialize;
+use serde_json::json;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use tokio::net::TcpListener;
@@ -19,13 +23,32 @@ use wsauth_store::Store;
 
 use crate::server::Shared;
 
+/// Every route the admin listener serves: (method, path), paths in OpenAPI style.
+/// `docs/openapi.json` describes exactly these (checked by a test).
+pub const ROUTES: &[(&str, &str)] = &[
+    ("GET", "/healthz"),
+    ("GET", "/readyz"),
+    ("GET", "/metrics"),
+    ("GET", "/dashboard"),
+    ("GET", "/api/stats"),
+    ("POST", "/admin/revoke"),
+    ("GET", "/admin/sessions"),
+    ("DELETE", "/admin/sessions/{session_id}"),
+    ("GET", "/admin/refusals"),
+];
+
 /// Serves the admin listener until the task is aborted.
 pub async fn serve<S: Store>(listener: TcpListener, shared: Arc<Shared<S>>) {
     let app = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz::<S>))
+        .route("/metrics", get(metrics::<S>))
+        .route("/dashboard", get(dashboard::<S>))
+        .route("/api/stats", get(stats::<S>))
         .route("/admin/revoke", post(revoke::<S>))
         .route("/admin/sessions", get(sessions::<S>))
+        .route("/admin/sessions/{session_id}", delete(end_session::<S>))
+        .route("/admin/refusals", get(refusals::<S>))
         .with_state(shared);
     let _ = axum::serve(listener, app).await;
 }
@@ -50,11 +73,150 @@ fn unauthorized() -> Response {
     StatusCode::UNAUTHORIZED.into_response()
 }
 
+/// Pings the store, timed and counted like every store call.
+async fn store_ready<S: Store>(shared: &Shared<S>) -> bool {
+    let started = std::time::Instant::now();
+    let ok = tokio::time::timeout(shared.store_timeout, shared.store.ping())
+        .await
+        .is_ok_and(|r| r.is_ok());
+    shared.metrics.store_call("ping", started.elapsed(), ok);
+    shared.metrics.set_store_up(ok);
+    ok
+}
+
 async fn readyz<S: Store>(State(shared): State<Arc<Shared<S>>>) -> Response {
-    match shared.store.ping().await {
-        Ok(()) => (StatusCode::OK, "ready\n").into_response(),
-        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "store unreachable\n").into_response(),
+    if store_ready(&shared).await {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "store unreachable\n").into_response()
     }
+}
+
+async fn metrics<S: Store>(State(shared): State<Arc<Shared<S>>>) -> Response {
+    let body = shared.metrics.render(shared.hub.live_sessions());
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        body,
+    )
+        .into_response()
+}
+
+const DASHBOARD: &str = include_str!("dashboard.html");
+
+async fn dashboard<S: Store>(State(shared): State<Arc<Shared<S>>>) -> Response {
+    if !shared.config.features.dashboard {
+        return StatusCode::NOT_FOUND.into_response();
+    }
+    (
+        [
+            (axum::http::header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            // The page loads nothing from elsewhere; say so to the browser.
+            (
+                axum::http::header::CONTENT_SECURITY_POLICY,
+                "default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src 'self' data:",
+            ),
+        ],
+        DASHBOARD,
+    )
+        .into_response()
+}
+
+async fn stats<S: Store>(State(shared): State<Arc<Shared<S>>>, headers: HeaderMap) -> Response {
+    if !authorized(&shared, &headers) {
+        return unauthorized();
+    }
+    let ready = store_ready(&shared).await;
+    let config = &shared.config;
+    let mut body = shared.metrics.snapshot();
+    let figures = body.as_object_mut().expect("the snapshot is an object");
+    let store_latency = figures.remove("store_latency_ms").unwrap_or_default();
+    let store_errors = figures.remove("store_errors").unwrap_or_default();
+    figures.insert("node".into(), json!(config.effective_node_id()));
+    figures.insert("version".into(), json!(env!("CARGO_PKG_VERSION")));
+    figures.insert("time_ms".into(), json!(crate::conn::now_ms()));
+    figures.insert(
+        "features".into(),
+        json!({
+            "session_limits": config.features.session_limits,
+            "resume": config.features.resume,
+            "query_token": config.allow_query_token,
+            "dashboard": config.features.dashboard,
+        }),
+    );
+    figures.insert(
+        "store".into(),
+        json!({
+            "kind": match config.store.kind {
+                crate::config::StoreKind::Memory => "memory",
+                crate::config::StoreKind::Redis => "redis",
+            },
+            "ready": ready,
+            "errors": store_errors,
+            "latency_ms": store_latency,
+        }),
+    );
+    figures.insert(
+        "sessions".into(),
+        json!({"live": shared.hub.live_sessions()}),
+    );
+    Json(body).into_response()
+}
+
+async fn refusals<S: Store>(State(shared): State<Arc<Shared<S>>>, headers: HeaderMap) -> Response {
+    if !authorized(&shared, &headers) {
+        return unauthorized();
+    }
+    let (users, jtis) = shared.metrics.refusals(20);
+    let users: Vec<_> = users
+        .into_iter()
+        .map(|(sub, count)| json!({"sub": sub, "count": count}))
+        .collect();
+    let jtis: Vec<_> = jtis
+        .into_iter()
+        .map(|(jti, count)| json!({"jti": jti, "count": count}))
+        .collect();
+    Json(json!({"users": users, "jtis": jtis})).into_response()
+}
+
+async fn end_session<S: Store>(
+    State(shared): State<Arc<Shared<S>>>,
+    headers: HeaderMap,
+    Path(session_id): Path<String>,
+) -> Response {
+    if !authorized(&shared, &headers) {
+        return unauthorized();
+    }
+    let now = crate::conn::now_ms();
+    let known = match shared.store.session(&session_id).await {
+        Ok(info) => info.is_some(),
+        Err(_) => return store_unreachable(),
+    };
+    if !known {
+        return Json(json!({"ended": false})).into_response();
+    }
+    shared.metrics.revocation_issued("session");
+    match shared
+        .store
+        .revoke(Revocation::Session { session_id }, now)
+        .await
+    {
+        Ok(closed) => {
+            info!(closed, "session ended by the admin API");
+            Json(json!({"ended": true})).into_response()
+        }
+        Err(_) => store_unreachable(),
+    }
+}
+
+fn store_unreachable() -> Response {
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        Json(json!({"error": "store unreachable"})),
+    )
+        .into_response()
 }
 
 #[derive(Deserialize)]
@@ -100,16 +262,13 @@ async fn revoke<S: Store>(
         Revocation::Subject { .. } => "sub",
         Revocation::Session { .. } => "session",
     };
+    shared.metrics.revocation_issued(kind);
     match shared.store.revoke(revocation, now).await {
         Ok(n) => {
             info!(kind, closed = n, "revoked");
             Json(serde_json::json!({ "revoked": n })).into_response()
         }
-        Err(_) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(serde_json::json!({"error": "store unreachable"})),
-        )
-            .into_response(),
+        Err(_) => store_unreachable(),
     }
 }
 
@@ -136,6 +295,7 @@ async fn sessions<S: Store>(
                     serde_json::json!({
                         "session_id": s.session_id,
                         "attached": s.attached,
+                        "node": s.node.clone().unwrap_or_else(|| shared.config.effective_node_id()),
                         "created_at": s.created_at_ms,
                         "expires_at": s.expires_at_ms,
                         "channels": s.channels,
@@ -144,6 +304,6 @@ async fn sessions<S: Store>(
                 .collect();
             Json(serde_json::json!({ "sub": sub, "sessions": sessions })).into_response()
         }
-        Err(_) => StatusCode::SERVICE_UNAVAILABLE.into_response(),
+        Err(_) => store_unreachable(),
     }
 }

@@ -39,6 +39,7 @@ where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let started = accepted;
+    let _open = shared.metrics.connection_opened();
     // Counted from accept until authentication; over the cap, refused at once.
     let Some(unauthenticated) = shared.ip_limiter.try_acquire(peer.ip()) else {
         refuse(&mut io, ErrorCode::RateLimited, &shared, peer).await;
@@ -95,6 +96,7 @@ where
         upgraded: false,
         slow: false,
         user: None,
+        refresh_started: None,
     };
     if let Some((method, token)) = token {
         driver.conn =
@@ -152,6 +154,8 @@ struct Driver<S: Store> {
     slow: bool,
     /// The session's user, kept for the outcome line (the machine forgets it at close).
     user: Option<String>,
+    /// When the verification of a refresh started (a verify once a session exists).
+    refresh_started: Option<Instant>,
 }
 
 impl<S: Store> Driver<S> {
@@ -221,8 +225,14 @@ impl<S: Store> Driver<S> {
                 frame = stream.next() => {
                     let now = now_ms();
                     match frame {
-                        Some(Ok(Message::Text(text))) => self.conn.handle_frame(now, Frame::Text(text.as_str())),
-                        Some(Ok(Message::Binary(b))) => self.conn.handle_frame(now, Frame::Binary(b.len())),
+                        Some(Ok(Message::Text(text))) => {
+                            self.shared.metrics.message_in();
+                            self.conn.handle_frame(now, Frame::Text(text.as_str()));
+                        }
+                        Some(Ok(Message::Binary(b))) => {
+                            self.shared.metrics.message_in();
+                            self.conn.handle_frame(now, Frame::Binary(b.len()));
+                        }
                         Some(Ok(Message::Ping(_) | Message::Pong(_))) => self.conn.handle_control_frame(now),
                         Some(Ok(Message::Close(frame))) => {
                             let code = frame.map(|f| u16::from(f.code));
@@ -245,8 +255,11 @@ impl<S: Store> Driver<S> {
                     match event {
                         Some(ConnEvent::Notice(Notice::Deliver(d))) => self.conn.handle_delivery(now, d),
                         Some(ConnEvent::Notice(Notice::Replaced)) => self.conn.handle_replaced(now),
-                        Some(ConnEvent::Notice(Notice::Revoked(r))) => {
-                            self.conn.handle_revocation(now, &r);
+                        Some(ConnEvent::Notice(Notice::Revoked { revocation, at_ms })) => {
+                            self.conn.handle_revocation(now, &revocation);
+                            if self.conn.is_closed() {
+                                self.shared.metrics.revocation_closed(at_ms, now_ms());
+                            }
                         }
                         Some(ConnEvent::Overflow) => self.conn.handle_fault(now, ErrorCode::SlowConsumer),
                         Some(ConnEvent::NoticesLost) => self.conn.handle_fault(now, ErrorCode::Internal),
@@ -285,6 +298,7 @@ impl<S: Store> Driver<S> {
     async fn execute(&mut self, output: Output) {
         match output {
             Output::Send(msg) => {
+                self.shared.metrics.message_out();
                 let frame = Message::text(msg.to_json());
                 if !self.upgraded {
                     self.early.push(frame);
@@ -301,6 +315,10 @@ impl<S: Store> Driver<S> {
             Output::Close { code, reason } => self.out.close(code.0, reason),
             Output::Verify { request, token } => {
                 let started = Instant::now();
+                if self.session_id.is_some() {
+                    // Once a session exists, a verification is a refresh's.
+                    self.refresh_started = Some(started);
+                }
                 let reply = match self.shared.verifier.verify(token.expose(), now_ms()) {
                     Ok(claims) => Reply::Verified(Arc::new(claims)),
                     Err(e) => Reply::NotVerified(e),
@@ -318,20 +336,24 @@ impl<S: Store> Driver<S> {
         let store = self.shared.store.clone();
         let timeout = self.shared.store_timeout;
         let now = now_ms();
+        let metrics = self.shared.metrics.clone();
         macro_rules! call {
-            ($fut:expr) => {
-                match tokio::time::timeout(timeout, $fut).await {
+            ($op:literal, $fut:expr) => {{
+                let started = Instant::now();
+                let result = match tokio::time::timeout(timeout, $fut).await {
                     Ok(Ok(v)) => Ok(v),
                     Ok(Err(e)) => {
-                        tracing::warn!(error = %e, "store unavailable");
+                        tracing::warn!(error = %e, op = $op, "store unavailable");
                         Err(())
                     }
                     Err(_) => {
-                        tracing::warn!("store call timed out");
+                        tracing::warn!(op = $op, "store call timed out");
                         Err(())
                     }
-                }
-            };
+                };
+                metrics.store_call($op, started.elapsed(), result.is_ok());
+                result
+            }};
         }
         match req {
             StoreRequest::CreateSession {
@@ -339,7 +361,7 @@ impl<S: Store> Driver<S> {
                 claims,
                 now_ms: at,
             } => {
-                let reply = match call!(store.create_session(claims, at)) {
+                let reply = match call!("create", store.create_session(claims.clone(), at)) {
                     Ok(CreateOutcome::Created {
                         session_id,
                         resume_token,
@@ -351,8 +373,14 @@ impl<S: Store> Driver<S> {
                             resume_token,
                         }
                     }
-                    Ok(CreateOutcome::Revoked) => Reply::Revoked,
-                    Ok(CreateOutcome::TooManySessions) => Reply::TooManySessions,
+                    Ok(CreateOutcome::Revoked) => {
+                        metrics.refused(&claims.sub, claims.jti.as_deref());
+                        Reply::Revoked
+                    }
+                    Ok(CreateOutcome::TooManySessions) => {
+                        metrics.refused(&claims.sub, claims.jti.as_deref());
+                        Reply::TooManySessions
+                    }
                     Err(()) => Reply::Unavailable,
                 };
                 self.conn.handle_reply(now_ms(), request, reply);
@@ -362,7 +390,10 @@ impl<S: Store> Driver<S> {
                 session_id,
                 resume_token,
             } => {
-                let reply = match call!(store.resume_session(&session_id, &resume_token, now)) {
+                let reply = match call!(
+                    "resume",
+                    store.resume_session(&session_id, &resume_token, now)
+                ) {
                     Ok(Some((session, epoch))) => {
                         self.attach(&session_id, epoch);
                         Reply::Resumed(Box::new(session))
@@ -378,23 +409,32 @@ impl<S: Store> Driver<S> {
                 claims,
                 now_ms: at,
             } => {
-                let reply = match call!(store.refresh_session(&session_id, self.epoch, claims, at))
-                {
+                let reply = match call!(
+                    "refresh",
+                    store.refresh_session(&session_id, self.epoch, claims.clone(), at)
+                ) {
                     Ok(RefreshOutcome::Refreshed) => Reply::Refreshed,
-                    Ok(RefreshOutcome::Revoked) => Reply::Revoked,
+                    Ok(RefreshOutcome::Revoked) => {
+                        metrics.refused(&claims.sub, claims.jti.as_deref());
+                        Reply::Revoked
+                    }
                     Err(()) => Reply::Unavailable,
                 };
                 self.conn.handle_reply(now_ms(), request, reply);
             }
             StoreRequest::NoteExpiringSent { session_id } => {
-                let _ = call!(store.note_expiring_sent(&session_id, self.epoch));
+                let _ = call!(
+                    "expiring",
+                    store.note_expiring_sent(&session_id, self.epoch)
+                );
             }
             StoreRequest::Subscribe {
                 request,
                 session_id,
                 channel,
             } => {
-                let reply = match call!(store.subscribe(&session_id, self.epoch, &channel)) {
+                let reply = match call!("join", store.subscribe(&session_id, self.epoch, &channel))
+                {
                     Ok(()) => Reply::Subscribed,
                     Err(()) => Reply::Unavailable,
                 };
@@ -404,7 +444,10 @@ impl<S: Store> Driver<S> {
                 session_id,
                 channel,
             } => {
-                let _ = call!(store.unsubscribe(&session_id, self.epoch, &channel));
+                let _ = call!(
+                    "leave",
+                    store.unsubscribe(&session_id, self.epoch, &channel)
+                );
             }
             StoreRequest::Publish {
                 request,
@@ -412,17 +455,17 @@ impl<S: Store> Driver<S> {
                 from,
                 data,
             } => {
-                let reply = match call!(store.publish(&channel, &from, data, now)) {
+                let reply = match call!("publish", store.publish(&channel, &from, data, now)) {
                     Ok(_) => Reply::Published,
                     Err(()) => Reply::Unavailable,
                 };
                 self.conn.handle_reply(now_ms(), request, reply);
             }
             StoreRequest::DetachSession { session_id } => {
-                let _ = call!(store.detach(&session_id, self.epoch, now));
+                let _ = call!("detach", store.detach(&session_id, self.epoch, now));
             }
             StoreRequest::EndSession { session_id } => {
-                let _ = call!(store.end_session(&session_id, self.epoch));
+                let _ = call!("end", store.end_session(&session_id, self.epoch));
             }
         }
     }
@@ -443,7 +486,12 @@ impl<S: Store> Driver<S> {
 
     fn event(&mut self, event: Event) {
         self.remember_user();
-        self.shared.metrics.event(&event);
+        self.shared.metrics.event(&event, self.started.elapsed());
+        if matches!(event, Event::Refreshed { .. } | Event::RefreshFailed { .. })
+            && let Some(started) = self.refresh_started.take()
+        {
+            self.shared.metrics.refresh_answered(started.elapsed());
+        }
         match event {
             Event::Authenticated { method, user } => {
                 debug!(peer = %self.peer, %user, ?method, "authenticated");

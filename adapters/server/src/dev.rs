@@ -86,10 +86,15 @@ pub fn banner(
     out.push_str("   Never use development mode in production: configure a key.\n");
     out.push_str("  ==============================================================\n\n");
     out.push_str(&format!("  WebSocket   {url}\n"));
-    out.push_str(&format!(
-        "  Admin       http://{}:{admin_port}/healthz\n\n",
-        config.admin_listen.ip()
-    ));
+    let admin = format!("http://{}:{admin_port}", config.admin_listen.ip());
+    out.push_str(&format!("  Admin       {admin}/healthz\n"));
+    if config.features.dashboard
+        && let Some(key) = config.admin_key.as_deref()
+    {
+        // The key rides in the fragment, which the browser never sends or logs.
+        out.push_str(&format!("  Dashboard   {admin}/dashboard#key={key}\n"));
+    }
+    out.push_str(&format!("  Metrics     {admin}/metrics\n\n"));
     out.push_str(&format!(
         "  export WSAUTH_JWT__HS256_SECRET={}\n",
         secrets.hs256_secret

@@ -1,96 +1,620 @@
-//! Counters of what happens, kept in memory for the admin API (the Prometheus
-//! exporter reads them too). Labels are codes and kinds only, never users or tokens.
+//! What the server counts: Prometheus series for `/metrics`, and the percentiles
+//! and totals `/api/stats` (and so the dashboard) shows. Labels are codes, kinds
+//! and operations only — never a user, a session or a token: the users and `jti`s
+//! refused most often are kept apart, for `/admin/refusals`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use serde_json::{Value, json};
 use wsauth_core::{AuthMethod, ErrorCode, Event};
 
-/// The server's counters.
-#[derive(Default)]
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CodeLabel {
+    code: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AuthLabels {
+    method: &'static str,
+    outcome: &'static str,
+    code: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: &'static str,
+    code: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabel {
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CloseLabels {
+    close_code: u16,
+    error_code: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OpLabel {
+    op: &'static str,
+}
+
+/// Buckets from 50 µs to about 27 s: authentication is sub-millisecond when all is
+/// well, and seconds when a store or verifier struggles.
+fn latency_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.000_05, 2.0, 20))
+}
+
+/// Buckets from 1 s to about 18 h, for the time left on a token.
+fn time_left_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(1.0, 2.0, 17))
+}
+
+/// Percentiles for `/api/stats`, in microseconds (1 µs to 60 s, 3 digits).
+struct Percentiles(Mutex<hdrhistogram::Histogram<u64>>);
+
+impl Percentiles {
+    fn new() -> Self {
+        let h = hdrhistogram::Histogram::new_with_bounds(1, 60_000_000, 3)
+            .expect("static histogram bounds are valid");
+        Percentiles(Mutex::new(h))
+    }
+
+    fn record(&self, took: Duration) {
+        let micros = (took.as_micros() as u64).clamp(1, 60_000_000);
+        let mut h = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let _ = h.record(micros);
+    }
+
+    /// `{"count", "p50", "p90", "p99", "p999", "max"}` in milliseconds (`null` when empty).
+    fn snapshot_ms(&self) -> Value {
+        let h = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let count = h.len();
+        let at = |q: f64| {
+            if count == 0 {
+                Value::Null
+            } else {
+                json!(h.value_at_quantile(q) as f64 / 1000.0)
+            }
+        };
+        json!({
+            "count": count,
+            "p50": at(0.5),
+            "p90": at(0.9),
+            "p99": at(0.99),
+            "p999": at(0.999),
+            "max": if count == 0 { Value::Null } else { json!(h.max() as f64 / 1000.0) },
+        })
+    }
+}
+
+/// Counts per key, bounded: when full, the less frequent half is forgotten, so
+/// the most frequent keys stay while memory stays fixed.
+struct TopCounts {
+    counts: HashMap<String, u64>,
+    capacity: usize,
+}
+
+impl TopCounts {
+    fn new(capacity: usize) -> Self {
+        TopCounts {
+            counts: HashMap::new(),
+            capacity,
+        }
+    }
+
+    fn add(&mut self, key: &str) {
+        if let Some(n) = self.counts.get_mut(key) {
+            *n += 1;
+            return;
+        }
+        if self.counts.len() >= self.capacity {
+            let mut values: Vec<u64> = self.counts.values().copied().collect();
+            values.sort_unstable();
+            let median = values[(values.len() - 1) / 2];
+            self.counts.retain(|_, n| *n > median);
+        }
+        self.counts.insert(key.to_owned(), 1);
+    }
+
+    fn top(&self, n: usize) -> Vec<(String, u64)> {
+        let mut all: Vec<(String, u64)> =
+            self.counts.iter().map(|(k, v)| (k.clone(), *v)).collect();
+        all.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        all.truncate(n);
+        all
+    }
+}
+
+/// Keys with their counts, most frequent first.
+pub type Ranking = Vec<(String, u64)>;
+
+/// The server's measurements.
 pub struct Metrics {
-    /// Sessions created by authentication.
-    pub authenticated: AtomicU64,
-    /// Resumes that succeeded.
-    pub resumed: AtomicU64,
-    /// Refreshes that succeeded.
-    pub refreshed: AtomicU64,
-    /// Connections closed.
-    pub closed: AtomicU64,
-    /// Token verifications.
-    pub verifications: AtomicU64,
-    /// Total verification time, in nanoseconds.
-    pub verification_nanos: AtomicU64,
-    failures: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
-    closes: Mutex<BTreeMap<(u16, &'static str), u64>>,
+    registry: Registry,
+    started: Instant,
+    connections_open: Gauge,
+    sessions_live: Gauge,
+    store_up: Gauge,
+    upgrades_refused: Family<CodeLabel, Counter>,
+    auth: Family<AuthLabels, Counter>,
+    refresh: Family<OutcomeLabels, Counter>,
+    resume: Family<OutcomeLabels, Counter>,
+    resume_replayed: Counter,
+    resume_gaps: Counter,
+    expired: Counter,
+    replaced: Counter,
+    expiring_sent: Counter,
+    revocations: Family<KindLabel, Counter>,
+    revocation_closes: Counter,
+    rate_limited: Counter,
+    slow_consumer: Counter,
+    messages_in: Counter,
+    messages_out: Counter,
+    closes: Family<CloseLabels, Counter>,
+    store_errors: Family<OpLabel, Counter>,
+    auth_duration: Histogram,
+    verify_duration: Histogram,
+    refresh_duration: Histogram,
+    refresh_time_left: Histogram,
+    revocation_propagation: Histogram,
+    store_duration: Family<OpLabel, Histogram, fn() -> Histogram>,
+    auth_percentiles: Percentiles,
+    verify_percentiles: Percentiles,
+    store_percentiles: Percentiles,
+    close_counts: Mutex<BTreeMap<(u16, &'static str), u64>>,
+    refused_users: Mutex<TopCounts>,
+    refused_jtis: Mutex<TopCounts>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+macro_rules! register {
+    ($registry:ident, $($name:literal => $field:expr, $help:literal;)*) => {
+        $( $registry.register($name, $help, $field.clone()); )*
+    };
 }
 
 impl Metrics {
-    fn count_failure(&self, kind: &'static str, code: ErrorCode) {
-        let mut f = self.failures.lock().unwrap_or_else(|e| e.into_inner());
-        *f.entry((kind, code.as_str())).or_default() += 1;
+    /// Every series registered, all at zero.
+    pub fn new() -> Self {
+        let mut m = Metrics {
+            registry: Registry::default(),
+            started: Instant::now(),
+            connections_open: Gauge::default(),
+            sessions_live: Gauge::default(),
+            store_up: Gauge::default(),
+            upgrades_refused: Family::default(),
+            auth: Family::default(),
+            refresh: Family::default(),
+            resume: Family::default(),
+            resume_replayed: Counter::default(),
+            resume_gaps: Counter::default(),
+            expired: Counter::default(),
+            replaced: Counter::default(),
+            expiring_sent: Counter::default(),
+            revocations: Family::default(),
+            revocation_closes: Counter::default(),
+            rate_limited: Counter::default(),
+            slow_consumer: Counter::default(),
+            messages_in: Counter::default(),
+            messages_out: Counter::default(),
+            closes: Family::default(),
+            store_errors: Family::default(),
+            auth_duration: latency_histogram(),
+            verify_duration: latency_histogram(),
+            refresh_duration: latency_histogram(),
+            refresh_time_left: time_left_histogram(),
+            revocation_propagation: latency_histogram(),
+            store_duration: Family::new_with_constructor(latency_histogram),
+            auth_percentiles: Percentiles::new(),
+            verify_percentiles: Percentiles::new(),
+            store_percentiles: Percentiles::new(),
+            close_counts: Mutex::default(),
+            refused_users: Mutex::new(TopCounts::new(10_000)),
+            refused_jtis: Mutex::new(TopCounts::new(10_000)),
+        };
+        let r = &mut m.registry;
+        register! { r,
+            "wsauth_connections_open" => m.connections_open, "Sockets open on this node (upgraded or not)";
+            "wsauth_sessions_live" => m.sessions_live, "Sessions with a live connection on this node";
+            "wsauth_store_up" => m.store_up, "1 when the store answered the last check, else 0";
+            "wsauth_upgrades_refused" => m.upgrades_refused, "Upgrade requests refused with an HTTP status, by error code";
+            "wsauth_auth" => m.auth, "Authentications (auth message, header or query token) by method, outcome and error code";
+            "wsauth_refresh" => m.refresh, "Token refreshes by outcome and error code";
+            "wsauth_resume" => m.resume, "Resumes by outcome and error code";
+            "wsauth_resume_replayed_messages" => m.resume_replayed, "Messages replayed by successful resumes";
+            "wsauth_resume_gaps" => m.resume_gaps, "Resumes whose replay had a gap (messages no longer buffered)";
+            "wsauth_sessions_expired" => m.expired, "Sessions closed at their token's expiry for want of a refresh (SESSION_EXPIRED)";
+            "wsauth_sessions_replaced" => m.replaced, "Connections closed because their session was taken over or evicted (SESSION_REPLACED)";
+            "wsauth_expiring_sent" => m.expiring_sent, "`expiring` notices sent";
+            "wsauth_revocations" => m.revocations, "Revocations issued through this node's admin API, by kind";
+            "wsauth_revocation_closes" => m.revocation_closes, "Connections on this node closed by a revocation (wherever it was issued)";
+            "wsauth_rate_limited" => m.rate_limited, "Connections closed for exceeding the message rate (RATE_LIMITED)";
+            "wsauth_slow_consumer_closes" => m.slow_consumer, "Connections closed because they did not read fast enough (SLOW_CONSUMER)";
+            "wsauth_messages_in" => m.messages_in, "Data frames received from clients";
+            "wsauth_messages_out" => m.messages_out, "Messages sent to clients";
+            "wsauth_closes" => m.closes, "Connections closed, by close code (0: socket lost) and error code (none: no error)";
+            "wsauth_store_errors" => m.store_errors, "Store calls that failed or timed out, by operation";
+            "wsauth_auth_duration_seconds" => m.auth_duration, "From accepting the socket to `authenticated`";
+            "wsauth_token_verify_duration_seconds" => m.verify_duration, "Token verification alone";
+            "wsauth_refresh_duration_seconds" => m.refresh_duration, "From a refresh's verification to its answer";
+            "wsauth_refresh_time_left_seconds" => m.refresh_time_left, "Time left on the old token when a refresh succeeded";
+            "wsauth_revocation_propagation_seconds" => m.revocation_propagation, "From the admin call to the connection's close, on the node holding it";
+            "wsauth_store_duration_seconds" => m.store_duration, "Store calls, by operation";
+        }
+        m
+    }
+
+    /// The Prometheus text exposition (OpenMetrics).
+    pub fn render(&self, sessions_live: usize) -> String {
+        self.sessions_live.set(sessions_live as i64);
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+
+    /// A socket was accepted; the guard counts it until dropped.
+    pub fn connection_opened(&self) -> ConnectionGuard<'_> {
+        self.connections_open.inc();
+        ConnectionGuard(&self.connections_open)
     }
 
     /// An upgrade was refused before any WebSocket.
     pub fn upgrade_refused(&self, code: ErrorCode) {
-        self.count_failure("upgrade", code);
+        self.upgrades_refused
+            .get_or_create(&CodeLabel {
+                code: code.as_str(),
+            })
+            .inc();
     }
 
     /// A token was verified.
     pub fn verified(&self, took: Duration) {
-        self.verifications.fetch_add(1, Ordering::Relaxed);
-        self.verification_nanos
-            .fetch_add(took.as_nanos() as u64, Ordering::Relaxed);
+        self.verify_duration.observe(took.as_secs_f64());
+        self.verify_percentiles.record(took);
     }
 
-    /// Counts a core event.
-    pub fn event(&self, event: &Event) {
-        match event {
-            Event::Authenticated { .. } => {
-                self.authenticated.fetch_add(1, Ordering::Relaxed);
-            }
-            Event::Resumed { .. } => {
-                self.resumed.fetch_add(1, Ordering::Relaxed);
-            }
-            Event::Refreshed { .. } => {
-                self.refreshed.fetch_add(1, Ordering::Relaxed);
-            }
-            Event::AuthFailed { method, code } => {
-                let kind = match method {
-                    AuthMethod::Resume => "resume",
-                    _ => "auth",
-                };
-                self.count_failure(kind, *code);
-            }
-            Event::RefreshFailed { code } => self.count_failure("refresh", *code),
-            Event::Closed { code, error, .. } => {
-                self.closed.fetch_add(1, Ordering::Relaxed);
-                let key = (
-                    code.map_or(0, |c| c.0),
-                    error.map_or("-", ErrorCode::as_str),
-                );
-                let mut closes = self.closes.lock().unwrap_or_else(|e| e.into_inner());
-                *closes.entry(key).or_default() += 1;
-            }
-            Event::ExpiringSent | Event::RateLimited => {}
+    /// A store call finished.
+    pub fn store_call(&self, op: &'static str, took: Duration, ok: bool) {
+        self.store_duration
+            .get_or_create(&OpLabel { op })
+            .observe(took.as_secs_f64());
+        self.store_percentiles.record(took);
+        if !ok {
+            self.store_errors.get_or_create(&OpLabel { op }).inc();
         }
     }
 
-    /// Closes by close code (0: no close frame) and error code (`-`: none).
+    /// Whether the store answered its last check.
+    pub fn set_store_up(&self, up: bool) {
+        self.store_up.set(i64::from(up));
+    }
+
+    /// A data frame arrived.
+    pub fn message_in(&self) {
+        self.messages_in.inc();
+    }
+
+    /// A message was queued for a client.
+    pub fn message_out(&self) {
+        self.messages_out.inc();
+    }
+
+    /// An admin call issued a revocation of `kind` (`jti`, `sub`, `session`).
+    pub fn revocation_issued(&self, kind: &'static str) {
+        self.revocations.get_or_create(&KindLabel { kind }).inc();
+    }
+
+    /// A revocation issued at `issued_at_ms` closed a connection at `now_ms`.
+    pub fn revocation_closed(&self, issued_at_ms: u64, now_ms: u64) {
+        self.revocation_closes.inc();
+        let took = now_ms.saturating_sub(issued_at_ms) as f64 / 1000.0;
+        self.revocation_propagation.observe(took);
+    }
+
+    /// A refresh, from its verification to its answer.
+    pub fn refresh_answered(&self, took: Duration) {
+        self.refresh_duration.observe(took.as_secs_f64());
+    }
+
+    /// A token whose signature checked out was refused (revoked, over the session
+    /// limit): its user and `jti`, for `/admin/refusals`.
+    pub fn refused(&self, sub: &str, jti: Option<&str>) {
+        self.refused_users
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .add(sub);
+        if let Some(jti) = jti {
+            self.refused_jtis
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .add(jti);
+        }
+    }
+
+    /// The users and `jti`s refused most often, `n` of each.
+    pub fn refusals(&self, n: usize) -> (Ranking, Ranking) {
+        let users = self.refused_users.lock().unwrap_or_else(|e| e.into_inner());
+        let jtis = self.refused_jtis.lock().unwrap_or_else(|e| e.into_inner());
+        (users.top(n), jtis.top(n))
+    }
+
+    /// Counts a core event; `since_accept` is the connection's age.
+    pub fn event(&self, event: &Event, since_accept: Duration) {
+        match event {
+            Event::Authenticated { method, .. } => {
+                self.auth
+                    .get_or_create(&AuthLabels {
+                        method: method_name(*method),
+                        outcome: "ok",
+                        code: "none",
+                    })
+                    .inc();
+                self.auth_duration.observe(since_accept.as_secs_f64());
+                self.auth_percentiles.record(since_accept);
+            }
+            Event::Resumed { replayed, gap } => {
+                self.resume
+                    .get_or_create(&OutcomeLabels {
+                        outcome: "ok",
+                        code: "none",
+                    })
+                    .inc();
+                self.resume_replayed.inc_by(*replayed);
+                if *gap {
+                    self.resume_gaps.inc();
+                }
+            }
+            Event::Refreshed { remaining_ms } => {
+                self.refresh
+                    .get_or_create(&OutcomeLabels {
+                        outcome: "ok",
+                        code: "none",
+                    })
+                    .inc();
+                self.refresh_time_left
+                    .observe(*remaining_ms as f64 / 1000.0);
+            }
+            Event::AuthFailed {
+                method: AuthMethod::Resume,
+                code,
+            } => {
+                self.resume
+                    .get_or_create(&OutcomeLabels {
+                        outcome: "refused",
+                        code: code.as_str(),
+                    })
+                    .inc();
+            }
+            Event::AuthFailed { method, code } => {
+                self.auth
+                    .get_or_create(&AuthLabels {
+                        method: method_name(*method),
+                        outcome: "refused",
+                        code: code.as_str(),
+                    })
+                    .inc();
+            }
+            Event::RefreshFailed { code } => {
+                self.refresh
+                    .get_or_create(&OutcomeLabels {
+                        outcome: "refused",
+                        code: code.as_str(),
+                    })
+                    .inc();
+            }
+            Event::ExpiringSent => {
+                self.expiring_sent.inc();
+            }
+            Event::RateLimited => {
+                self.rate_limited.inc();
+            }
+            Event::Closed { code, error, .. } => {
+                let close_code = code.map_or(0, |c| c.0);
+                let error_code = error.map_or("none", ErrorCode::as_str);
+                self.closes
+                    .get_or_create(&CloseLabels {
+                        close_code,
+                        error_code,
+                    })
+                    .inc();
+                match error {
+                    Some(ErrorCode::SessionExpired) => {
+                        self.expired.inc();
+                    }
+                    Some(ErrorCode::SessionReplaced) => {
+                        self.replaced.inc();
+                    }
+                    Some(ErrorCode::SlowConsumer) => {
+                        self.slow_consumer.inc();
+                    }
+                    _ => {}
+                }
+                let mut closes = self.close_counts.lock().unwrap_or_else(|e| e.into_inner());
+                *closes.entry((close_code, error_code)).or_default() += 1;
+            }
+        }
+    }
+
+    /// Closes by close code (0: no close frame) and error code (`none`: no error).
     pub fn closes(&self) -> BTreeMap<(u16, &'static str), u64> {
-        self.closes
+        self.close_counts
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
     }
 
-    /// Failures by kind (`upgrade`, `auth`, `resume`, `refresh`) and code.
-    pub fn failures(&self) -> BTreeMap<(&'static str, &'static str), u64> {
-        self.failures
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+    /// The figures of `/api/stats` this module keeps.
+    pub fn snapshot(&self) -> Value {
+        let sum = |family: &Family<OutcomeLabels, Counter>, outcome: &str| -> u64 {
+            // Only the label sets seen so far exist; the codes are a closed set.
+            ErrorCode::ALL
+                .iter()
+                .map(|c| c.as_str())
+                .chain(["none"])
+                .map(|code| {
+                    let labels = OutcomeLabels {
+                        outcome: if outcome == "ok" { "ok" } else { "refused" },
+                        code,
+                    };
+                    family.get(&labels).map_or(0, |c| c.get())
+                })
+                .sum()
+        };
+        let mut auth_ok = 0;
+        let mut auth_refused = 0;
+        let mut refused_by_code = serde_json::Map::new();
+        for method in ["message", "header", "query"] {
+            auth_ok += self
+                .auth
+                .get(&AuthLabels {
+                    method,
+                    outcome: "ok",
+                    code: "none",
+                })
+                .map_or(0, |c| c.get());
+            for code in ErrorCode::ALL {
+                let n = self
+                    .auth
+                    .get(&AuthLabels {
+                        method,
+                        outcome: "refused",
+                        code: code.as_str(),
+                    })
+                    .map_or(0, |c| c.get());
+                if n > 0 {
+                    auth_refused += n;
+                    let entry = refused_by_code
+                        .entry(code.as_str().to_owned())
+                        .or_insert(json!(0));
+                    *entry = json!(entry.as_u64().unwrap_or(0) + n);
+                }
+            }
+        }
+        let closes: Vec<Value> = self
+            .closes()
+            .into_iter()
+            .map(|((close, error), count)| {
+                json!({"close_code": close, "error_code": error, "count": count})
+            })
+            .collect();
+        let revocations_issued: u64 = ["jti", "sub", "session"]
+            .iter()
+            .map(|kind| {
+                self.revocations
+                    .get(&KindLabel { kind })
+                    .map_or(0, |c| c.get())
+            })
+            .sum();
+        let store_errors: u64 = STORE_OPS
+            .iter()
+            .map(|op| {
+                self.store_errors
+                    .get(&OpLabel { op })
+                    .map_or(0, |c| c.get())
+            })
+            .sum();
+        json!({
+            "uptime_s": self.started.elapsed().as_secs(),
+            "connections": {"open": self.connections_open.get()},
+            "auth": {"ok": auth_ok, "refused": auth_refused, "refused_by_code": refused_by_code},
+            "auth_latency_ms": self.auth_percentiles.snapshot_ms(),
+            "verify_latency_ms": self.verify_percentiles.snapshot_ms(),
+            "store_latency_ms": self.store_percentiles.snapshot_ms(),
+            "store_errors": store_errors,
+            "refresh": {"ok": sum(&self.refresh, "ok"), "refused": sum(&self.refresh, "refused")},
+            "resume": {
+                "ok": sum(&self.resume, "ok"),
+                "refused": sum(&self.resume, "refused"),
+                "replayed": self.resume_replayed.get(),
+                "gaps": self.resume_gaps.get(),
+            },
+            "revocations": {"issued": revocations_issued, "closed": self.revocation_closes.get()},
+            "expired": self.expired.get(),
+            "replaced": self.replaced.get(),
+            "rate_limited": self.rate_limited.get(),
+            "slow_consumer": self.slow_consumer.get(),
+            "messages": {"in": self.messages_in.get(), "out": self.messages_out.get()},
+            "closes": closes,
+        })
+    }
+}
+
+/// The store operations the driver times.
+pub const STORE_OPS: &[&str] = &[
+    "create", "resume", "refresh", "expiring", "join", "leave", "publish", "detach", "end",
+    "revoke", "sessions", "ping",
+];
+
+fn method_name(method: AuthMethod) -> &'static str {
+    match method {
+        AuthMethod::Header => "header",
+        AuthMethod::Query => "query",
+        _ => "message",
+    }
+}
+
+/// Counts an open socket until dropped.
+pub struct ConnectionGuard<'a>(&'a Gauge);
+
+impl Drop for ConnectionGuard<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_most_frequent_keys_survive_a_full_table() {
+        let mut top = TopCounts::new(4);
+        for _ in 0..5 {
+            top.add("mallory");
+        }
+        for _ in 0..3 {
+            top.add("eve");
+        }
+        for name in ["a", "b", "c", "d", "e", "f"] {
+            top.add(name);
+        }
+        let kept = top.top(2);
+        assert_eq!(kept, vec![("mallory".into(), 5), ("eve".into(), 3)]);
+        assert!(top.counts.len() <= 4, "bounded: {}", top.counts.len());
+    }
+
+    #[test]
+    fn the_exposition_names_every_series_and_no_user() {
+        let m = Metrics::new();
+        m.refused("alice", Some("jti-1"));
+        m.upgrade_refused(ErrorCode::InvalidToken);
+        let text = m.render(3);
+        for name in [
+            "wsauth_connections_open",
+            "wsauth_sessions_live 3",
+            "wsauth_upgrades_refused_total{code=\"INVALID_TOKEN\"} 1",
+            "wsauth_auth_duration_seconds_bucket",
+        ] {
+            assert!(text.contains(name), "{name} missing from:\n{text}");
+        }
+        assert!(!text.contains("alice") && !text.contains("jti-1"));
     }
 }

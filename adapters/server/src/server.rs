@@ -177,9 +177,15 @@ pub fn session_config(config: &Config) -> SessionConfig {
 pub fn store_settings(config: &Config) -> StoreSettings {
     let s = &config.session;
     StoreSettings {
-        resume_grace_ms: s.resume_grace_ms,
+        resume_grace_ms: if config.features.resume {
+            s.resume_grace_ms
+        } else {
+            0
+        },
         resume_buffer: s.resume_buffer,
-        max_sessions_per_user: s.max_sessions_per_user,
+        max_sessions_per_user: s
+            .max_sessions_per_user
+            .filter(|_| config.features.session_limits),
         limit_policy: match s.limit_policy {
             crate::config::LimitPolicy::EvictOldest => wsauth_store::LimitPolicy::EvictOldest,
             crate::config::LimitPolicy::RejectNew => wsauth_store::LimitPolicy::RejectNew,

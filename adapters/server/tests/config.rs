@@ -1080,6 +1080,7 @@ fn every_field_can_be_set_from_its_environment_variable() {
             "store.key_prefix" => "p:".into(),
             "log.format" => "json".into(),
             "log.level" => "debug".into(),
+            k if k.starts_with("features.") => "off".into(),
             "limits.max_frame_bytes" | "jwt.max_token_bytes" | "session.heartbeat_ms" => {
                 "1000".into()
             }

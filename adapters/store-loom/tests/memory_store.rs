@@ -172,7 +172,7 @@ fn once_revocation_returns_the_token_is_never_accepted() {
             let told = rec.notices.lock().expect("lock").clone();
             assert!(
                 told.iter()
-                    .any(|(id, _, n)| *id == session_id && matches!(n, Notice::Revoked(_))),
+                    .any(|(id, _, n)| *id == session_id && matches!(n, Notice::Revoked { .. })),
                 "the racing session was removed without being told"
             );
         }

@@ -295,6 +295,9 @@ struct InboxEntry<'a> {
     rev: Option<RevocationJson>,
     #[serde(default)]
     mark: Option<u64>,
+    /// When a revocation was issued.
+    #[serde(default)]
+    at: Option<u64>,
 }
 
 #[derive(serde::Serialize, Deserialize)]
@@ -364,8 +367,13 @@ fn dispatch(text: &str, notify: &dyn Notify, marks: &Marks) {
             let Some(rev) = entry.rev.map(Revocation::from) else {
                 return;
             };
+            let at_ms = entry.at.unwrap_or(0);
             for (session_id, epoch, _) in entry.to {
-                notify.notify(&session_id, epoch, Notice::Revoked(rev.clone()));
+                let notice = Notice::Revoked {
+                    revocation: rev.clone(),
+                    at_ms,
+                };
+                notify.notify(&session_id, epoch, notice);
             }
         }
         "mark" => {
@@ -771,39 +779,15 @@ impl Store for RedisStore {
         Ok(usize::try_from(told).unwrap_or(usize::MAX))
     }
 
+    async fn session(&self, session_id: &str) -> Result<Option<SessionInfo>, StoreError> {
+        if !plausible_session_id(session_id) {
+            return Ok(None);
+        }
+        Ok(self.read_sessions("session", session_id).await?.pop())
+    }
+
     async fn sessions_of(&self, sub: &str) -> Result<Vec<SessionInfo>, StoreError> {
-        let reply: Value = self
-            .invoke(
-                self.scripts
-                    .read
-                    .arg(&self.prefix)
-                    .arg("sessions_of")
-                    .arg(sub),
-            )
-            .await?;
-        let bad = || protocol_error("sessions_of");
-        let Value::Array(rows) = reply else {
-            return Ok(Vec::new());
-        };
-        rows.iter()
-            .map(|row| {
-                let Value::Array(f) = row else {
-                    return Err(bad());
-                };
-                if f.len() != 5 {
-                    return Err(bad());
-                }
-                let mut channels = texts(&f[4]).ok_or_else(bad)?;
-                channels.sort();
-                Ok(SessionInfo {
-                    session_id: text(&f[0]).ok_or_else(bad)?,
-                    attached: text(&f[1]).as_deref() == Some("1"),
-                    created_at_ms: number(&f[2]).ok_or_else(bad)?,
-                    expires_at_ms: number(&f[3]).ok_or_else(bad)?,
-                    channels,
-                })
-            })
-            .collect()
+        self.read_sessions("sessions_of", sub).await
     }
 
     async fn is_revoked(&self, claims: &Claims, now_ms: u64) -> Result<bool, StoreError> {
@@ -923,6 +907,37 @@ impl RedisStore {
             )
             .await?;
         Ok(())
+    }
+
+    /// Sessions as `read.lua` lists them (`op`: `session` or `sessions_of`).
+    async fn read_sessions(&self, op: &str, key: &str) -> Result<Vec<SessionInfo>, StoreError> {
+        let reply: Value = self
+            .invoke(self.scripts.read.arg(&self.prefix).arg(op).arg(key))
+            .await?;
+        let bad = || protocol_error("sessions");
+        let Value::Array(rows) = reply else {
+            return Ok(Vec::new());
+        };
+        rows.iter()
+            .map(|row| {
+                let Value::Array(f) = row else {
+                    return Err(bad());
+                };
+                if f.len() != 6 {
+                    return Err(bad());
+                }
+                let mut channels = texts(&f[4]).ok_or_else(bad)?;
+                channels.sort();
+                Ok(SessionInfo {
+                    session_id: text(&f[0]).ok_or_else(bad)?,
+                    attached: text(&f[1]).as_deref() == Some("1"),
+                    created_at_ms: number(&f[2]).ok_or_else(bad)?,
+                    expires_at_ms: number(&f[3]).ok_or_else(bad)?,
+                    channels,
+                    node: text(&f[5]),
+                })
+            })
+            .collect()
     }
 
     /// Keys under `<prefix><kind>` for each kind, by SCAN (for stats, not the hot path).

@@ -148,7 +148,10 @@ async fn a_revocation_during_a_link_blip_still_reaches_the_node() {
         vec![(
             id,
             epoch,
-            Notice::Revoked(Revocation::Token { jti: "j1".into() })
+            Notice::Revoked {
+                revocation: Revocation::Token { jti: "j1".into() },
+                at_ms: T0 + 1
+            }
         )],
         "node A reads on from where it was and misses nothing"
     );

@@ -265,7 +265,10 @@ where
             vec![(
                 a.clone(),
                 ea,
-                Notice::Revoked(Revocation::Token { jti: "j1".into() })
+                Notice::Revoked {
+                    revocation: Revocation::Token { jti: "j1".into() },
+                    at_ms: T0 + 1
+                }
             )]
         );
         assert_eq!(
@@ -342,7 +345,10 @@ where
             vec![(
                 c.clone(),
                 ec,
-                Notice::Revoked(Revocation::Session { session_id: c })
+                Notice::Revoked {
+                    revocation: Revocation::Session { session_id: c },
+                    at_ms: T0 + 1
+                }
             )]
         );
         // Entries expire: after the max token lifetime the user may log in with old tokens.

@@ -69,8 +69,14 @@ pub enum Notice {
     Deliver(Delivery),
     /// The session was taken over by a resume, or evicted by the per-user limit.
     Replaced,
-    /// An operator revocation that concerns the session.
-    Revoked(Revocation),
+    /// An operator revocation that concerns the session, issued at `at_ms` (for
+    /// the propagation time).
+    Revoked {
+        /// What was revoked.
+        revocation: Revocation,
+        /// When the revocation was issued, in ms.
+        at_ms: u64,
+    },
 }
 
 /// How a store reaches the connections of its node. Every attach (create or
@@ -128,6 +134,8 @@ pub struct SessionInfo {
     pub expires_at_ms: u64,
     /// Channels joined.
     pub channels: Vec<String>,
+    /// The node holding (or that last held) it, when the store records nodes.
+    pub node: Option<String>,
 }
 
 /// Counts, for tests and operators.
@@ -267,6 +275,12 @@ pub trait Store: Send + Sync + 'static {
         revocation: Revocation,
         now_ms: u64,
     ) -> impl Future<Output = Result<usize, StoreError>> + Send;
+
+    /// One session, live or resumable, if the store has it.
+    fn session(
+        &self,
+        session_id: &str,
+    ) -> impl Future<Output = Result<Option<SessionInfo>, StoreError>> + Send;
 
     /// A user's sessions, live and resumable.
     fn sessions_of(

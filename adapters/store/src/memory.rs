@@ -31,6 +31,19 @@ struct Session {
     last_seq: u64,
 }
 
+impl Session {
+    fn info(&self, session_id: &str) -> SessionInfo {
+        SessionInfo {
+            session_id: session_id.to_owned(),
+            attached: self.attached,
+            created_at_ms: self.created_at_ms,
+            expires_at_ms: self.claims.exp_ms,
+            channels: self.joined.iter().cloned().collect(),
+            node: None,
+        }
+    }
+}
+
 #[derive(Default)]
 struct State {
     sessions: HashMap<String, Session>,
@@ -357,7 +370,14 @@ impl MemoryStore {
                 }
             };
             for id in concerned {
-                st.remove(&id, &mut notices, Some(Notice::Revoked(revocation.clone())));
+                st.remove(
+                    &id,
+                    &mut notices,
+                    Some(Notice::Revoked {
+                        revocation: revocation.clone(),
+                        at_ms: now,
+                    }),
+                );
             }
         }
         let told = notices.len();
@@ -482,6 +502,11 @@ impl Store for MemoryStore {
         Ok(self.do_revoke(revocation, now_ms))
     }
 
+    async fn session(&self, session_id: &str) -> Result<Option<SessionInfo>, StoreError> {
+        let st = lock(&self.state);
+        Ok(st.sessions.get(session_id).map(|s| s.info(session_id)))
+    }
+
     async fn sessions_of(&self, sub: &str) -> Result<Vec<SessionInfo>, StoreError> {
         let st = lock(&self.state);
         Ok(st
@@ -489,15 +514,7 @@ impl Store for MemoryStore {
             .get(sub)
             .into_iter()
             .flatten()
-            .filter_map(|(_, id)| {
-                st.sessions.get(id).map(|s| SessionInfo {
-                    session_id: id.clone(),
-                    attached: s.attached,
-                    created_at_ms: s.created_at_ms,
-                    expires_at_ms: s.claims.exp_ms,
-                    channels: s.joined.iter().cloned().collect(),
-                })
-            })
+            .filter_map(|(_, id)| st.sessions.get(id).map(|s| s.info(id)))
             .collect())
     }
 

@@ -52,6 +52,9 @@ pub const FIELDS: &[(&str, &str, &str)] = &[
     ("store.key_prefix", "WSAUTH_STORE__KEY_PREFIX", "wsauth:"),
     ("log.format", "WSAUTH_LOG__FORMAT", "text"),
     ("log.level", "WSAUTH_LOG__LEVEL", "info"),
+    ("features.session_limits", "WSAUTH_FEATURES__SESSION_LIMITS", "true"),
+    ("features.resume", "WSAUTH_FEATURES__RESUME", "true"),
+    ("features.dashboard", "WSAUTH_FEATURES__DASHBOARD", "true"),
 ];
 
 /// Keys whose values are never printed: not by `Debug`, not by `Serialize`, not in
@@ -97,6 +100,11 @@ mod tests {
     #[test]
     fn sections_are_listed_once() {
         let all: Vec<_> = sections().collect();
-        assert_eq!(all, ["jwt", "session", "limits", "tls", "store", "log"]);
+        assert_eq!(
+            all,
+            [
+                "jwt", "session", "limits", "tls", "store", "log", "features"
+            ]
+        );
     }
 }

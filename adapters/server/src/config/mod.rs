@@ -91,6 +91,8 @@ pub struct Config {
     pub store: StoreConfig,
     /// Logging.
     pub log: LogConfig,
+    /// Switches for rolling features out gradually.
+    pub features: Features,
 }
 
 impl Default for Config {
@@ -110,6 +112,7 @@ impl Default for Config {
             tls: None,
             store: StoreConfig::default(),
             log: LogConfig::default(),
+            features: Features::default(),
         }
     }
 }
@@ -131,6 +134,7 @@ impl fmt::Debug for Config {
             .field("tls", &self.tls)
             .field("store", &self.store)
             .field("log", &self.log)
+            .field("features", &self.features)
             .finish()
     }
 }
@@ -460,6 +464,30 @@ impl Default for LogConfig {
         LogConfig {
             format: LogFormat::Text,
             level: "info".to_owned(),
+        }
+    }
+}
+
+/// Switches that turn features off for a gradual rollout; each is on by default
+/// and reported by `GET /api/stats`. (Query-token auth has its own switch,
+/// `allow_query_token`, off by default.)
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Features {
+    /// Enforce `session.max_sessions_per_user` [true].
+    pub session_limits: bool,
+    /// Keep dropped sessions resumable for `session.resume_grace_ms` [true].
+    pub resume: bool,
+    /// Serve `GET /dashboard` on the admin listener [true].
+    pub dashboard: bool,
+}
+
+impl Default for Features {
+    fn default() -> Self {
+        Features {
+            session_limits: true,
+            resume: true,
+            dashboard: true,
         }
     }
 }

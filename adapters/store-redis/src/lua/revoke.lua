@@ -2,7 +2,7 @@
 --       revocation as JSON
 local now, lifetime, leeway = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local kind, value = ARGV[5], ARGV[6]
-local notice = '"revoked","rev":' .. ARGV[8]
+local notice = '"revoked","at":' .. ARGV[2] .. ',"rev":' .. ARGV[8]
 local concerned = {}
 if kind == 'session' then
   concerned[1] = value
