@@ -634,6 +634,11 @@ async fn every_route_is_served_as_documented_and_nothing_else() {
         "a user or a jti in the metrics"
     );
 
+    // The key is checked first: without it a bad request learns nothing either.
+    let (status, text) = http(admin, "GET", "/admin/sessions", None, None).await;
+    assert_eq!((status, text.as_str()), (401, ""));
+    let (status, text) = http(admin, "POST", "/admin/revoke", None, Some(json!({}))).await;
+    assert_eq!((status, text.as_str()), (401, ""));
     let (status, text) = http(admin, "GET", "/admin/sessions", Some(ADMIN_KEY), None).await;
     assert_eq!(status, 400, "{text}");
     assert_documented_body(&doc, "GET", "/admin/sessions", status, &text);
@@ -664,7 +669,14 @@ async fn every_route_is_served_as_documented_and_nothing_else() {
     alice.expect_fatal("SESSION_REVOKED", 4403).await;
 
     // Nothing but ROUTES: an unknown path is 404, a known path with another method 405.
-    for path in ["/admin/nope", "/api/nope", "/admin", "/nope", "/metrics/x"] {
+    for path in [
+        "/admin/nope",
+        "/api/nope",
+        "/admin",
+        "/nope",
+        "/metrics/x",
+        "/admin/sessions/",
+    ] {
         let (status, text) = http(admin, "GET", path, Some(ADMIN_KEY), None).await;
         assert_eq!(status, 404, "GET {path} is not a route: {text}");
     }
