@@ -108,6 +108,18 @@ fn verify(c: &mut Criterion) {
         c.bench_function(&format!("verify/{name}"), |b| {
             b.iter(|| verifier.verify(black_box(&token), NOW).expect("valid"))
         });
+        if public.is_some() {
+            // The same token again, answered by the validation cache.
+            let cache = std::sync::Mutex::new(wsauth::jwt::VerifyCache::new(10_000));
+            verifier.verify_cached(&token, NOW, &cache).expect("valid");
+            c.bench_function(&format!("verify_cached/{name}"), |b| {
+                b.iter(|| {
+                    verifier
+                        .verify_cached(black_box(&token), NOW, &cache)
+                        .expect("valid")
+                })
+            });
+        }
     }
 }
 

@@ -4,7 +4,7 @@ use jsonwebtoken::{Algorithm, EncodingKey};
 use serde_json::{Value, json};
 use wsauth_core::ErrorCode;
 use wsauth_core::jwt::{
-    KeyError, KeySet, TokenError, Verifier, VerifierConfig, b64url, sign, sign_hs256,
+    KeyError, KeySet, TokenError, Verifier, VerifierConfig, VerifyCache, b64url, sign, sign_hs256,
 };
 
 const SECRET: &[u8] = b"verifier-tests-secret-of-at-least-32-bytes";
@@ -572,4 +572,59 @@ fn rfc_8037_a4_ed25519_example() {
         v.verify(token, NOW),
         Err(TokenError::Malformed(_))
     ));
+}
+
+#[test]
+fn the_cache_answers_asymmetric_tokens_until_their_time_and_never_hmac_ones() {
+    let rsa = EncodingKey::from_rsa_pem(&key_file("rsa.key")).expect("rsa");
+    let ed = EncodingKey::from_ed_pem(&key_file("ed25519.key")).expect("ed");
+    let mut keys = KeySet::new();
+    keys.add_hmac_secret(Some("hs"), SECRET).expect("hs");
+    keys.add_public_key_pem(Some("rsa"), &key_file("rsa.pub.pem"))
+        .expect("rsa pub");
+    keys.add_public_key_pem(Some("ed"), &key_file("ed25519.pub.pem"))
+        .expect("ed pub");
+    let v = Verifier::new(keys, VerifierConfig::default()).expect("verifier");
+    let cache = std::sync::Mutex::new(VerifyCache::new(16));
+    let len = || cache.lock().expect("lock").len();
+
+    for (key, alg) in [(&rsa, Algorithm::RS256), (&ed, Algorithm::EdDSA)] {
+        let token =
+            sign(key, alg, None, &claims(json!({"jti": format!("{alg:?}")}))).expect("sign");
+        let first = v.verify_cached(&token, NOW, &cache).expect("verifies");
+        let second = v
+            .verify_cached(&token, NOW + 1000, &cache)
+            .expect("from the cache");
+        assert!(
+            std::sync::Arc::ptr_eq(&first, &second),
+            "{alg:?}: served from the cache"
+        );
+        assert_eq!(*first, v.verify(&token, NOW).expect("same claims"));
+        // At exp + leeway the cached entry is gone and the verifier refuses.
+        let end = (NOW_S + 3600 + 30) * 1000;
+        assert_eq!(
+            v.verify_cached(&token, end, &cache).expect_err("expired"),
+            TokenError::Expired
+        );
+    }
+    assert_eq!(len(), 0, "an expired entry is dropped when looked up");
+
+    let hmac = sign(
+        &EncodingKey::from_secret(SECRET).expect("k"),
+        Algorithm::HS256,
+        None,
+        &claims(json!({})),
+    )
+    .expect("sign");
+    let before = len();
+    v.verify_cached(&hmac, NOW, &cache).expect("verifies");
+    assert_eq!(len(), before, "HMAC tokens are not cached");
+
+    // A token that fails is never cached, and a tampered twin misses the cache.
+    let token = sign(&rsa, Algorithm::RS256, None, &claims(json!({}))).expect("sign");
+    v.verify_cached(&token, NOW, &cache).expect("verifies");
+    let mut tampered = token.clone();
+    tampered.pop();
+    tampered.push(if token.ends_with('A') { 'B' } else { 'A' });
+    assert!(v.verify_cached(&tampered, NOW, &cache).is_err());
 }

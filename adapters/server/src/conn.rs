@@ -319,8 +319,13 @@ impl<S: Store> Driver<S> {
                     // Once a session exists, a verification is a refresh's.
                     self.refresh_started = Some(started);
                 }
-                let reply = match self.shared.verifier.verify(token.expose(), now_ms()) {
-                    Ok(claims) => Reply::Verified(Arc::new(claims)),
+                let verified = self.shared.verifier.verify_cached(
+                    token.expose(),
+                    now_ms(),
+                    &self.shared.verify_cache,
+                );
+                let reply = match verified {
+                    Ok(claims) => Reply::Verified(claims),
                     Err(e) => Reply::NotVerified(e),
                 };
                 self.shared.metrics.verified(started.elapsed());

@@ -30,6 +30,8 @@ pub struct Shared<S: Store> {
     pub session_config: Arc<SessionConfig>,
     /// The token verifier.
     pub verifier: Verifier,
+    /// Tokens verified with asymmetric keys, until their `exp`.
+    pub verify_cache: std::sync::Mutex<wsauth_core::jwt::VerifyCache>,
     /// The session store.
     pub store: Arc<S>,
     /// Live sessions on this node.
@@ -278,6 +280,9 @@ pub async fn start_with_store<S: Store>(
     let metrics = Arc::new(Metrics::default());
     let shared = Arc::new(Shared {
         session_config: Arc::new(session_config(&config)),
+        verify_cache: std::sync::Mutex::new(wsauth_core::jwt::VerifyCache::new(
+            config.jwt.verify_cache_entries,
+        )),
         verifier,
         store,
         hub,

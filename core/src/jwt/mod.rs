@@ -6,12 +6,14 @@
 //! of the protocol's checks off (see `docs/jwt.md`).
 
 mod b64;
+mod cache;
 mod claims;
 mod error;
 mod json;
 mod keys;
 mod verify;
 
+pub use cache::{TokenKey, VerifyCache};
 pub use claims::Claims;
 pub use error::TokenError;
 pub use keys::{KeyError, KeySet};

@@ -1,6 +1,9 @@
+use std::sync::{Arc, Mutex};
+
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::Value;
 
+use super::VerifyCache;
 use super::b64;
 use super::json::{Header as RawHeader, ObjectError, RawClaims};
 use super::keys::{Key, KeyError, KeySet};
@@ -76,7 +79,36 @@ impl Verifier {
     /// claims and times. Each failure is one [`TokenError`], hence one protocol code.
     pub fn verify(&self, token: &str, now_ms: u64) -> Result<Claims, TokenError> {
         let payload = self.verify_signature(token)?;
-        let claims = match RawClaims::parse(&payload) {
+        self.claims_of(&payload, now_ms)
+    }
+
+    /// [`Verifier::verify`] through `cache`: a token verified earlier with an
+    /// asymmetric algorithm (RSA, ECDSA, EdDSA) is answered from the cache until
+    /// its `exp` plus leeway; HMAC tokens, cheaper to check than to look up, are
+    /// always verified. The lock is never held during a signature check.
+    pub fn verify_cached(
+        &self,
+        token: &str,
+        now_ms: u64,
+        cache: &Mutex<VerifyCache>,
+    ) -> Result<Arc<Claims>, TokenError> {
+        let lock = || cache.lock().unwrap_or_else(|e| e.into_inner());
+        let key = VerifyCache::key(token);
+        if let Some(claims) = lock().get(&key, now_ms) {
+            return Ok(claims);
+        }
+        let (payload, alg) = self.verify_signature_and_alg(token)?;
+        let claims = Arc::new(self.claims_of(&payload, now_ms)?);
+        if !matches!(alg, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512) {
+            let leeway_ms = self.config.leeway_s.saturating_mul(1000);
+            let until = claims.exp_ms.saturating_add(leeway_ms);
+            lock().insert(key, claims.clone(), until, now_ms);
+        }
+        Ok(claims)
+    }
+
+    fn claims_of(&self, payload: &[u8], now_ms: u64) -> Result<Claims, TokenError> {
+        let claims = match RawClaims::parse(payload) {
             Ok(claims) => claims,
             Err(ObjectError::Duplicate) => return Err(TokenError::DuplicateName),
             Err(ObjectError::NotAnObject) => {
@@ -89,6 +121,11 @@ impl Verifier {
     /// The signature layer alone: size, framing, header checks, key selection and
     /// signature. Returns the decoded payload.
     pub fn verify_signature(&self, token: &str) -> Result<Vec<u8>, TokenError> {
+        self.verify_signature_and_alg(token)
+            .map(|(payload, _)| payload)
+    }
+
+    fn verify_signature_and_alg(&self, token: &str) -> Result<(Vec<u8>, Algorithm), TokenError> {
         if token.len() > self.config.max_token_bytes {
             return Err(TokenError::TooLarge {
                 max: self.config.max_token_bytes,
@@ -138,7 +175,7 @@ impl Verifier {
             if jsonwebtoken::signature::Verifier::verify(verifier.as_ref(), message, &signature)
                 .is_ok()
             {
-                return Ok(payload);
+                return Ok((payload, alg));
             }
         }
         Err(TokenError::BadSignature)

@@ -217,6 +217,9 @@ pub struct JwtConfig {
     pub leeway_s: u64,
     /// Largest token accepted, in bytes, checked before decoding [8192].
     pub max_token_bytes: usize,
+    /// Tokens signed with RSA, ECDSA or EdDSA kept verified, until their `exp`
+    /// [10000]; 0 turns the cache off.
+    pub verify_cache_entries: usize,
 }
 
 impl Default for JwtConfig {
@@ -231,6 +234,7 @@ impl Default for JwtConfig {
             audience: Vec::new(),
             leeway_s: 30,
             max_token_bytes: 8192,
+            verify_cache_entries: 10_000,
         }
     }
 }
@@ -247,6 +251,7 @@ impl fmt::Debug for JwtConfig {
             .field("audience", &self.audience)
             .field("leeway_s", &self.leeway_s)
             .field("max_token_bytes", &self.max_token_bytes)
+            .field("verify_cache_entries", &self.verify_cache_entries)
             .finish()
     }
 }
