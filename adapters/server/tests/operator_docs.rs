@@ -699,8 +699,8 @@ async fn the_dashboard_page_is_404_when_switched_off() {
     let mut config = common::test_config();
     config.features.dashboard = false;
     let server = common::server(config).await;
-    let (status, _) = http(server.admin_addr, "GET", "/dashboard", None, None).await;
-    assert_eq!(status, 404);
+    let (status, body) = http(server.admin_addr, "GET", "/dashboard", None, None).await;
+    assert_eq!((status, body.as_str()), (404, ""));
     let (_, text) = http(
         server.admin_addr,
         "GET",
