@@ -61,41 +61,88 @@ fn time_left_histogram() -> Histogram {
     Histogram::new(exponential_buckets(1.0, 2.0, 17))
 }
 
-/// Percentiles for `/api/stats`, in microseconds (1 µs to 60 s, 3 digits).
-struct Percentiles(Mutex<hdrhistogram::Histogram<u64>>);
+/// Percentiles for `/api/stats`, in microseconds (1 µs to 60 s, 3 digits): since
+/// start, and over a recent window (the last 10 to 20 s), which is what a chart of
+/// "now" should show.
+struct Percentiles(Mutex<Windows>);
+
+struct Windows {
+    total: hdrhistogram::Histogram<u64>,
+    current: hdrhistogram::Histogram<u64>,
+    previous: hdrhistogram::Histogram<u64>,
+    current_since: Instant,
+}
+
+/// Length of one recent window.
+const WINDOW: Duration = Duration::from_secs(10);
+
+fn empty_histogram() -> hdrhistogram::Histogram<u64> {
+    hdrhistogram::Histogram::new_with_bounds(1, 60_000_000, 3)
+        .expect("static histogram bounds are valid")
+}
+
+impl Windows {
+    /// Moves the windows on so that `current` started less than WINDOW ago.
+    fn rotate(&mut self) {
+        let age = self.current_since.elapsed();
+        if age < WINDOW {
+            return;
+        }
+        if age < WINDOW * 2 {
+            std::mem::swap(&mut self.previous, &mut self.current);
+        } else {
+            self.previous.reset();
+        }
+        self.current.reset();
+        self.current_since = Instant::now();
+    }
+}
+
+fn percentiles_ms(h: &hdrhistogram::Histogram<u64>) -> Value {
+    let count = h.len();
+    let at = |q: f64| {
+        if count == 0 {
+            Value::Null
+        } else {
+            json!(h.value_at_quantile(q) as f64 / 1000.0)
+        }
+    };
+    json!({
+        "count": count,
+        "p50": at(0.5),
+        "p90": at(0.9),
+        "p99": at(0.99),
+        "p999": at(0.999),
+        "max": if count == 0 { Value::Null } else { json!(h.max() as f64 / 1000.0) },
+    })
+}
 
 impl Percentiles {
     fn new() -> Self {
-        let h = hdrhistogram::Histogram::new_with_bounds(1, 60_000_000, 3)
-            .expect("static histogram bounds are valid");
-        Percentiles(Mutex::new(h))
+        Percentiles(Mutex::new(Windows {
+            total: empty_histogram(),
+            current: empty_histogram(),
+            previous: empty_histogram(),
+            current_since: Instant::now(),
+        }))
     }
 
     fn record(&self, took: Duration) {
         let micros = (took.as_micros() as u64).clamp(1, 60_000_000);
-        let mut h = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        let _ = h.record(micros);
+        let mut w = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        w.rotate();
+        let _ = w.total.record(micros);
+        let _ = w.current.record(micros);
     }
 
-    /// `{"count", "p50", "p90", "p99", "p999", "max"}` in milliseconds (`null` when empty).
-    fn snapshot_ms(&self) -> Value {
-        let h = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        let count = h.len();
-        let at = |q: f64| {
-            if count == 0 {
-                Value::Null
-            } else {
-                json!(h.value_at_quantile(q) as f64 / 1000.0)
-            }
-        };
-        json!({
-            "count": count,
-            "p50": at(0.5),
-            "p90": at(0.9),
-            "p99": at(0.99),
-            "p999": at(0.999),
-            "max": if count == 0 { Value::Null } else { json!(h.max() as f64 / 1000.0) },
-        })
+    /// `{"count", "p50", "p90", "p99", "p999", "max"}` in milliseconds (`null` when
+    /// empty): since start, and over the recent window.
+    fn snapshot_ms(&self) -> (Value, Value) {
+        let mut w = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        w.rotate();
+        let mut recent = w.previous.clone();
+        let _ = recent.add(&w.current);
+        (percentiles_ms(&w.total), percentiles_ms(&recent))
     }
 }
 
@@ -531,13 +578,17 @@ impl Metrics {
                     .map_or(0, |c| c.get())
             })
             .sum();
+        let (auth_total, auth_recent) = self.auth_percentiles.snapshot_ms();
+        let (verify_total, verify_recent) = self.verify_percentiles.snapshot_ms();
         json!({
             "uptime_s": self.started.elapsed().as_secs(),
             "connections": {"open": self.connections_open.get()},
             "auth": {"ok": auth_ok, "refused": auth_refused, "refused_by_code": refused_by_code},
-            "auth_latency_ms": self.auth_percentiles.snapshot_ms(),
-            "verify_latency_ms": self.verify_percentiles.snapshot_ms(),
-            "store_latency_ms": self.store_percentiles.snapshot_ms(),
+            "auth_latency_ms": auth_total,
+            "auth_latency_recent_ms": auth_recent,
+            "verify_latency_ms": verify_total,
+            "verify_latency_recent_ms": verify_recent,
+            "store_latency_ms": self.store_percentiles.snapshot_ms().0,
             "store_errors": store_errors,
             "refresh": {"ok": sum(&self.refresh, "ok"), "refused": sum(&self.refresh, "refused")},
             "resume": {
