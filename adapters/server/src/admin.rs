@@ -73,8 +73,9 @@ fn unauthorized() -> Response {
     StatusCode::UNAUTHORIZED.into_response()
 }
 
-/// Pings the store, timed and counted like every store call.
-async fn store_ready<S: Store>(shared: &Shared<S>) -> bool {
+/// Pings the store, timed and counted like every store call, and records the
+/// answer in `wsauth_store_up`.
+pub async fn check_store<S: Store>(shared: &Shared<S>) -> bool {
     let started = std::time::Instant::now();
     let ok = tokio::time::timeout(shared.store_timeout, shared.store.ping())
         .await
@@ -85,7 +86,7 @@ async fn store_ready<S: Store>(shared: &Shared<S>) -> bool {
 }
 
 async fn readyz<S: Store>(State(shared): State<Arc<Shared<S>>>) -> Response {
-    if store_ready(&shared).await {
+    if check_store(&shared).await {
         (StatusCode::OK, "ready\n").into_response()
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "store unreachable\n").into_response()
@@ -128,7 +129,7 @@ async fn stats<S: Store>(State(shared): State<Arc<Shared<S>>>, headers: HeaderMa
     if !authorized(&shared, &headers) {
         return unauthorized();
     }
-    let ready = store_ready(&shared).await;
+    let ready = check_store(&shared).await;
     let config = &shared.config;
     let mut body = shared.metrics.snapshot();
     let figures = body.as_object_mut().expect("the snapshot is an object");
@@ -197,13 +198,13 @@ async fn end_session<S: Store>(
     if !known {
         return Json(json!({"ended": false})).into_response();
     }
-    shared.metrics.revocation_issued("session");
     match shared
         .store
         .revoke(Revocation::Session { session_id }, now)
         .await
     {
         Ok(closed) => {
+            shared.metrics.revocation_issued("session");
             info!(closed, "session ended by the admin API");
             Json(json!({"ended": true})).into_response()
         }
@@ -262,9 +263,9 @@ async fn revoke<S: Store>(
         Revocation::Subject { .. } => "sub",
         Revocation::Session { .. } => "session",
     };
-    shared.metrics.revocation_issued(kind);
     match shared.store.revoke(revocation, now).await {
         Ok(n) => {
+            shared.metrics.revocation_issued(kind);
             info!(kind, closed = n, "revoked");
             Json(serde_json::json!({ "revoked": n })).into_response()
         }

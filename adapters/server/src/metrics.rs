@@ -276,6 +276,7 @@ impl Metrics {
             refused_users: Mutex::new(TopCounts::new(10_000)),
             refused_jtis: Mutex::new(TopCounts::new(10_000)),
         };
+        m.create_known_series();
         let r = &mut m.registry;
         register! { r,
             "wsauth_connections_open" => m.connections_open, "Sockets open on this node (upgraded or not)";
@@ -306,6 +307,63 @@ impl Metrics {
             "wsauth_store_duration_seconds" => m.store_duration, "Store calls, by operation";
         }
         m
+    }
+
+    /// Creates every labelled series whose labels are known in advance, at zero, so
+    /// that a query sees 0 rather than no data before the first event.
+    fn create_known_series(&self) {
+        let codes = ErrorCode::ALL.iter().map(|c| c.as_str());
+        for code in codes.clone() {
+            let _ = self.upgrades_refused.get_or_create(&CodeLabel { code });
+            for family in [&self.refresh, &self.resume] {
+                let _ = family.get_or_create(&OutcomeLabels {
+                    outcome: "refused",
+                    code,
+                });
+            }
+        }
+        for family in [&self.refresh, &self.resume] {
+            let _ = family.get_or_create(&OutcomeLabels {
+                outcome: "ok",
+                code: "none",
+            });
+        }
+        for method in ["message", "header", "query"] {
+            let _ = self.auth.get_or_create(&AuthLabels {
+                method,
+                outcome: "ok",
+                code: "none",
+            });
+            for code in codes.clone() {
+                let _ = self.auth.get_or_create(&AuthLabels {
+                    method,
+                    outcome: "refused",
+                    code,
+                });
+            }
+        }
+        for kind in ["jti", "sub", "session"] {
+            let _ = self.revocations.get_or_create(&KindLabel { kind });
+        }
+        for op in STORE_OPS {
+            let _ = self.store_errors.get_or_create(&OpLabel { op });
+            let _ = self.store_duration.get_or_create(&OpLabel { op });
+        }
+        // Every error's own close, and the closes without an error.
+        for code in ErrorCode::ALL {
+            if let Some(close) = code.spec().close {
+                let _ = self.closes.get_or_create(&CloseLabels {
+                    close_code: close.0,
+                    error_code: code.as_str(),
+                });
+            }
+        }
+        for close_code in [0, 1000, 1001] {
+            let _ = self.closes.get_or_create(&CloseLabels {
+                close_code,
+                error_code: "none",
+            });
+        }
     }
 
     /// The Prometheus text exposition (OpenMetrics).

@@ -320,6 +320,7 @@ async fn accept_loop<S: Store>(
     let slots = Arc::new(Semaphore::new(shared.config.limits.max_connections));
     let purge_every = Duration::from_secs(5);
     let mut purge = tokio::time::interval(purge_every);
+    crate::admin::check_store(&shared).await;
     loop {
         tokio::select! {
             accepted = listener.accept() => {
@@ -358,7 +359,9 @@ async fn accept_loop<S: Store>(
                 });
             }
             _ = purge.tick() => {
+                // The purge doubles as the periodic store check behind wsauth_store_up.
                 let _ = shared.store.purge_expired(crate::conn::now_ms()).await;
+                crate::admin::check_store(&shared).await;
             }
             _ = shutdown.changed() => break,
         }

@@ -840,7 +840,6 @@ async fn every_metric_the_grafana_dashboard_queries_is_exposed() {
 /// every family the dashboard queries is in the exposition (at zero if need be),
 /// so that its panels and alerts show 0 rather than "No data".
 #[tokio::test]
-#[ignore = "server mismatch: a labelled family is absent from /metrics until its first event"]
 async fn every_dashboard_family_is_exposed_before_its_first_event() {
     let referenced: BTreeSet<String> = dashboard_exprs(&read_json(DASHBOARD))
         .iter()
@@ -861,7 +860,6 @@ async fn every_dashboard_family_is_exposed_before_its_first_event() {
 
 /// `wsauth_store_up` on a node whose store works, before anyone called `/readyz`.
 #[tokio::test]
-#[ignore = "server mismatch: wsauth_store_up is 0 until the first /readyz or /api/stats"]
 async fn store_up_is_1_on_a_fresh_node_with_a_working_store() {
     let server = common::server(common::test_config()).await;
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
