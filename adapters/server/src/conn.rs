@@ -371,7 +371,9 @@ impl<S: Store> Driver<S> {
                         session_id,
                         resume_token,
                         epoch,
+                        evicted,
                     }) => {
+                        metrics.evicted(evicted);
                         self.attach(&session_id, epoch);
                         Reply::Created {
                             session_id,

@@ -202,6 +202,7 @@ pub struct Metrics {
     resume_gaps: Counter,
     expired: Counter,
     replaced: Counter,
+    evictions: Counter,
     expiring_sent: Counter,
     revocations: Family<KindLabel, Counter>,
     revocation_closes: Counter,
@@ -254,6 +255,7 @@ impl Metrics {
             resume_gaps: Counter::default(),
             expired: Counter::default(),
             replaced: Counter::default(),
+            evictions: Counter::default(),
             expiring_sent: Counter::default(),
             revocations: Family::default(),
             revocation_closes: Counter::default(),
@@ -290,6 +292,7 @@ impl Metrics {
             "wsauth_resume_gaps" => m.resume_gaps, "Resumes whose replay had a gap (messages no longer buffered)";
             "wsauth_sessions_expired" => m.expired, "Sessions closed at their token's expiry for want of a refresh (SESSION_EXPIRED)";
             "wsauth_sessions_replaced" => m.replaced, "Connections closed because their session was taken over or evicted (SESSION_REPLACED)";
+            "wsauth_evictions" => m.evictions, "Older sessions removed by the per-user limit (evict_oldest) when a user authenticated again";
             "wsauth_expiring_sent" => m.expiring_sent, "`expiring` notices sent";
             "wsauth_revocations" => m.revocations, "Revocations issued through this node's admin API, by kind";
             "wsauth_revocation_closes" => m.revocation_closes, "Connections on this node closed by a revocation (wherever it was issued)";
@@ -410,6 +413,11 @@ impl Metrics {
     /// Whether the store answered its last check.
     pub fn set_store_up(&self, up: bool) {
         self.store_up.set(i64::from(up));
+    }
+
+    /// A new session pushed `n` older ones of its user out (per-user limit).
+    pub fn evicted(&self, n: usize) {
+        self.evictions.inc_by(n as u64);
     }
 
     /// A data frame arrived.
@@ -658,6 +666,7 @@ impl Metrics {
             "revocations": {"issued": revocations_issued, "closed": self.revocation_closes.get()},
             "expired": self.expired.get(),
             "replaced": self.replaced.get(),
+            "evictions": self.evictions.get(),
             "rate_limited": self.rate_limited.get(),
             "slow_consumer": self.slow_consumer.get(),
             "messages": {"in": self.messages_in.get(), "out": self.messages_out.get()},

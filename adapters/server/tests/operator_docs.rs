@@ -341,6 +341,7 @@ fn documented_labels() -> BTreeMap<&'static str, &'static [&'static str]> {
         ("wsauth_resume_gaps", &[][..]),
         ("wsauth_sessions_expired", &[][..]),
         ("wsauth_sessions_replaced", &[][..]),
+        ("wsauth_evictions", &[][..]),
         ("wsauth_expiring_sent", &[][..]),
         ("wsauth_revocations", &["kind"][..]),
         ("wsauth_revocation_closes", &[][..]),

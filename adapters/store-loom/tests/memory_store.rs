@@ -59,6 +59,7 @@ fn created(outcome: CreateOutcome) -> (String, wsauth_core::Secret, u64) {
             session_id,
             resume_token,
             epoch,
+            ..
         } => (session_id, resume_token, epoch),
         other => panic!("expected a session, got {other:?}"),
     }

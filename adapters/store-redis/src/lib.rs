@@ -593,10 +593,12 @@ impl Store for RedisStore {
                     .get(1)
                     .and_then(number)
                     .ok_or_else(|| protocol_error("create"))?;
+                let evicted = items.get(2).and_then(number).unwrap_or(0);
                 Ok(CreateOutcome::Created {
                     session_id,
                     resume_token,
                     epoch,
+                    evicted: usize::try_from(evicted).unwrap_or(usize::MAX),
                 })
             }
             _ => Err(protocol_error("create")),

@@ -79,6 +79,7 @@ async fn created(store: &RedisStore, c: Arc<Claims>) -> (String, Secret, u64) {
             session_id,
             resume_token,
             epoch,
+            ..
         } => (session_id, resume_token, epoch),
         other => panic!("expected a session, got {other:?}"),
     }

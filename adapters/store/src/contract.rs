@@ -60,6 +60,7 @@ async fn create<S: Store>(store: &S, c: Arc<Claims>, now: u64) -> (String, Secre
             session_id,
             resume_token,
             epoch,
+            ..
         } => (session_id, resume_token, epoch),
         other => panic!("expected a session, got {other:?}"),
     }
@@ -201,7 +202,14 @@ where
         let (a, _, ea) = create(&store, claims("alice", "j1", None), T0).await;
         let (b, _, eb) = create(&store, claims("alice", "j2", None), T0 + 1).await;
         store.detach(&b, eb, T0 + 2).await.expect("detach");
-        let (_c, _, _) = create(&store, claims("alice", "j3", None), T0 + 3).await;
+        let outcome = store
+            .create_session(claims("alice", "j3", None), T0 + 3)
+            .await
+            .expect("answers");
+        assert!(
+            matches!(outcome, CreateOutcome::Created { evicted: 1, .. }),
+            "one eviction reported: {outcome:?}"
+        );
         assert_eq!(
             settled(&store, &rec).await,
             vec![(a.clone(), ea, Notice::Replaced)],

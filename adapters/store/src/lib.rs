@@ -105,6 +105,8 @@ pub enum CreateOutcome {
         resume_token: Secret,
         /// The attachment's epoch.
         epoch: u64,
+        /// Older sessions of the user removed by the per-user limit (`evict_oldest`).
+        evicted: usize,
     },
     /// The token's `jti` or `sub` is revoked.
     Revoked,

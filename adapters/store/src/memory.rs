@@ -181,6 +181,7 @@ impl MemoryStore {
                 return CreateOutcome::Revoked;
             }
             st.prune_user(&claims.sub, now, &self.settings, &mut notices);
+            let mut evicted = 0;
             if let Some(max) = self.settings.max_sessions_per_user {
                 let mine: Vec<String> = st
                     .by_user
@@ -196,6 +197,7 @@ impl MemoryStore {
                     let excess = mine.len() + 1 - max.max(1);
                     for id in mine.into_iter().take(excess) {
                         st.remove(&id, &mut notices, Some(Notice::Replaced));
+                        evicted += 1;
                     }
                 }
             }
@@ -229,6 +231,7 @@ impl MemoryStore {
                 session_id,
                 resume_token,
                 epoch,
+                evicted,
             }
         };
         self.send(notices);

@@ -51,7 +51,7 @@ SCHEMA = {
     "refresh": {"ok": int, "refused": int},
     "resume": {"ok": int, "refused": int, "replayed": int, "gaps": int},
     "revocations": {"issued": int, "closed": int},
-    "expired": int, "replaced": int, "rate_limited": int, "slow_consumer": int,
+    "expired": int, "replaced": int, "evictions": int, "rate_limited": int, "slow_consumer": int,
     "messages": {"in": int, "out": int},
     "closes": [{"close_code": int, "error_code": str, "count": int}],
 }

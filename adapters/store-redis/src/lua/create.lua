@@ -11,11 +11,15 @@ for _, old in ipairs(redis.call('ZRANGE', ukey, 0, -1)) do
   end
 end
 local max = tonumber(ARGV[14])
+local evicted = 0
 if max > 0 then
   local mine = redis.call('ZRANGE', ukey, 0, -1)
   if #mine >= max then
     if ARGV[15] == 'reject' then return {'too_many'} end
-    for i = 1, #mine + 1 - max do remove(mine[i], '"replaced"') end
+    for i = 1, #mine + 1 - max do
+      remove(mine[i], '"replaced"')
+      evicted = evicted + 1
+    end
   end
 end
 local epoch = redis.call('INCR', P .. 'epoch')
@@ -27,4 +31,4 @@ redis.call('HSET', P .. 's:' .. id, 'sub', sub, 'jti', jti, 'iat', iat, 'exp', A
 redis.call('ZADD', ukey, epoch, id)
 if jti ~= '' then redis.call('SADD', P .. 'j:' .. jti, id) end
 set_ttl(id, exp + leeway, now)
-return {'created', epoch}
+return {'created', epoch, evicted}
