@@ -157,7 +157,7 @@ fn raise_nofile() -> Option<u64> {
             }
         }
     }
-    Some(lim.rlim_cur as u64)
+    Some(lim.rlim_cur)
 }
 
 /// Parses a `ws://host:port/path` URL and resolves its host.
@@ -190,7 +190,8 @@ async fn resolve(url: &str, allow_non_loopback: bool) -> Result<Target, String> 
 fn svg_subtitle(r: &Report) -> String {
     let l = Latency::of(&r.hist);
     format!(
-        "{} ok, {} failed · p50 {} ms · p90 {} ms · p99 {} ms · p99.9 {} ms · max {} ms · {:.0} ops/s over {:.2} s",
+        "{} · {} ok, {} failed · p50 {} ms · p90 {} ms · p99 {} ms · p99.9 {} ms · max {} ms · {:.0} ops/s over {:.2} s",
+        r.url,
         r.successes,
         r.failures_total(),
         fmt_ms(l.p50),
@@ -211,7 +212,7 @@ fn svg_title(r: &Report) -> String {
         "fanout" => "publish → message delivered",
         other => other,
     };
-    format!("wsauth-load {}: {what} latency ({})", r.scenario, r.url)
+    format!("wsauth-load {}: {what} latency", r.scenario)
 }
 
 #[tokio::main]

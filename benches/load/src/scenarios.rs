@@ -289,14 +289,14 @@ pub async fn connect(
         .progress
         .ok_count()
         .saturating_sub(dropped.load(Ordering::Relaxed));
-    if let (Some(pid), Some(before)) = (pid, rss_before) {
-        if let Some(after) = read_rss_kib(pid) {
-            report.rss = Some(Rss {
-                before_kib: before,
-                after_kib: after,
-                connections: held,
-            });
-        }
+    if let (Some(pid), Some(before)) = (pid, rss_before)
+        && let Some(after) = read_rss_kib(pid)
+    {
+        report.rss = Some(Rss {
+            before_kib: before,
+            after_kib: after,
+            connections: held,
+        });
     }
     eprintln!("holding {held} connections for {:.1} s", hold.as_secs_f64());
     tokio::time::sleep(hold).await;
@@ -609,14 +609,14 @@ pub async fn fanout(
     settled(&ctx.progress, n).await;
     let subscribed = ctx.progress.ok_count();
     let expected = subscribed * m;
-    if let (Some(pid), Some(before)) = (pid, rss_before) {
-        if let Some(after) = read_rss_kib(pid) {
-            report.rss = Some(Rss {
-                before_kib: before,
-                after_kib: after,
-                connections: subscribed,
-            });
-        }
+    if let (Some(pid), Some(before)) = (pid, rss_before)
+        && let Some(after) = read_rss_kib(pid)
+    {
+        report.rss = Some(Rss {
+            before_kib: before,
+            after_kib: after,
+            connections: subscribed,
+        });
     }
     let (sub_hist, sub_fail) = subs.take();
     ctx.progress.phase("deliver", expected);
