@@ -187,21 +187,26 @@ async fn resolve(url: &str, allow_non_loopback: bool) -> Result<Target, String> 
     })
 }
 
-fn svg_subtitle(r: &Report) -> String {
+fn svg_subtitle(r: &Report) -> Vec<String> {
     let l = Latency::of(&r.hist);
-    format!(
-        "{} · {} ok, {} failed · p50 {} ms · p90 {} ms · p99 {} ms · p99.9 {} ms · max {} ms · {:.0} ops/s over {:.2} s",
-        r.url,
-        r.successes,
-        r.failures_total(),
-        fmt_ms(l.p50),
-        fmt_ms(l.p90),
-        fmt_ms(l.p99),
-        fmt_ms(l.p999),
-        fmt_ms(l.max),
-        r.rate(),
-        r.duration.as_secs_f64()
-    )
+    vec![
+        format!(
+            "{} · {} ok, {} failed · {:.0} ops/s over {:.2} s",
+            r.url,
+            r.successes,
+            r.failures_total(),
+            r.rate(),
+            r.duration.as_secs_f64()
+        ),
+        format!(
+            "p50 {} ms · p90 {} ms · p99 {} ms · p99.9 {} ms · max {} ms",
+            fmt_ms(l.p50),
+            fmt_ms(l.p90),
+            fmt_ms(l.p99),
+            fmt_ms(l.p999),
+            fmt_ms(l.max),
+        ),
+    ]
 }
 
 fn svg_title(r: &Report) -> String {

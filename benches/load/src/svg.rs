@@ -6,13 +6,13 @@ use std::fmt::Write as _;
 use hdrhistogram::Histogram;
 
 const W: f64 = 960.0;
-const H: f64 = 760.0;
+const H: f64 = 775.0;
 const LEFT: f64 = 90.0;
 const RIGHT: f64 = 40.0;
 const PLOT_W: f64 = W - LEFT - RIGHT;
 /// Top panel: y from `TOP_Y` to `TOP_Y + PANEL_H`.
-const TOP_Y: f64 = 95.0;
-const BOTTOM_Y: f64 = 440.0;
+const TOP_Y: f64 = 110.0;
+const BOTTOM_Y: f64 = 455.0;
 const PANEL_H: f64 = 250.0;
 const BINS: usize = 60;
 
@@ -125,8 +125,53 @@ fn y_axis(out: &mut String, top: f64, max: f64, label: &str) {
     );
 }
 
+/// The 1-2-5 values `v` with `lo <= v <= hi`.
+fn one_two_five(lo: f64, hi: f64) -> Vec<f64> {
+    let mut out = Vec::new();
+    let mut decade = 10f64.powf(lo.log10().floor() - 1.0);
+    while decade <= hi * 10.0 {
+        for m in [1.0, 2.0, 5.0] {
+            let v = decade * m;
+            if v >= lo * 0.999_999 && v <= hi * 1.000_001 {
+                out.push(v);
+            }
+        }
+        decade *= 10.0;
+    }
+    out
+}
+
+/// A log axis range from the 1-2-5 value at or below `min` to the one at or above `max`
+/// (at least one step wide).
+pub fn log_range(min: f64, max: f64) -> (f64, f64) {
+    let min = if min > 0.0 { min } else { 0.001 };
+    let max = max.max(min);
+    let below = one_two_five(min / 10.0, min).last().copied().unwrap_or(min);
+    let above = one_two_five(max, max * 10.0)
+        .first()
+        .copied()
+        .unwrap_or(max);
+    if above > below {
+        (below, above)
+    } else {
+        (below, below * 2.0)
+    }
+}
+
+/// Tick values for a log axis: the 1-2-5 values inside the range.
+pub fn log_ticks(lo: f64, hi: f64) -> Vec<f64> {
+    one_two_five(lo, hi)
+}
+
+/// Formats a log-axis tick (0.05, 0.1, 2, 500, 1000) without trailing zeros.
+fn fmt_tick(v: f64) -> String {
+    let s = format!("{v:.4}");
+    let s = s.trim_end_matches('0').trim_end_matches('.');
+    s.to_string()
+}
+
 /// Renders the chart. `hist` holds latencies in microseconds.
-pub fn render(title: &str, subtitle: &str, hist: &Histogram<u64>) -> String {
+pub fn render(title: &str, subtitle: &[String], hist: &Histogram<u64>) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -143,15 +188,10 @@ pub fn render(title: &str, subtitle: &str, hist: &Histogram<u64>) -> String {
         r#"font-weight="bold""#,
         title,
     );
-    text(
-        &mut out,
-        W / 2.0,
-        54.0,
-        "middle",
-        13,
-        r##"fill="#444""##,
-        subtitle,
-    );
+    for (i, sub) in subtitle.iter().take(2).enumerate() {
+        let y = 52.0 + 17.0 * i as f64;
+        text(&mut out, W / 2.0, y, "middle", 13, r##"fill="#444""##, sub);
+    }
 
     if hist.is_empty() {
         text(&mut out, W / 2.0, H / 2.0, "middle", 18, "", "no samples");
@@ -160,33 +200,18 @@ pub fn render(title: &str, subtitle: &str, hist: &Histogram<u64>) -> String {
     }
 
     let ms = |us: u64| us as f64 / 1000.0;
-    let p999 = hist.value_at_quantile(0.999);
     let max_us = hist.max();
-    // The histogram spans 0..hi; values above hi (the slowest 0.1 %) go to an overflow bar.
-    let hi_us = if (max_us as f64) <= p999 as f64 * 1.25 {
-        max_us
-    } else {
-        p999
-    }
-    .max(1);
-    let hi_ms = ms(hi_us);
-    let x_step = nice_step(hi_ms, 8);
-    let x_max = (hi_ms / x_step).ceil().max(1.0) * x_step;
-    let bin_ms = x_max / BINS as f64;
+    // Top panel: histogram over log-spaced bins from a 1-2-5 value at or below the fastest
+    // sample to one at or above the slowest, so that both the body and the tail show.
+    let (lo_ms, hi_ms) = log_range(ms(hist.min().max(1)), ms(max_us.max(1)));
+    let (llo, lhi) = (lo_ms.log10(), hi_ms.log10());
     let mut bins = [0u64; BINS];
-    let mut overflow = 0u64;
     for v in hist.iter_recorded() {
-        let value_ms = ms(hist.highest_equivalent(v.value_iterated_to()));
-        let n = v.count_at_value();
-        if value_ms > x_max {
-            overflow += n;
-        } else {
-            let i = ((value_ms / bin_ms) as usize).min(BINS - 1);
-            bins[i] += n;
-        }
+        let value_ms = ms(hist.median_equivalent(v.value_iterated_to()).max(1));
+        let f = (value_ms.log10() - llo) / (lhi - llo);
+        let i = ((f * BINS as f64) as usize).min(BINS - 1);
+        bins[i] += v.count_at_value();
     }
-
-    // Top panel: histogram.
     text(
         &mut out,
         LEFT,
@@ -200,45 +225,26 @@ pub fn render(title: &str, subtitle: &str, hist: &Histogram<u64>) -> String {
     let y_step = nice_step(count_max, 5);
     let y_max = (count_max / y_step).ceil() * y_step;
     y_axis(&mut out, TOP_Y, y_max, "count");
-    let bar_w = PLOT_W / (BINS as f64 + 2.0);
+    let bar_w = PLOT_W / BINS as f64;
     for (i, &c) in bins.iter().enumerate() {
         if c == 0 {
             continue;
         }
-        let h = c as f64 / y_max * PANEL_H;
+        let h = (c as f64 / y_max * PANEL_H).max(1.0);
         let x = LEFT + i as f64 * bar_w;
+        let from = 10f64.powf(llo + (lhi - llo) * i as f64 / BINS as f64);
+        let to = 10f64.powf(llo + (lhi - llo) * (i + 1) as f64 / BINS as f64);
         let _ = writeln!(
             out,
-            r##"<rect x="{x:.1}" y="{:.1}" width="{:.1}" height="{h:.1}" fill="#4878d0"><title>{:.3}–{:.3} ms: {c}</title></rect>"##,
+            r##"<rect x="{x:.1}" y="{:.1}" width="{:.1}" height="{h:.1}" fill="#4878d0"><title>{}–{} ms: {c}</title></rect>"##,
             TOP_Y + PANEL_H - h,
             (bar_w - 1.0).max(0.5),
-            i as f64 * bin_ms,
-            (i + 1) as f64 * bin_ms
+            crate::report::fmt_ms(Some(from)),
+            crate::report::fmt_ms(Some(to)),
         );
     }
-    if overflow > 0 {
-        let h = (overflow as f64 / y_max * PANEL_H).max(1.0);
-        let x = LEFT + (BINS as f64 + 0.8) * bar_w;
-        let _ = writeln!(
-            out,
-            r##"<rect x="{x:.1}" y="{:.1}" width="{:.1}" height="{h:.1}" fill="#d65f5f"/>"##,
-            TOP_Y + PANEL_H - h,
-            bar_w
-        );
-        text(
-            &mut out,
-            x + bar_w / 2.0,
-            TOP_Y + PANEL_H - h - 4.0,
-            "middle",
-            11,
-            r##"fill="#b03030""##,
-            &format!("> {} ms: {overflow}", tick_label(x_max, x_step / 10.0)),
-        );
-    }
-    let hist_w = BINS as f64 * bar_w;
-    let mut v = 0.0;
-    while v <= x_max * 1.000_001 {
-        let x = LEFT + v / x_max * hist_w;
+    for t in log_ticks(lo_ms, hi_ms) {
+        let x = LEFT + (t.log10() - llo) / (lhi - llo) * PLOT_W;
         line(
             &mut out,
             x,
@@ -254,9 +260,8 @@ pub fn render(title: &str, subtitle: &str, hist: &Histogram<u64>) -> String {
             "middle",
             12,
             "",
-            &tick_label(v, x_step),
+            &fmt_tick(t),
         );
-        v += x_step;
     }
     text(
         &mut out,
@@ -265,7 +270,7 @@ pub fn render(title: &str, subtitle: &str, hist: &Histogram<u64>) -> String {
         "middle",
         13,
         "",
-        "latency (ms)",
+        "latency (ms, log scale)",
     );
 
     // Bottom panel: latency by percentile, x = log10(1 / (1 - q)).
@@ -352,7 +357,7 @@ pub fn render(title: &str, subtitle: &str, hist: &Histogram<u64>) -> String {
             y - 6.0,
             "start",
             12,
-            r##"fill="#b03030""##,
+            r##"fill="#b03030" stroke="white" stroke-width="3" paint-order="stroke""##,
             &format!("{name} {} ms", crate::report::fmt_ms(Some(v))),
         );
     }
@@ -376,6 +381,16 @@ mod tests {
     }
 
     #[test]
+    fn log_axis_range_and_ticks() {
+        assert_eq!(log_range(0.147, 23.17), (0.1, 50.0));
+        assert_eq!(log_range(1.0, 1.0), (1.0, 2.0));
+        assert_eq!(log_range(0.3, 0.7), (0.2, 1.0));
+        assert_eq!(log_ticks(0.1, 50.0).len(), 9);
+        assert_eq!(fmt_tick(0.05), "0.05");
+        assert_eq!(fmt_tick(200.0), "200");
+    }
+
+    #[test]
     fn escape_handles_markup() {
         assert_eq!(escape("a<b & \"c\">"), "a&lt;b &amp; &quot;c&quot;&gt;");
     }
@@ -391,7 +406,7 @@ mod tests {
             record(&mut h, Duration::from_micros(500 + (i * 37) % 3000));
         }
         record(&mut h, Duration::from_millis(250));
-        let svg = render("connect <test> & co", "10000 connections", &h);
+        let svg = render("connect <test> & co", &["10000 connections".into()], &h);
         let doc = well_formed(&svg);
         let root = doc.root_element();
         assert_eq!(root.tag_name().name(), "svg");
@@ -425,7 +440,7 @@ mod tests {
 
     #[test]
     fn empty_chart_is_well_formed() {
-        let svg = render("empty", "", &new_histogram());
+        let svg = render("empty", &[], &new_histogram());
         let doc = well_formed(&svg);
         assert!(svg.contains("no samples"));
         assert_eq!(doc.root_element().tag_name().name(), "svg");
@@ -435,6 +450,6 @@ mod tests {
     fn single_value_chart_is_well_formed() {
         let mut h = new_histogram();
         record(&mut h, Duration::from_micros(1));
-        well_formed(&render("one", "x", &h));
+        well_formed(&render("one", &["x".into()], &h));
     }
 }
