@@ -224,6 +224,7 @@ pub async fn connect(
     let (release_tx, release_rx) = watch::channel(false);
     let dropped = Arc::new(AtomicU64::new(0));
     let close_hist = Arc::new(Mutex::new((new_histogram(), new_histogram())));
+    let drop_reasons = Arc::new(Mutex::new(BTreeMap::<String, u64>::new()));
     let t0 = Instant::now();
     let handles = ramp(n, r, |i, permit| {
         let ctx = ctx.clone();
@@ -231,6 +232,7 @@ pub async fn connect(
         let mut release = release_rx.clone();
         let dropped = dropped.clone();
         let close_hist = close_hist.clone();
+        let drop_reasons = drop_reasons.clone();
         async move {
             let sub = format!("load-{}-{i}", ctx.run_id);
             let token = ctx.signer.token(&sub, &format!("{sub}-0"));
@@ -261,12 +263,18 @@ pub async fn connect(
             loop {
                 tokio::select! {
                     _ = release.wait_for(|v| *v) => break,
-                    m = ws.next() => match m {
-                        Some(Ok(Message::Close(_))) | Some(Err(_)) | None => {
-                            dropped.fetch_add(1, Ordering::Relaxed);
-                            return;
+                    m = ws.next() => {
+                        let reason = match m {
+                            Some(Ok(Message::Close(f))) => Fail::Closed(f.map(|f| u16::from(f.code))),
+                            Some(Err(e)) => Fail::from_ws(e),
+                            None => Fail::Eof,
+                            Some(Ok(_)) => continue,
+                        };
+                        dropped.fetch_add(1, Ordering::Relaxed);
+                        if let Ok(mut d) = drop_reasons.lock() {
+                            report::count(&mut d, reason.key());
                         }
-                        Some(Ok(_)) => {}
+                        return;
                     }
                 }
             }
@@ -315,6 +323,11 @@ pub async fn connect(
         "dropped_during_hold".into(),
         json!(dropped.load(Ordering::Relaxed)),
     );
+    if let Ok(d) = drop_reasons.lock() {
+        report
+            .extra
+            .insert("dropped_during_hold_by".into(), json!(*d));
+    }
     report
         .extra
         .insert("hold_s".into(), json!(hold.as_secs_f64()));
