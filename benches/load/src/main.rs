@@ -1,0 +1,318 @@
+//! `wsauth-load`: a load generator for the wsauth server.
+//!
+//! Scenarios: `connect` (open, authenticate and hold N connections), `resume` (unclean drop and
+//! resume), `refresh` (token refreshes on live sessions) and `fanout` (one publisher, N
+//! subscribers). Each prints successes, failures by kind, latency percentiles, rate and
+//! duration; `--json` prints them as one JSON line, `--svg` draws the latency distribution.
+
+mod client;
+mod progress;
+mod report;
+mod scenarios;
+mod svg;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use serde_json::json;
+use tokio_tungstenite::tungstenite::http::Uri;
+
+use crate::client::{Signer, Target};
+use crate::progress::Progress;
+use crate::report::{Latency, Report, fmt_ms};
+use crate::scenarios::{AuthMode, Ctx, Ramp};
+
+#[derive(Parser)]
+#[command(
+    name = "wsauth-load",
+    version,
+    about = "Load generator for the wsauth server"
+)]
+struct Cli {
+    #[command(flatten)]
+    common: Common,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Args)]
+struct Common {
+    /// The server's WebSocket URL.
+    #[arg(long, global = true, default_value = "ws://127.0.0.1:8080/ws")]
+    url: String,
+    /// HS256 secret for signing tokens [default: env WSAUTH_JWT__HS256_SECRET].
+    #[arg(long, global = true)]
+    secret: Option<String>,
+    /// Print one JSON line with every figure on stdout (the text report goes to stderr).
+    #[arg(long, global = true)]
+    json: bool,
+    /// Write an SVG chart of the latency distribution to this path.
+    #[arg(long, global = true)]
+    svg: Option<PathBuf>,
+    /// The server's pid: report its RSS growth per connection (from /proc/<pid>/status).
+    #[arg(long, global = true)]
+    pid: Option<u32>,
+    /// Seconds to wait for any one reply before counting a timeout.
+    #[arg(long, global = true, default_value_t = 10.0)]
+    timeout: f64,
+    /// Allow a URL whose host is not a loopback address.
+    #[arg(long, global = true)]
+    allow_non_loopback: bool,
+}
+
+#[derive(Args, Clone, Copy)]
+struct RampArgs {
+    /// Connections (or sessions) started per second at most; 0 for no pacing.
+    #[arg(long, default_value_t = 1000.0)]
+    rate: f64,
+    /// Connections connecting or authenticating at once, at most.
+    #[arg(long, default_value_t = 256)]
+    concurrency: usize,
+}
+
+impl From<RampArgs> for Ramp {
+    fn from(r: RampArgs) -> Self {
+        Ramp {
+            rate: r.rate,
+            concurrency: r.concurrency,
+        }
+    }
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Open N connections, authenticate each (latency: TCP connect → `authenticated`), hold
+    /// them all, then close.
+    Connect {
+        #[arg(long, short = 'n', default_value_t = 1000)]
+        connections: u64,
+        #[command(flatten)]
+        ramp: RampArgs,
+        /// First-message `auth`, or `Authorization: Bearer` on the upgrade.
+        #[arg(long, value_enum, default_value_t = AuthMode::Message)]
+        auth: AuthMode,
+        /// Seconds to hold all connections open after the ramp-up.
+        #[arg(long, default_value_t = 5.0)]
+        hold: f64,
+    },
+    /// Authenticate N sessions, drop each TCP connection without a close frame, reconnect and
+    /// resume (latency: connect → `resumed`).
+    Resume {
+        #[arg(long, short = 'n', default_value_t = 1000)]
+        sessions: u64,
+        #[command(flatten)]
+        ramp: RampArgs,
+    },
+    /// Authenticate N sessions, then each sends M refreshes in turn (latency: `refresh` sent →
+    /// `refreshed`).
+    Refresh {
+        #[arg(long, short = 'n', default_value_t = 1000)]
+        sessions: u64,
+        /// Refreshes per session.
+        #[arg(long, short = 'm', default_value_t = 5)]
+        refreshes: u64,
+        #[command(flatten)]
+        ramp: RampArgs,
+    },
+    /// N subscribers join one channel; a publisher publishes M messages (latency per delivery:
+    /// publish sent → message received).
+    Fanout {
+        #[arg(long, short = 'n', default_value_t = 1000)]
+        subscribers: u64,
+        #[arg(long, short = 'm', default_value_t = 10)]
+        messages: u64,
+        /// Milliseconds between two publishes.
+        #[arg(long, default_value_t = 100)]
+        interval_ms: u64,
+        /// Seconds to wait for outstanding deliveries after the last publish.
+        #[arg(long, default_value_t = 10.0)]
+        drain: f64,
+        #[command(flatten)]
+        ramp: RampArgs,
+    },
+}
+
+/// Raises RLIMIT_NOFILE's soft limit to the hard limit; returns the soft limit in force.
+fn raise_nofile() -> Option<u64> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return None;
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: lim.rlim_max,
+                rlim_max: lim.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                lim = raised;
+            }
+        }
+    }
+    Some(lim.rlim_cur)
+}
+
+/// Parses a `ws://host:port/path` URL and resolves its host.
+async fn resolve(url: &str, allow_non_loopback: bool) -> Result<Target, String> {
+    let uri: Uri = url.parse().map_err(|e| format!("bad --url {url:?}: {e}"))?;
+    if uri.scheme_str() != Some("ws") {
+        return Err(format!("--url must start with ws:// (got {url:?})"));
+    }
+    let host = uri
+        .host()
+        .ok_or_else(|| format!("--url {url:?} has no host"))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let port = uri.port_u16().unwrap_or(80);
+    let addr: SocketAddr = tokio::net::lookup_host((host, port))
+        .await
+        .map_err(|e| format!("cannot resolve {host}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{host} resolves to nothing"))?;
+    if !addr.ip().is_loopback() && !allow_non_loopback {
+        return Err(format!(
+            "{addr} is not a loopback address; pass --allow-non-loopback to load it anyway"
+        ));
+    }
+    Ok(Target {
+        url: url.to_string(),
+        addr,
+    })
+}
+
+fn svg_subtitle(r: &Report) -> Vec<String> {
+    let l = Latency::of(&r.hist);
+    vec![
+        format!(
+            "{} · {} ok, {} failed · {:.0} ops/s over {:.2} s",
+            r.url,
+            r.successes,
+            r.failures_total(),
+            r.rate(),
+            r.duration.as_secs_f64()
+        ),
+        format!(
+            "p50 {} ms · p90 {} ms · p99 {} ms · p99.9 {} ms · max {} ms",
+            fmt_ms(l.p50),
+            fmt_ms(l.p90),
+            fmt_ms(l.p99),
+            fmt_ms(l.p999),
+            fmt_ms(l.max),
+        ),
+    ]
+}
+
+fn svg_title(r: &Report) -> String {
+    let what = match r.scenario {
+        "connect" => "TCP connect → authenticated",
+        "resume" => "connect → resumed",
+        "refresh" => "refresh → refreshed",
+        "fanout" => "publish → message delivered",
+        other => other,
+    };
+    format!("wsauth-load {}: {what} latency", r.scenario)
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let c = &cli.common;
+    let nofile = raise_nofile();
+    let Some(secret) = c
+        .secret
+        .clone()
+        .or_else(|| std::env::var("WSAUTH_JWT__HS256_SECRET").ok())
+    else {
+        eprintln!("wsauth-load: no secret: pass --secret or set WSAUTH_JWT__HS256_SECRET");
+        return ExitCode::from(2);
+    };
+    let target = match resolve(&c.url, c.allow_non_loopback).await {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("wsauth-load: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if !(c.timeout.is_finite() && c.timeout > 0.0) {
+        eprintln!("wsauth-load: --timeout must be positive");
+        return ExitCode::from(2);
+    }
+    let run_id = format!(
+        "{:x}{:x}",
+        std::process::id(),
+        client::now_secs() & 0xff_ffff
+    );
+    let ctx = Arc::new(Ctx {
+        target,
+        signer: Signer::new(&secret),
+        timeout: Duration::from_secs_f64(c.timeout),
+        run_id,
+        progress: Progress::start(),
+    });
+    let secs = |s: f64| Duration::from_secs_f64(if s.is_finite() { s.max(0.0) } else { 0.0 });
+    let mut report = match cli.cmd {
+        Cmd::Connect {
+            connections,
+            ramp,
+            auth,
+            hold,
+        } => scenarios::connect(ctx, connections, ramp.into(), auth, secs(hold), c.pid).await,
+        Cmd::Resume { sessions, ramp } => scenarios::resume(ctx, sessions, ramp.into()).await,
+        Cmd::Refresh {
+            sessions,
+            refreshes,
+            ramp,
+        } => scenarios::refresh(ctx, sessions, refreshes, ramp.into()).await,
+        Cmd::Fanout {
+            subscribers,
+            messages,
+            interval_ms,
+            drain,
+            ramp,
+        } => {
+            scenarios::fanout(
+                ctx,
+                subscribers,
+                messages,
+                ramp.into(),
+                Duration::from_millis(interval_ms),
+                secs(drain),
+                c.pid,
+            )
+            .await
+        }
+    };
+    report.extra.insert("client_nofile".into(), json!(nofile));
+    if let Some(path) = &c.svg {
+        let svg = svg::render(&svg_title(&report), &svg_subtitle(&report), &report.hist);
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        match std::fs::write(path, svg) {
+            Ok(()) => {
+                report
+                    .extra
+                    .insert("svg".into(), json!(path.display().to_string()));
+            }
+            Err(e) => eprintln!("wsauth-load: cannot write {}: {e}", path.display()),
+        }
+    }
+    if c.json {
+        eprint!("{}", report.to_text());
+        println!("{}", report.to_json());
+    } else {
+        print!("{}", report.to_text());
+    }
+    if report.successes == 0 {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
