@@ -342,6 +342,28 @@ async fn logout_closes_1000_and_ends_the_session() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_close_is_answered_at_once() {
+    let s = server(test_config()).await;
+    let (mut c, _) = Client::authed(s.ws_addr, &token("alice", json!({}))).await;
+    let started = Instant::now();
+    let frame = tokio_tungstenite::tungstenite::protocol::CloseFrame {
+        code: 1000.into(),
+        reason: "".into(),
+    };
+    c.ws.send(Message::Close(Some(frame)))
+        .await
+        .expect("close sent");
+    let (_, ended) = c.until_closed().await;
+    assert_eq!(ended, Ended::Close(1000), "the close is echoed");
+    // Not a speed target: a reply that waited for a timeout would take 2 s.
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "the close reply took {:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn per_user_limit_under_both_policies() {
     let mut config = test_config();
     config.session.max_sessions_per_user = Some(1);

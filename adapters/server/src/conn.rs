@@ -272,6 +272,7 @@ impl<S: Store> Driver<S> {
             self.pump().await;
         }
         self.mailbox = None;
+        self.out.finish();
         // Let the writer send what is queued and the close frame; a client that does
         // not read does not hold the task for long.
         let mut writer = writer;

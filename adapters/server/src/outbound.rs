@@ -15,6 +15,9 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsClos
 struct State {
     queue: VecDeque<Message>,
     close: Option<(u16, &'static str)>,
+    /// The connection is over without a close frame of ours to send (the peer
+    /// closed first, or the socket is gone): write what is queued and stop.
+    finished: bool,
 }
 
 /// The queue. `push` refuses past the capacity; `push_final` never does (used for the
@@ -63,6 +66,13 @@ impl Outbound {
         self.wake.notify_one();
     }
 
+    /// Lets the writer stop once the queue is written, even without a close frame
+    /// of ours (when the peer closed first, tungstenite has answered it already).
+    pub fn finish(&self) {
+        self.lock().finished = true;
+        self.wake.notify_one();
+    }
+
     /// Writes the queue to `sink` until the close frame is written (or the socket
     /// fails). Returns when done.
     pub async fn run_writer<S>(self: Arc<Self>, mut sink: S)
@@ -70,9 +80,9 @@ impl Outbound {
         S: Sink<Message> + Unpin,
     {
         loop {
-            let (batch, close) = {
+            let (batch, close, finished) = {
                 let mut s = self.lock();
-                (std::mem::take(&mut s.queue), s.close)
+                (std::mem::take(&mut s.queue), s.close, s.finished)
             };
             if batch.is_empty() {
                 if let Some((code, reason)) = close {
@@ -85,6 +95,10 @@ impl Outbound {
                         sink.send(Message::Close(Some(frame))),
                     )
                     .await;
+                    return;
+                }
+                if finished {
+                    let _ = tokio::time::timeout(Duration::from_secs(2), sink.flush()).await;
                     return;
                 }
                 self.wake.notified().await;
