@@ -18,7 +18,7 @@ use wsauth_core::{
     CloseCode, Connection, ErrorBody, ErrorCode, Event, Frame, Output, PeerClose, Reply,
     SessionFate, StoreRequest,
 };
-use wsauth_store::{CreateOutcome, Notice, RefreshOutcome, Store};
+use wsauth_store::{CreateOutcome, RefreshOutcome, Store};
 
 use crate::handshake::{self, UpgradeRequest};
 use crate::hub::{ConnEvent, Mailbox};
@@ -49,7 +49,9 @@ where
     let deadline = tokio::time::Instant::from_std(accepted)
         + Duration::from_millis(shared.config.limits.handshake_timeout_ms);
     let request =
-        match tokio::time::timeout_at(deadline, handshake::read_upgrade_request(&mut io)).await {
+        // Boxed: the read buffers live only for the handshake, not in every
+        // connection's task for its whole life.
+        match tokio::time::timeout_at(deadline, Box::pin(handshake::read_upgrade_request(&mut io))).await {
             Ok(Ok(r)) => r,
             Ok(Err(e)) => {
                 if let Some(status) = e.status() {
@@ -101,7 +103,7 @@ where
     if let Some((method, token)) = token {
         driver.conn =
             Connection::with_upgrade_token(shared.session_config.clone(), method, token, now_ms());
-        match driver.authenticate_before_upgrade(&mut io).await {
+        match Box::pin(driver.authenticate_before_upgrade(&mut io)).await {
             UpgradeOutcome::Accepted => {}
             UpgradeOutcome::Refused => return,
         }
@@ -253,9 +255,10 @@ impl<S: Store> Driver<S> {
                 event = recv_mailbox(&mut self.mailbox) => {
                     let now = now_ms();
                     match event {
-                        Some(ConnEvent::Notice(Notice::Deliver(d))) => self.conn.handle_delivery(now, d),
-                        Some(ConnEvent::Notice(Notice::Replaced)) => self.conn.handle_replaced(now),
-                        Some(ConnEvent::Notice(Notice::Revoked { revocation, at_ms })) => {
+                        Some(ConnEvent::Deliver(d)) => self.conn.handle_delivery(now, *d),
+                        Some(ConnEvent::Replaced) => self.conn.handle_replaced(now),
+                        Some(ConnEvent::Revoked(revoked)) => {
+                            let (revocation, at_ms) = *revoked;
                             self.conn.handle_revocation(now, &revocation);
                             if self.conn.is_closed() {
                                 self.shared.metrics.revocation_closed(at_ms, now_ms());

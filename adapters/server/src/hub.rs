@@ -1,18 +1,22 @@
 //! The node-local registry of live sessions: where the store's notices (channel
 //! deliveries, takeovers, revocations) find the connection task holding a session.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::mpsc;
 use wsauth_store::{Notice, Notify};
 
-/// What a connection task receives from the hub.
+/// What a connection task receives from the hub. Kept small (16 bytes): a
+/// mailbox's queue allocates room for 32 of them per connection up front.
 #[derive(Debug)]
 pub enum ConnEvent {
-    /// A notice from the store.
-    Notice(Notice),
+    /// A channel message.
+    Deliver(Box<wsauth_core::Delivery>),
+    /// The session was taken over or evicted.
+    Replaced,
+    /// A revocation concerning the session, and when it was issued (ms).
+    Revoked(Box<(wsauth_core::Revocation, u64)>),
     /// Deliveries were dropped because the connection's mailbox was full: the client
     /// does not keep up (`SLOW_CONSUMER`).
     Overflow,
@@ -20,9 +24,56 @@ pub enum ConnEvent {
     NoticesLost,
 }
 
+impl From<Notice> for ConnEvent {
+    fn from(notice: Notice) -> Self {
+        match notice {
+            Notice::Deliver(d) => ConnEvent::Deliver(Box::new(d)),
+            Notice::Replaced => ConnEvent::Replaced,
+            Notice::Revoked { revocation, at_ms } => {
+                ConnEvent::Revoked(Box::new((revocation, at_ms)))
+            }
+        }
+    }
+}
+
+/// One connection's queue of events. Lighter than a channel, which allocates a
+/// block of slots up front: this allocates only while events wait.
+#[derive(Default)]
+struct Queue {
+    events: Mutex<VecDeque<ConnEvent>>,
+    wake: tokio::sync::Notify,
+}
+
+impl Queue {
+    fn send(&self, event: ConnEvent) {
+        self.events
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push_back(event);
+        // Stores a permit when no one waits yet, so no wake-up is lost.
+        self.wake.notify_one();
+    }
+
+    async fn recv(&self) -> ConnEvent {
+        loop {
+            {
+                let mut events = self.events.lock().unwrap_or_else(|e| e.into_inner());
+                if let Some(event) = events.pop_front() {
+                    if events.is_empty() && events.capacity() > 32 {
+                        // A burst is over: give its room back.
+                        events.shrink_to(4);
+                    }
+                    return event;
+                }
+            }
+            self.wake.notified().await;
+        }
+    }
+}
+
 struct Entry {
     epoch: u64,
-    tx: mpsc::UnboundedSender<ConnEvent>,
+    tx: Arc<Queue>,
     queued: Arc<AtomicUsize>,
     overflowed: AtomicBool,
 }
@@ -53,7 +104,7 @@ pub struct Mailbox {
     hub: Arc<Hub>,
     session_id: String,
     epoch: u64,
-    rx: mpsc::UnboundedReceiver<ConnEvent>,
+    rx: Arc<Queue>,
     queued: Arc<AtomicUsize>,
 }
 
@@ -73,7 +124,8 @@ impl Hub {
 
     /// Registers the connection that now holds `session_id` at `epoch`.
     pub fn register(self: &Arc<Self>, session_id: &str, epoch: u64) -> Mailbox {
-        let (tx, rx) = mpsc::unbounded_channel();
+        let rx = Arc::new(Queue::default());
+        let tx = rx.clone();
         let queued = Arc::new(AtomicUsize::new(0));
         let entry = Arc::new(Entry {
             epoch,
@@ -90,16 +142,16 @@ impl Hub {
             let early = self.early_lock().remove(session_id);
             if let Some(early) = early.filter(|e| e.epoch == epoch) {
                 for event in early.events {
-                    if let ConnEvent::Notice(Notice::Deliver(_)) = &event {
+                    if let ConnEvent::Deliver(_) = &event {
                         entry.queued.fetch_add(1, Ordering::AcqRel);
                     }
-                    let _ = entry.tx.send(event);
+                    entry.tx.send(event);
                 }
             }
             // An older connection of the session on this node was taken over. A store
             // that notifies later (Redis) would find its entry gone: tell it now.
             if let Some(older) = entries.insert(session_id.to_owned(), entry) {
-                let _ = older.tx.send(ConnEvent::Notice(Notice::Replaced));
+                older.tx.send(ConnEvent::Replaced);
             }
         }
         Mailbox {
@@ -144,7 +196,7 @@ impl Hub {
             };
         }
         if slot.events.len() < self.mailbox_limit {
-            slot.events.push(ConnEvent::Notice(notice));
+            slot.events.push(ConnEvent::from(notice));
         } else if !matches!(slot.events.last(), Some(ConnEvent::Overflow)) {
             slot.events.push(ConnEvent::Overflow);
         }
@@ -175,13 +227,12 @@ impl Notify for Hub {
                     ConnEvent::Overflow
                 } else {
                     entry.queued.fetch_add(1, Ordering::AcqRel);
-                    ConnEvent::Notice(Notice::Deliver(d))
+                    ConnEvent::Deliver(Box::new(d))
                 }
             }
-            other => ConnEvent::Notice(other),
+            other => ConnEvent::from(other),
         };
-        // A closed receiver means the connection is ending: nothing to do.
-        let _ = entry.tx.send(event);
+        entry.tx.send(event);
     }
 
     fn notices_lost(&self) {
@@ -191,19 +242,19 @@ impl Notify for Hub {
             "the store may have lost notices for this node: closing every connection (resumable)"
         );
         for entry in entries {
-            let _ = entry.tx.send(ConnEvent::NoticesLost);
+            entry.tx.send(ConnEvent::NoticesLost);
         }
     }
 }
 
 impl Mailbox {
-    /// The next event.
+    /// The next event (`None` never comes: the hub outlives its mailboxes).
     pub async fn recv(&mut self) -> Option<ConnEvent> {
         let event = self.rx.recv().await;
-        if let Some(ConnEvent::Notice(Notice::Deliver(_))) = &event {
+        if let ConnEvent::Deliver(_) = &event {
             self.queued.fetch_sub(1, Ordering::AcqRel);
         }
-        event
+        Some(event)
     }
 }
 
@@ -235,7 +286,7 @@ mod tests {
 
     fn seq_of(event: Option<ConnEvent>) -> Option<u64> {
         match event {
-            Some(ConnEvent::Notice(Notice::Deliver(d))) => Some(d.seq),
+            Some(ConnEvent::Deliver(d)) => Some(d.seq),
             _ => None,
         }
     }
@@ -289,9 +340,6 @@ mod tests {
         let hub = Hub::new(4);
         let mut old = hub.register("s", 1);
         let _new = hub.register("s", 2);
-        assert!(matches!(
-            old.recv().await,
-            Some(ConnEvent::Notice(Notice::Replaced))
-        ));
+        assert!(matches!(old.recv().await, Some(ConnEvent::Replaced)));
     }
 }

@@ -274,7 +274,7 @@ pub async fn start_with_store<S: Store>(
     let ws_config = WebSocketConfig::default()
         .max_message_size(Some(limits.max_message_bytes))
         .max_frame_size(Some(limits.max_frame_bytes))
-        .read_buffer_size(4 * 1024)
+        .read_buffer_size(1024)
         .write_buffer_size(0)
         .max_write_buffer_size(limits.max_message_bytes * 2 + 64 * 1024);
     let metrics = Arc::new(Metrics::default());
@@ -348,13 +348,17 @@ async fn accept_loop<S: Store>(
                     let _slot = slot;
                     match tls {
                         None => crate::conn::serve(shared, tcp, peer, accepted).await,
-                        Some(acceptor) => {
+                        // Boxed: a TLS connection's state is several times a plain
+                        // one's, and unboxed every plain connection's task would be
+                        // as large.
+                        Some(acceptor) => Box::pin(async move {
                             let limit = Duration::from_millis(shared.config.limits.handshake_timeout_ms);
                             match tokio::time::timeout(limit, acceptor.accept(tcp)).await {
                                 Ok(Ok(stream)) => crate::conn::serve(shared, stream, peer, accepted).await,
                                 _ => tracing::debug!(%peer, "TLS handshake failed or timed out"),
                             }
-                        }
+                        })
+                        .await,
                     }
                 });
             }
