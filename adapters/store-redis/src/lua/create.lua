@@ -4,15 +4,16 @@ local now, grace, leeway = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4
 local sub, jti, iat, exp = ARGV[5], ARGV[6], ARGV[7], tonumber(ARGV[8])
 if is_revoked(sub, jti, iat, now) then return {'revoked'} end
 local ukey = P .. 'u:' .. sub
-for _, old in ipairs(redis.call('ZRANGE', ukey, 0, -1)) do
-  if not is_alive(old, now, grace, leeway) then
-    remove(old, nil)
-    redis.call('ZREM', ukey, old)
-  end
-end
 local max = tonumber(ARGV[14])
 local evicted = 0
 if max > 0 then
+  -- Only a limit needs the user's live sessions counted now (see memory.rs).
+  for _, old in ipairs(redis.call('ZRANGE', ukey, 0, -1)) do
+    if not is_alive(old, now, grace, leeway) then
+      remove(old, nil)
+      redis.call('ZREM', ukey, old)
+    end
+  end
   local mine = redis.call('ZRANGE', ukey, 0, -1)
   if #mine >= max then
     if ARGV[15] == 'reject' then return {'too_many'} end
