@@ -81,9 +81,9 @@ pub struct RequestId(pub u64);
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Delivery {
     /// The channel.
-    pub channel: String,
+    pub channel: std::sync::Arc<str>,
     /// The publisher's `sub`.
-    pub from: String,
+    pub from: std::sync::Arc<str>,
     /// Per-session sequence number, from 1.
     pub seq: u64,
     /// The data.
@@ -821,7 +821,7 @@ impl Connection {
         let Phase::Live(live) = &mut self.phase else {
             return;
         };
-        if delivery.seq <= live.last_seq || !live.joined.contains(&delivery.channel) {
+        if delivery.seq <= live.last_seq || !live.joined.contains(&*delivery.channel) {
             return;
         }
         live.last_seq = delivery.seq;
@@ -1245,7 +1245,7 @@ impl Connection {
             last_assigned > last_seq && oldest_missed.is_none_or(|first| first > last_seq + 1);
         let replay: Vec<Delivery> = buffered
             .into_iter()
-            .filter(|d| d.seq > last_seq && joined.contains(&d.channel))
+            .filter(|d| d.seq > last_seq && joined.contains(&*d.channel))
             .collect();
         let replayed = replay.len() as u64;
         let expires_at = claims.exp_ms;

@@ -516,9 +516,9 @@ pub enum ServerMessage {
     /// A message delivered from a channel.
     Message {
         /// The channel.
-        channel: String,
+        channel: std::sync::Arc<str>,
         /// The publisher's `sub`.
-        from: String,
+        from: std::sync::Arc<str>,
         /// Per-session sequence number.
         seq: u64,
         /// The published data.

@@ -718,6 +718,7 @@ impl World {
     fn fan_out(&mut self, channel: &str, from: &str, data: Payload) -> usize {
         let cap = self.store_config.resume_buffer;
         let mut n = 0;
+        let (channel_name, publisher): (Arc<str>, Arc<str>) = (channel.into(), from.into());
         for s in self.sessions.values_mut() {
             if !s.joined.contains(channel) {
                 continue;
@@ -725,8 +726,8 @@ impl World {
             n += 1;
             s.last_seq += 1;
             let delivery = Delivery {
-                channel: channel.to_owned(),
-                from: from.to_owned(),
+                channel: channel_name.clone(),
+                from: publisher.clone(),
                 seq: s.last_seq,
                 data: data.clone(),
             };

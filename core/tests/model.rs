@@ -476,7 +476,7 @@ fn observe(outputs: Vec<(String, Output)>) -> Vec<Obs> {
                 ServerMessage::Published { id } => Obs::Reply("published", id),
                 ServerMessage::Resumed { id, .. } => Obs::Reply("resumed", id),
                 ServerMessage::Expiring { .. } => Obs::Expiring,
-                ServerMessage::Message { channel, .. } => Obs::Message(channel),
+                ServerMessage::Message { channel, .. } => Obs::Message(channel.to_string()),
                 ServerMessage::Error {
                     id, code, fatal, ..
                 } => Obs::Error(code, id, fatal),

@@ -348,6 +348,7 @@ fn dispatch(text: &str, notify: &dyn Notify, marks: &Marks) {
             let Ok(data) = Payload::from_json(data.get()) else {
                 return;
             };
+            let (channel, from): (Arc<str>, Arc<str>) = (channel.into(), from.into());
             for (session_id, epoch, seq) in entry.to {
                 let delivery = Delivery {
                     channel: channel.clone(),
@@ -541,8 +542,8 @@ struct BufferedEntry<'a> {
 fn decode_buffered(text: &str) -> Option<Delivery> {
     let e: BufferedEntry<'_> = serde_json::from_str(text).ok()?;
     Some(Delivery {
-        channel: e.channel,
-        from: e.from,
+        channel: e.channel.into(),
+        from: e.from.into(),
         seq: e.seq,
         data: Payload::from_json(e.data.get()).ok()?,
     })

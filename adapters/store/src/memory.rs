@@ -305,6 +305,8 @@ impl MemoryStore {
                 .unwrap_or_default();
             let cap = self.settings.resume_buffer;
             let mut n = 0;
+            // Shared by every copy of the delivery: a fan-out copies no names.
+            let (channel_name, publisher): (Arc<str>, Arc<str>) = (channel.into(), from.into());
             for id in members {
                 let Some(s) = st.sessions.get_mut(&id) else {
                     continue;
@@ -312,8 +314,8 @@ impl MemoryStore {
                 n += 1;
                 s.last_seq += 1;
                 let delivery = Delivery {
-                    channel: channel.to_owned(),
-                    from: from.to_owned(),
+                    channel: channel_name.clone(),
+                    from: publisher.clone(),
                     seq: s.last_seq,
                     data: data.clone(),
                 };
