@@ -444,7 +444,11 @@ async fn read_inbox(
             match still_there(&mut conn, &key, &last_id).await {
                 Ok(true) => tracing::info!("store: notice stream back; nothing was missed"),
                 Ok(false) => notify.notices_lost(),
-                Err(_) => continue,
+                Err(_) => {
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                    continue;
+                }
             }
         }
         reconnecting = true;
