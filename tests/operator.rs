@@ -88,14 +88,7 @@ async fn metrics_move_by_exactly_what_the_clients_did() {
         .await;
     assert_eq!(again.recv().await["type"], "resumed");
     // One revocation through the admin API closes that socket.
-    let (status, _) = http(
-        s.admin_addr,
-        "POST",
-        "/admin/revoke",
-        Some(ADMIN_KEY),
-        Some(json!({"jti": "a-2"})),
-    )
-    .await;
+    let (status, _) = revoke(s.admin_addr, json!({"jti": "a-2"})).await;
     assert_eq!(status, 200);
     again.expect_fatal("TOKEN_REVOKED", 4403).await;
 
@@ -260,14 +253,7 @@ async fn each_admin_call_does_what_it_says() {
     );
 
     // Refusals: a revoked user who keeps trying is listed, by name, here only.
-    let (status, _) = http(
-        s.admin_addr,
-        "POST",
-        "/admin/revoke",
-        Some(ADMIN_KEY),
-        Some(json!({"sub": "mallory"})),
-    )
-    .await;
+    let (status, _) = revoke(s.admin_addr, json!({"sub": "mallory"})).await;
     assert_eq!(status, 200);
     for _ in 0..3 {
         let old = token("mallory", json!({"jti": "m-1", "iat": now_s() - 60}));

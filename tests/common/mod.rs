@@ -220,6 +220,11 @@ impl Client {
     }
 }
 
+/// `POST /admin/revoke` with the admin key: (status, body).
+pub async fn revoke(addr: SocketAddr, body: Value) -> (u16, String) {
+    http(addr, "POST", "/admin/revoke", Some(ADMIN_KEY), Some(body)).await
+}
+
 /// A raw HTTP/1.1 request to the admin listener: (status, body).
 pub async fn http(
     addr: SocketAddr,

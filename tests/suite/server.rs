@@ -266,14 +266,7 @@ async fn refresh_success_and_non_fatal_failures() {
     );
 
     // A revoked token is refused as a refresh too.
-    let (status, _) = http(
-        s.admin_addr,
-        "POST",
-        "/admin/revoke",
-        Some(ADMIN_KEY),
-        Some(json!({"jti": "burned"})),
-    )
-    .await;
+    let (status, _) = revoke(s.admin_addr, json!({"jti": "burned"})).await;
     assert_eq!(status, 200);
     let other_key = wsauth_core::jwt::sign_hs256(
         b"another-secret-that-is-32-bytes-long!",
@@ -552,14 +545,7 @@ async fn admin_revocation_of_each_kind_closes_4403_within_a_second() {
     let (mut a, _) = Client::authed(s.ws_addr, &token("alice", json!({"jti": "t-1"}))).await;
     let (mut other, _) = Client::authed(s.ws_addr, &token("alice", json!({"jti": "t-2"}))).await;
     let started = Instant::now();
-    let (status, body) = http(
-        admin,
-        "POST",
-        "/admin/revoke",
-        Some(ADMIN_KEY),
-        Some(json!({"jti": "t-1"})),
-    )
-    .await;
+    let (status, body) = revoke(admin, json!({"jti": "t-1"})).await;
     assert_eq!((status, body.trim()), (200, r#"{"revoked":1}"#));
     a.expect_fatal("TOKEN_REVOKED", 4403).await;
     assert!(started.elapsed() < Duration::from_secs(1));
@@ -593,28 +579,14 @@ async fn admin_revocation_of_each_kind_closes_4403_within_a_second() {
         .expect("a session")
         .to_owned();
     assert!(!body.contains("r_"), "never a resume token: {body}");
-    let (status, body) = http(
-        admin,
-        "POST",
-        "/admin/revoke",
-        Some(ADMIN_KEY),
-        Some(json!({"session_id": session_id})),
-    )
-    .await;
+    let (status, body) = revoke(admin, json!({"session_id": session_id})).await;
     assert_eq!((status, body.trim()), (200, r#"{"revoked":1}"#));
     other.expect_fatal("SESSION_REVOKED", 4403).await;
 
     // By user: older tokens refused, newer accepted.
     let (mut b1, _) = Client::authed(s.ws_addr, &token("bob", json!({"iat": now_s() - 10}))).await;
     let (mut b2, _) = Client::authed(s.ws_addr, &token("bob", json!({"iat": now_s() - 10}))).await;
-    let (status, body) = http(
-        admin,
-        "POST",
-        "/admin/revoke",
-        Some(ADMIN_KEY),
-        Some(json!({"sub": "bob"})),
-    )
-    .await;
+    let (status, body) = revoke(admin, json!({"sub": "bob"})).await;
     assert_eq!((status, body.trim()), (200, r#"{"revoked":2}"#));
     b1.expect_fatal("TOKEN_REVOKED", 4403).await;
     b2.expect_fatal("TOKEN_REVOKED", 4403).await;
@@ -625,14 +597,7 @@ async fn admin_revocation_of_each_kind_closes_4403_within_a_second() {
     tokio::time::sleep(Duration::from_millis(1100)).await;
     Client::authed(s.ws_addr, &token("bob", json!({"iat": now_s()}))).await;
 
-    let (status, _) = http(
-        admin,
-        "POST",
-        "/admin/revoke",
-        Some(ADMIN_KEY),
-        Some(json!({"sub": "a", "jti": "b"})),
-    )
-    .await;
+    let (status, _) = revoke(admin, json!({"sub": "a", "jti": "b"})).await;
     assert_eq!(status, 400, "exactly one of jti, sub, session_id");
 }
 

@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use wsauth_core::jwt::Claims;
 use wsauth_core::{Payload, Revocation, Secret};
-use wsauth_store::contract::{Recorder, run_all, run_races};
-use wsauth_store::{CreateOutcome, Notice, Store, StoreError, StoreSettings};
+use wsauth_store::contract::{Recorder, create, run_all, run_races};
+use wsauth_store::{Notice, Store, StoreError, StoreSettings};
 use wsauth_store_redis::testing::{RedisServer, available};
 use wsauth_store_redis::{RedisConfig, RedisStore};
 
@@ -74,15 +74,7 @@ fn claims(sub: &str, jti: &str) -> Arc<Claims> {
 }
 
 async fn created(store: &RedisStore, c: Arc<Claims>) -> (String, Secret, u64) {
-    match store.create_session(c, T0).await.expect("answers") {
-        CreateOutcome::Created {
-            session_id,
-            resume_token,
-            epoch,
-            ..
-        } => (session_id, resume_token, epoch),
-        other => panic!("expected a session, got {other:?}"),
-    }
+    create(store, c, T0).await
 }
 
 /// Kills every client connection Redis has (both nodes' command links and stream

@@ -54,7 +54,8 @@ fn claims(sub: &str, jti: &str, iat_s: Option<u64>) -> Arc<Claims> {
     Arc::new(c)
 }
 
-async fn create<S: Store>(store: &S, c: Arc<Claims>, now: u64) -> (String, Secret, u64) {
+/// Creates a session that must be created: (session id, resume token, epoch).
+pub async fn create<S: Store>(store: &S, c: Arc<Claims>, now: u64) -> (String, Secret, u64) {
     match store.create_session(c, now).await.expect("store answers") {
         CreateOutcome::Created {
             session_id,
