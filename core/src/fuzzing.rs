@@ -21,6 +21,10 @@ pub fn decode(data: &[u8]) {
     };
     match decode_client_message(text, 64 * 1024) {
         Ok(msg) => {
+            assert!(
+                serde_json::from_str::<Value>(text).is_ok_and(|v| v.is_object()),
+                "only a JSON object decodes"
+            );
             let again = decode_client_message(&msg.to_json(), usize::MAX);
             assert_eq!(
                 again.as_ref(),

@@ -294,6 +294,17 @@ pub fn decode_client_message(text: &str, max_bytes: usize) -> Result<ClientMessa
             reason: Cow::Borrowed("message is larger than the size limit"),
         });
     }
+    // A derived struct would also accept a JSON array, taking fields by position.
+    if !text
+        .trim_start_matches([' ', '\t', '\n', '\r'])
+        .starts_with('{')
+    {
+        let reason = match serde_json::from_str::<serde::de::IgnoredAny>(text) {
+            Ok(_) => "a message must be a JSON object",
+            Err(_) => "not valid JSON",
+        };
+        return Err(DecodeError::bad(None, reason));
+    }
     let raw: RawFields<'_> = serde_json::from_str(text).map_err(|e| {
         let reason: Cow<'static, str> = match e.classify() {
             serde_json::error::Category::Data => {

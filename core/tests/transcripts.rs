@@ -288,6 +288,16 @@ spec!(
 );
 
 spec!(
+    error_bad_request_array,
+    "BAD_REQUEST: a JSON array is not a message, even one whose elements line up with the fields of `auth`. No id is echoed. Fatal, close 4400.",
+    |w| {
+        let t = token(&mut w, "alice-token", "alice", 600, json!({}));
+        w.open("A");
+        w.send("A", &format!(r#"["auth", 6, "{t}"]"#));
+    }
+);
+
+spec!(
     error_bad_request_fields,
     "BAD_REQUEST: an unknown type, or a field of the wrong type. The id is echoed when it can be read; the message never quotes what was sent.",
     |w| {
