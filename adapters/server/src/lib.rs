@@ -6,6 +6,7 @@ pub mod admin;
 pub mod config;
 pub mod conn;
 pub mod dev;
+pub mod fdlimit;
 pub mod handshake;
 pub mod hub;
 pub mod limits;

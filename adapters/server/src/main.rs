@@ -128,6 +128,24 @@ fn serve(args: ServeArgs) -> ExitCode {
         return ExitCode::from(2);
     }
     wsauth_server::logging::init(&config);
+    // Before the runtime's threads exist (see `fdlimit`). Listeners, the admin API
+    // and the store need a few descriptors beside the connections.
+    let want = config.limits.max_connections as u64 + 1024;
+    let fds = wsauth_server::fdlimit::prepare(want);
+    if fds.falls_short_of(want) {
+        tracing::warn!(
+            soft_limit = fds.soft_limit,
+            hard_limit = fds.hard_limit,
+            max_connections = config.limits.max_connections,
+            "the open-file limit is below limits.max_connections: past it the system refuses connections (raise `ulimit -n` or LimitNOFILE)"
+        );
+    } else {
+        tracing::debug!(
+            soft_limit = fds.soft_limit,
+            reserved = fds.reserved,
+            "file descriptors"
+        );
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
