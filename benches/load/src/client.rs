@@ -11,6 +11,7 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::http::header::AUTHORIZATION;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
@@ -144,7 +145,10 @@ pub async fn open(target: &Target, bearer: Option<&str>) -> Result<Ws, Fail> {
             .map_err(|_| Fail::Transport("bad-header".into()))?;
         req.headers_mut().insert(AUTHORIZATION, v);
     }
-    let (ws, _resp) = tokio_tungstenite::client_async(req, tcp)
+    // A small read buffer: tungstenite zeroes the whole buffer before each read, and
+    // at the default 128 KiB that memset was the load tool's largest cost.
+    let config = WebSocketConfig::default().read_buffer_size(4096);
+    let (ws, _resp) = tokio_tungstenite::client_async_with_config(req, tcp, Some(config))
         .await
         .map_err(Fail::from_ws)?;
     Ok(ws)

@@ -136,30 +136,6 @@ enum Cmd {
     },
 }
 
-/// Raises RLIMIT_NOFILE's soft limit to the hard limit; returns the soft limit in force.
-fn raise_nofile() -> Option<u64> {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit only read and write the struct passed.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
-            return None;
-        }
-        if lim.rlim_cur < lim.rlim_max {
-            let raised = libc::rlimit {
-                rlim_cur: lim.rlim_max,
-                rlim_max: lim.rlim_max,
-            };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
-                lim = raised;
-            }
-        }
-    }
-    Some(lim.rlim_cur)
-}
-
 /// Parses a `ws://host:port/path` URL and resolves its host.
 async fn resolve(url: &str, allow_non_loopback: bool) -> Result<Target, String> {
     let uri: Uri = url.parse().map_err(|e| format!("bad --url {url:?}: {e}"))?;
@@ -220,11 +196,36 @@ fn svg_title(r: &Report) -> String {
     format!("wsauth-load {}: {what} latency", r.scenario)
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+impl Cmd {
+    /// How many connections the scenario holds at once, at most.
+    fn connections(&self) -> u64 {
+        match self {
+            Cmd::Connect { connections, .. } => *connections,
+            Cmd::Resume { sessions, .. } | Cmd::Refresh { sessions, .. } => *sessions,
+            Cmd::Fanout { subscribers, .. } => subscribers + 1,
+        }
+    }
+}
+
+fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Before the runtime's threads exist: a growing descriptor table would stall the
+    // ramp at every power of two (see `wsauth_server::fdlimit`).
+    let fds = wsauth_server::fdlimit::prepare(cli.cmd.connections() + 1024);
+    match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime.block_on(run(cli, fds.soft_limit)),
+        Err(e) => {
+            eprintln!("wsauth-load: cannot start the runtime: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli, nofile: Option<u64>) -> ExitCode {
     let c = &cli.common;
-    let nofile = raise_nofile();
     let Some(secret) = c
         .secret
         .clone()

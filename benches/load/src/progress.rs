@@ -17,8 +17,7 @@ pub struct Progress {
 impl Progress {
     /// Starts the ticker task.
     pub fn start() -> Arc<Self> {
-        // SAFETY: isatty only inspects the descriptor.
-        let tty = unsafe { libc::isatty(2) } == 1;
+        let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
         let p = Arc::new(Self {
             phase: Mutex::new(String::new()),
             total: AtomicU64::new(0),

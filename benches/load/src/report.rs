@@ -116,6 +116,69 @@ pub fn parse_vmrss(status: &str) -> Option<u64> {
         .and_then(|n| n.parse().ok())
 }
 
+/// A process's CPU time so far (user + system, ms) from `/proc/<pid>/stat`;
+/// `pid` `None` reads this process.
+pub fn read_cpu_ms(pid: Option<u32>) -> Option<u64> {
+    let path = match pid {
+        Some(pid) => format!("/proc/{pid}/stat"),
+        None => "/proc/self/stat".to_owned(),
+    };
+    parse_cpu_ms(&std::fs::read_to_string(path).ok()?)
+}
+
+/// `utime` + `stime` of a `/proc/<pid>/stat` line, in ms. The fields are counted
+/// after the command name, which may itself hold spaces and parentheses. The kernel
+/// reports them in USER_HZ, which is 100 on every Linux architecture we run on.
+pub fn parse_cpu_ms(stat: &str) -> Option<u64> {
+    const USER_HZ: u64 = 100;
+    let after_comm = &stat[stat.rfind(')')? + 1..];
+    let mut fields = after_comm.split_whitespace();
+    // After the name: state (3), ppid … cminflt … utime is field 14, stime 15.
+    let utime: u64 = fields.nth(11)?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some((utime + stime) * 1000 / USER_HZ)
+}
+
+/// CPU spent by the server (when its pid is known) and by this tool between
+/// [`CpuMeter::start`] and [`CpuMeter::finish`]: what one operation costs, and how
+/// much of the two shared cores the tool itself took.
+pub struct CpuMeter {
+    pid: Option<u32>,
+    server_ms: Option<u64>,
+    client_ms: Option<u64>,
+}
+
+impl CpuMeter {
+    pub fn start(pid: Option<u32>) -> Self {
+        CpuMeter {
+            pid,
+            server_ms: pid.and_then(|p| read_cpu_ms(Some(p))),
+            client_ms: read_cpu_ms(None),
+        }
+    }
+
+    /// The CPU used since the start, in total and per operation (µs).
+    pub fn finish(&self, ops: u64) -> Value {
+        let delta = |before: Option<u64>, now: Option<u64>| match (before, now) {
+            (Some(b), Some(n)) => Some(n.saturating_sub(b)),
+            _ => None,
+        };
+        let server = delta(self.server_ms, self.pid.and_then(|p| read_cpu_ms(Some(p))));
+        let client = delta(self.client_ms, read_cpu_ms(None));
+        let per_op = |ms: Option<u64>| {
+            ms.filter(|_| ops > 0)
+                .map(|ms| ms as f64 * 1000.0 / ops as f64)
+        };
+        json!({
+            "operations": ops,
+            "server_ms": server,
+            "client_ms": client,
+            "server_us_per_op": per_op(server).map(|v| (v * 10.0).round() / 10.0),
+            "client_us_per_op": per_op(client).map(|v| (v * 10.0).round() / 10.0),
+        })
+    }
+}
+
 pub struct Report {
     pub scenario: &'static str,
     pub url: String,
@@ -320,6 +383,19 @@ mod tests {
         let t = r.to_text();
         assert!(t.contains("TOKEN_EXPIRED=1"), "{t}");
         assert!(t.contains("100.00 KiB/connection"), "{t}");
+    }
+
+    #[test]
+    fn cpu_time_is_parsed_after_the_command_name() {
+        // utime 250 and stime 130 ticks, with a name holding ") (" to trip a naive split.
+        let stat = "4242 (a) (b c) S 1 4242 4242 0 -1 4194560 900 0 0 0 250 130 0 0 20 0 3 0";
+        assert_eq!(parse_cpu_ms(stat), Some(3800));
+        assert_eq!(parse_cpu_ms("4242 (x) S 1 2"), None);
+        let own = read_cpu_ms(None).expect("this process's stat");
+        assert!(
+            own < 3_600_000,
+            "a test process has not used an hour of CPU: {own}"
+        );
     }
 
     #[test]

@@ -14,7 +14,9 @@ use tokio_tungstenite::tungstenite::Message;
 
 use crate::client::{self, Fail, Signer, Target, Ws, close, expect, open, send, within};
 use crate::progress::Progress;
-use crate::report::{self, Latency, Report, Rss, fmt_ms, new_histogram, read_rss_kib, record};
+use crate::report::{
+    self, CpuMeter, Latency, Report, Rss, fmt_ms, new_histogram, read_rss_kib, record,
+};
 
 pub struct Ctx {
     pub target: Target,
@@ -225,6 +227,7 @@ pub async fn connect(
     let dropped = Arc::new(AtomicU64::new(0));
     let close_hist = Arc::new(Mutex::new((new_histogram(), new_histogram())));
     let drop_reasons = Arc::new(Mutex::new(BTreeMap::<String, u64>::new()));
+    let cpu = CpuMeter::start(pid);
     let t0 = Instant::now();
     let handles = ramp(n, r, |i, permit| {
         let ctx = ctx.clone();
@@ -291,6 +294,9 @@ pub async fn connect(
     })
     .await;
     settled(&ctx.progress, n).await;
+    report
+        .extra
+        .insert("cpu".into(), cpu.finish(ctx.progress.ok_count()));
     ctx.progress.finish();
     report.duration = col.last_instant().saturating_duration_since(t0);
     let held = ctx
@@ -570,7 +576,8 @@ pub async fn fanout(
         let delivered = delivered.clone();
         let last_delivery_us = last_delivery_us.clone();
         async move {
-            let mut lats: Vec<u64> = Vec::with_capacity(usize::try_from(m).unwrap_or(0));
+            // (publish index, latency µs) per delivery received.
+            let mut lats: Vec<(u64, u64)> = Vec::with_capacity(usize::try_from(m).unwrap_or(0));
             let sub = format!("load-{}-{i}", ctx.run_id);
             let token = ctx.signer.token(&sub, &format!("{sub}-0"));
             let start = Instant::now();
@@ -602,7 +609,8 @@ pub async fn fanout(
                             }
                             let now = clock_us();
                             let sent = v.pointer("/data/t_us").and_then(Value::as_u64).unwrap_or(now);
-                            lats.push(now.saturating_sub(sent));
+                            let k = v.pointer("/data/k").and_then(Value::as_u64).unwrap_or(0);
+                            lats.push((k, now.saturating_sub(sent)));
                             delivered.fetch_add(1, Ordering::Relaxed);
                             last_delivery_us.fetch_max(now, Ordering::Relaxed);
                             ctx.progress.ok();
@@ -614,6 +622,9 @@ pub async fn fanout(
                     }
                 }
             }
+            // Close only once every subscriber is done: closes racing the last
+            // publish's deliveries would slow them down and be measured.
+            let _ = release.wait_for(|v| *v).await;
             close(ws).await;
             lats
         }
@@ -633,6 +644,7 @@ pub async fn fanout(
     }
     let (sub_hist, sub_fail) = subs.take();
     ctx.progress.phase("deliver", expected);
+    let cpu = CpuMeter::start(pid);
 
     // The publisher.
     let mut pub_hist = new_histogram();
@@ -684,15 +696,26 @@ pub async fn fanout(
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     ctx.progress.finish();
+    let delivered_now = delivered.load(Ordering::Relaxed);
+    report.extra.insert("cpu".into(), cpu.finish(delivered_now));
     let _ = release_tx.send(true);
     let (lat_lists, panicked) = join_all(handles).await;
     let mut hist = new_histogram();
+    // One histogram per publish, to tell a slow first publish from a steady state.
+    let mut per_publish: Vec<Histogram<u64>> = (0..m).map(|_| new_histogram()).collect();
     for lats in &lat_lists {
-        for &us in lats {
+        for &(k, us) in lats {
             hist.saturating_record(us.max(1));
+            if let Some(h) = usize::try_from(k).ok().and_then(|k| per_publish.get_mut(k)) {
+                h.saturating_record(us.max(1));
+            }
         }
     }
     report.hist = hist;
+    report.extra.insert(
+        "per_publish_latency_ms".into(),
+        Value::Array(per_publish.iter().map(latency_json).collect()),
+    );
     report.attempted = expected;
     report.successes = report.hist.len();
     report.failures = lost.take().1;
