@@ -36,46 +36,14 @@ cargo build --release -p wsauth-server -p wsauth-load >&2
 echo "== installing the baseline's dependencies (npm ci)" >&2
 (cd benches/baseline && npm ci --no-audit --no-fund --loglevel=error >&2)
 
-PIDS=()
-cleanup() {
-    for pid in "${PIDS[@]}"; do
-        kill "$pid" 2>/dev/null || true
-    done
-    for pid in "${PIDS[@]}"; do
-        for _ in $(seq 50); do
-            kill -0 "$pid" 2>/dev/null || break
-            sleep 0.1
-        done
-        kill -9 "$pid" 2>/dev/null || true
-    done
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+# shellcheck source=benches/lib.sh
+. "$ROOT/benches/lib.sh"
 
-wait_port() {
-    local port=$1 name=$2
-    for _ in $(seq 100); do
-        if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-            return 0
-        fi
-        sleep 0.1
-    done
-    echo "$name did not listen on 127.0.0.1:$port; its log:" >&2
-    cat "$OUT/$name.log" >&2 || true
-    exit 1
-}
-
-WSAUTH_ADMIN_KEY=${WSAUTH_ADMIN_KEY:-compare-admin-key-0123456789} \
-WSAUTH_LIMITS__MAX_UNAUTHENTICATED_PER_IP=100000 \
-WSAUTH_LOG__LEVEL=warn \
-    "$BIN/wsauth-server" --listen "127.0.0.1:$WSAUTH_PORT" --admin-listen "127.0.0.1:$ADMIN_PORT" \
-    >"$OUT/wsauth-server.log" 2>&1 &
-WSAUTH_PID=$!
-PIDS+=("$WSAUTH_PID")
+start_wsauth "$WSAUTH_PORT" "$ADMIN_PORT" wsauth-server
+WSAUTH_PID=$SERVER_PID
 PORT=$NODE_PORT HOST=127.0.0.1 node benches/baseline/server.js >"$OUT/baseline.log" 2>&1 &
 NODE_PID=$!
 PIDS+=("$NODE_PID")
-wait_port "$WSAUTH_PORT" wsauth-server
 wait_port "$NODE_PORT" baseline
 
 # Bounded: the ramp, the hold, and a margin for timeouts and closing.
