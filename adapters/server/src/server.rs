@@ -232,6 +232,22 @@ pub async fn start(
     }
 }
 
+/// A listening socket with an accept queue of `backlog` (tokio's `bind` uses 128,
+/// which a burst of connects overflows: their SYNs are dropped and retried a
+/// second later).
+pub fn listen(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    // As `TcpListener::bind` does: a restarted server can bind while old
+    // connections linger in TIME_WAIT.
+    #[cfg(unix)]
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(backlog)
+}
+
 /// Starts the server on a given store.
 pub async fn start_with_store<S: Store>(
     config: Config,
@@ -240,18 +256,15 @@ pub async fn start_with_store<S: Store>(
     store: Arc<S>,
 ) -> Result<ServerHandle, StartError> {
     let config = Arc::new(config);
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .map_err(|source| StartError::Bind {
+    let listener =
+        listen(config.listen, config.limits.listen_backlog).map_err(|source| StartError::Bind {
             addr: config.listen,
             source,
         })?;
-    let admin_listener = TcpListener::bind(config.admin_listen)
-        .await
-        .map_err(|source| StartError::Bind {
-            addr: config.admin_listen,
-            source,
-        })?;
+    let admin_listener = listen(config.admin_listen, 1024).map_err(|source| StartError::Bind {
+        addr: config.admin_listen,
+        source,
+    })?;
     let ws_addr = listener.local_addr().map_err(|source| StartError::Bind {
         addr: config.listen,
         source,
@@ -382,5 +395,29 @@ async fn accept_loop<S: Store>(
             left = tracker.len(),
             "drain time over; dropping the remaining connections"
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_accept_queue_holds_the_configured_backlog() {
+        // 200 connects that nobody accepts: with the 128 of `TcpListener::bind`,
+        // the ones past the queue would have their SYN dropped and wait a second.
+        let listener = listen("127.0.0.1:0".parse().expect("addr"), 256).expect("listen");
+        let addr = listener.local_addr().expect("addr");
+        let mut held = Vec::new();
+        for i in 0..200 {
+            let connect = tokio::net::TcpStream::connect(addr);
+            match tokio::time::timeout(Duration::from_millis(500), connect).await {
+                Ok(Ok(stream)) => held.push(stream),
+                Ok(Err(e)) => panic!("connect {i} failed: {e}"),
+                Err(_) => panic!("connect {i} waited: the accept queue is smaller than 200"),
+            }
+        }
+        assert_eq!(held.len(), 200);
+        drop(listener);
     }
 }

@@ -108,6 +108,7 @@ fn defaults_are_the_protocols_numbers() {
     assert_eq!(c.limits.max_unauthenticated_per_ip, 1024);
     assert_eq!(c.limits.max_connections, 100_000);
     assert_eq!(c.limits.outbound_queue, 256);
+    assert_eq!(c.limits.listen_backlog, 4096);
 
     assert_eq!(c.tls, None);
     assert_eq!(c.store.kind, StoreKind::Memory);
@@ -732,6 +733,11 @@ fn each_validation_error_names_its_key() {
             "limits.outbound_queue",
             "greater than 0",
             Box::new(|c| c.limits.outbound_queue = 0),
+        ),
+        (
+            "limits.listen_backlog",
+            "greater than 0",
+            Box::new(|c| c.limits.listen_backlog = 0),
         ),
         ("tls.cert_file", "cannot be read", {
             let (cert, key) = (missing.clone(), pem_a.path().to_owned());

@@ -380,6 +380,10 @@ pub struct Limits {
     pub max_connections: usize,
     /// Messages queued per connection before `SLOW_CONSUMER` [256].
     pub outbound_queue: usize,
+    /// Connections the kernel queues for `accept` [4096] (capped by
+    /// `net.core.somaxconn`). Past it, a new connection's SYN is dropped and its
+    /// client waits a second to retry.
+    pub listen_backlog: u32,
 }
 
 impl Default for Limits {
@@ -393,6 +397,7 @@ impl Default for Limits {
             max_unauthenticated_per_ip: 1024,
             max_connections: 100_000,
             outbound_queue: 256,
+            listen_backlog: 4096,
         }
     }
 }

@@ -237,6 +237,7 @@ impl Config {
         );
         v.positive("limits.max_connections", l.max_connections as u64);
         v.positive("limits.outbound_queue", l.outbound_queue as u64);
+        v.positive("limits.listen_backlog", u64::from(l.listen_backlog));
     }
 
     fn check_tls(&self, v: &mut Errors) {
