@@ -1,2 +1,2 @@
-//! loom models of the in-memory store live in `tests/`; build and run them with
+//! loom models of the in-memory store and the hub live in `tests/`; build and run them with
 //! `RUSTFLAGS="--cfg loom" cargo test -p wsauth-store-loom --release`.

@@ -4,7 +4,8 @@
 //! A store holds what outlives a connection: sessions and their grace period,
 //! hashed single-use resume tokens, the per-user session index and its limit, the
 //! revocation list, each session's replay buffer with its `seq` numbering, and
-//! channel membership. It reaches the connections of its node through [`Notify`].
+//! channel membership. It reaches the connections of its node through [`Notify`],
+//! which [`hub::Hub`] implements for every driver.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -12,6 +13,7 @@ use std::sync::Arc;
 use wsauth_core::jwt::Claims;
 use wsauth_core::{Delivery, Payload, ResumedSession, Revocation, Secret};
 
+pub mod hub;
 mod memory;
 mod secret;
 mod sync;
