@@ -132,6 +132,50 @@ fn every_supported_algorithm_verifies_with_its_key() {
 }
 
 #[test]
+fn rsa_keys_outside_2048_to_8192_bits_are_refused_while_loading() {
+    for file in ["rsa1024.pub.pem", "rsa1024.pkcs1.pub.pem"] {
+        let mut keys = KeySet::new();
+        let err = keys.add_public_key_pem(None, &key_file(file));
+        assert_eq!(err, Err(KeyError::RsaKeySize { bits: 1024 }), "{file}");
+        assert_eq!(
+            err.map_err(|e| e.to_string()),
+            Err("RSA modulus of 1024 bits; 2048 to 8192 are accepted".to_owned())
+        );
+    }
+    for file in ["rsa.pub.pem", "rsa.pkcs1.pub.pem"] {
+        let mut keys = KeySet::new();
+        assert_eq!(
+            keys.add_public_key_pem(None, &key_file(file)),
+            Ok(()),
+            "{file}"
+        );
+    }
+    // JWKS: only the modulus's length counts here, so synthetic moduli do.
+    let jwks = |n: &[u8]| {
+        json!({"keys": [{"kty": "RSA", "kid": "k", "n": b64url(n), "e": "AQAB"}]}).to_string()
+    };
+    let modulus = |first: u8, len: usize| {
+        let mut n = vec![0xc5; len];
+        n[0] = first;
+        n
+    };
+    for (n, verdict) in [
+        (modulus(0xc5, 128), Err(KeyError::RsaKeySize { bits: 1024 })),
+        (modulus(0x7f, 256), Err(KeyError::RsaKeySize { bits: 2047 })),
+        (modulus(0x80, 256), Ok(1)),
+        ([&[0u8, 0][..], &modulus(0xc5, 256)].concat(), Ok(1)),
+        (modulus(0xff, 1024), Ok(1)),
+        (
+            modulus(0x01, 1025),
+            Err(KeyError::RsaKeySize { bits: 8193 }),
+        ),
+    ] {
+        let mut keys = KeySet::new();
+        assert_eq!(keys.add_jwks_json(&jwks(&n)), verdict, "{} bytes", n.len());
+    }
+}
+
+#[test]
 fn pkcs1_rsa_public_keys_and_jwks_load() {
     let rsa = EncodingKey::from_rsa_pem(&key_file("rsa.key")).expect("rsa");
     let mut keys = KeySet::new();

@@ -273,3 +273,23 @@ fn an_unreachable_redis_stops_the_start_with_a_clear_message() {
         "the password is not printed: {err}"
     );
 }
+
+#[test]
+fn a_weak_rsa_key_stops_the_start_naming_the_file_and_its_size() {
+    let key = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../core/testdata/keys/rsa1024.pub.pem"
+    );
+    let out = command()
+        .env("WSAUTH_JWT__PUBLIC_KEY_FILES", key)
+        .env("WSAUTH_ADMIN_KEY", "an-admin-key-long-enough")
+        .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+        .output()
+        .expect("runs");
+    assert!(!out.status.success(), "a 1024-bit RSA key, no start");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("rsa1024.pub.pem") && err.contains("RSA modulus of 1024 bits"),
+        "{err}"
+    );
+}

@@ -30,6 +30,71 @@ pub enum KeyError {
     /// A verifier needs at least one key.
     #[error("no verification key configured")]
     NoKeys,
+    /// An RSA key whose modulus is too short to be safe (or too long to verify
+    /// cheaply), or whose size could not be read.
+    #[error("RSA modulus of {bits} bits; {MIN_RSA_BITS} to {MAX_RSA_BITS} are accepted")]
+    RsaKeySize {
+        /// The modulus's length in bits (0 when it could not be read).
+        bits: usize,
+    },
+}
+
+/// RFC 7518 §3.3 requires 2048 bits at least; 1024-bit moduli are within reach of
+/// well-funded attackers.
+pub const MIN_RSA_BITS: usize = 2048;
+/// Verification time grows with the square of the modulus: a bound keeps one
+/// configured key from making every verification slow.
+pub const MAX_RSA_BITS: usize = 8192;
+
+/// The key itself if its RSA modulus is within [`MIN_RSA_BITS`]..=[`MAX_RSA_BITS`].
+fn checked_rsa(key: DecodingKey) -> Result<DecodingKey, KeyError> {
+    let bits = match key.kind() {
+        DecodingKeyKind::RsaModulusExponent { n, .. } => bit_length(n),
+        DecodingKeyKind::SecretOrDer(der) => pkcs1_modulus(der).map_or(0, bit_length),
+    };
+    if (MIN_RSA_BITS..=MAX_RSA_BITS).contains(&bits) {
+        Ok(key)
+    } else {
+        Err(KeyError::RsaKeySize { bits })
+    }
+}
+
+/// The length in bits of a big-endian unsigned integer.
+fn bit_length(bytes: &[u8]) -> usize {
+    let start = bytes.iter().position(|b| *b != 0).unwrap_or(bytes.len());
+    match bytes.get(start) {
+        Some(first) => (bytes.len() - start) * 8 - first.leading_zeros() as usize,
+        None => 0,
+    }
+}
+
+/// The modulus of a DER PKCS#1 `RSAPublicKey` (`SEQUENCE { INTEGER n, INTEGER e }`,
+/// RFC 8017 §A.1.1), which is what the PEM reader keeps for an RSA key.
+fn pkcs1_modulus(der: &[u8]) -> Option<&[u8]> {
+    // One DER element: its tag, then its contents and what follows it.
+    fn element(input: &[u8], tag: u8) -> Option<(&[u8], &[u8])> {
+        let (&t, rest) = input.split_first()?;
+        if t != tag {
+            return None;
+        }
+        let (&first, rest) = rest.split_first()?;
+        let (len, rest) = if first < 0x80 {
+            (usize::from(first), rest)
+        } else {
+            let n = usize::from(first & 0x7f);
+            if n == 0 || n > 4 || rest.len() < n {
+                return None;
+            }
+            let len = rest[..n]
+                .iter()
+                .fold(0usize, |acc, b| (acc << 8) | usize::from(*b));
+            (len, &rest[n..])
+        };
+        (rest.len() >= len).then(|| rest.split_at(len))
+    }
+    let (sequence, _) = element(der, 0x30)?;
+    let (modulus, _) = element(sequence, 0x02)?;
+    Some(modulus)
 }
 
 /// One verification key, bound to the algorithms it may check.
@@ -122,7 +187,7 @@ impl KeySet {
             return Err(KeyError::BadPem("no PEM block"));
         }
         if let Ok(key) = DecodingKey::from_rsa_pem(pem) {
-            return self.push(kid, RSA.to_vec(), key);
+            return self.push(kid, RSA.to_vec(), checked_rsa(key)?);
         }
         if let Ok(key) = DecodingKey::from_ec_pem(pem) {
             let alg = match key.kind() {
@@ -167,8 +232,10 @@ impl KeySet {
                 }
                 AlgorithmParameters::RSA(_) => (
                     RSA.to_vec(),
-                    DecodingKey::from_jwk(jwk)
-                        .map_err(|_| KeyError::BadJwks("bad RSA key".into()))?,
+                    checked_rsa(
+                        DecodingKey::from_jwk(jwk)
+                            .map_err(|_| KeyError::BadJwks("bad RSA key".into()))?,
+                    )?,
                 ),
                 AlgorithmParameters::EllipticCurve(p) => {
                     let alg = match p.curve {
