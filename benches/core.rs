@@ -9,7 +9,8 @@ use std::sync::Arc;
 use criterion::{Criterion, criterion_group, criterion_main};
 use wsauth::jwt::Claims;
 use wsauth::{
-    Connection, Output, Reply, Secret, SessionConfig, StoreRequest, decode_client_message,
+    Attachment, Connection, Input, Output, Reply, Secret, SessionConfig, StoreRequest,
+    decode_client_message,
 };
 
 const NOW: u64 = 1_767_225_600_000;
@@ -36,24 +37,25 @@ fn auth_pass(c: &mut Criterion) {
     c.bench_function("machine/auth_pass", |b| {
         b.iter(|| {
             let mut conn = Connection::new(config.clone(), NOW);
-            conn.handle_frame(NOW, wsauth::Frame::Text(black_box(auth)));
+            conn.handle(NOW, Input::Frame(wsauth::Frame::Text(black_box(auth))));
             let Some(Output::Verify { request, .. }) = conn.poll_output() else {
                 panic!("expected a verify request")
             };
-            conn.handle_reply(NOW, request, Reply::Verified(claims.clone()));
+            conn.handle(NOW, Input::Reply(request, Reply::Verified(claims.clone())));
             let Some(Output::Store(StoreRequest::CreateSession { request, .. })) =
                 conn.poll_output()
             else {
                 panic!("expected a create request")
             };
-            conn.handle_reply(
-                NOW,
-                request,
-                Reply::Created {
+            let created = Reply::Created {
+                attachment: Attachment {
                     session_id: "s_Zm9vYmFyYmF6cXV4".into(),
-                    resume_token: Secret::new("r_Zm9vYmFyYmF6cXV4Zm9vYmFyYmF6cXV4Zm9vYmFy"),
+                    epoch: 1,
                 },
-            );
+                resume_token: Secret::new("r_Zm9vYmFyYmF6cXV4Zm9vYmFyYmF6cXV4Zm9vYmFy"),
+                evicted: 0,
+            };
+            conn.handle(NOW, Input::Reply(request, created));
             let mut sent = 0;
             while let Some(out) = conn.poll_output() {
                 if let Output::Send(msg) = out {

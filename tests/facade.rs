@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use wsauth::{Connection, ErrorCode, Frame, Output, ServerMessage, SessionConfig};
+use wsauth::{Connection, ErrorCode, Frame, Input, Output, ServerMessage, SessionConfig};
 
 #[test]
 fn the_facade_drives_a_connection_to_its_auth_timeout() {
@@ -13,9 +13,9 @@ fn the_facade_drives_a_connection_to_its_auth_timeout() {
         Some(6_000),
         "the auth deadline is armed"
     );
-    conn.handle_frame(
+    conn.handle(
         2_000,
-        Frame::Text(r#"{"type":"join","id":1,"channel":"x"}"#),
+        Input::Frame(Frame::Text(r#"{"type":"join","id":1,"channel":"x"}"#)),
     );
     let outputs: Vec<Output> = std::iter::from_fn(|| conn.poll_output()).collect();
     let error = outputs.iter().find_map(|o| match o {

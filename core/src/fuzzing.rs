@@ -485,7 +485,7 @@ pub fn machine(data: &[u8]) {
             }
             Op::Slow(c) => {
                 if w.conn(pick(c)).is_some() {
-                    w.feed(pick(c), crate::Input::SlowConsumer);
+                    w.feed(pick(c), crate::Input::OutboundFull);
                 }
             }
         }

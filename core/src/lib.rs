@@ -23,8 +23,8 @@ pub mod protocol;
 pub mod rate;
 
 pub use machine::{
-    AuthMethod, Connection, Delivery, Event, Frame, Input, Output, PeerClose, Reply, RequestId,
-    ResumedSession, Revocation, SessionConfig, SessionFate, StoreRequest,
+    Attachment, AuthMethod, Connection, Delivery, Event, Frame, Input, Output, PeerClose, Reply,
+    RequestId, ResumedSession, Revocation, SessionConfig, SessionFate, StoreRequest, VerifyPurpose,
 };
 pub use protocol::{
     ClientMessage, DecodeError, ErrorBody, PROTOCOL_VERSION, Payload, Secret, ServerMessage,

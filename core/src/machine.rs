@@ -90,6 +90,18 @@ pub struct Delivery {
     pub data: Payload,
 }
 
+/// A session as one connection holds it: the session and the epoch of this
+/// connection's attachment. Every attach (create or resume) gets a new epoch, and
+/// the store ignores changes from a stale one, so a connection that was replaced
+/// cannot touch the session any more. The machine owns it; its driver never does.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Attachment {
+    /// The session.
+    pub session_id: String,
+    /// This connection's attachment of it.
+    pub epoch: u64,
+}
+
 /// What the store hands back when a resume succeeds.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ResumedSession {
@@ -177,8 +189,8 @@ pub enum StoreRequest {
     RefreshSession {
         /// Echo in the reply.
         request: RequestId,
-        /// The session.
-        session_id: String,
+        /// The session, as this connection holds it.
+        attachment: Attachment,
         /// The new token's claims.
         claims: Arc<Claims>,
         /// The refresh time, in ms.
@@ -186,22 +198,22 @@ pub enum StoreRequest {
     },
     /// Record that the `expiring` notice was sent for the session's current token.
     NoteExpiringSent {
-        /// The session.
-        session_id: String,
+        /// The session, as this connection holds it.
+        attachment: Attachment,
     },
     /// Subscribe the session to a channel. Reply: `Subscribed` or `Unavailable`.
     Subscribe {
         /// Echo in the reply.
         request: RequestId,
-        /// The session.
-        session_id: String,
+        /// The session, as this connection holds it.
+        attachment: Attachment,
         /// The channel.
         channel: String,
     },
     /// Unsubscribe the session from a channel.
     Unsubscribe {
-        /// The session.
-        session_id: String,
+        /// The session, as this connection holds it.
+        attachment: Attachment,
         /// The channel.
         channel: String,
     },
@@ -218,14 +230,46 @@ pub enum StoreRequest {
     },
     /// The connection ended but the session stays resumable for the grace period.
     DetachSession {
-        /// The session.
-        session_id: String,
+        /// The session, as this connection holds it.
+        attachment: Attachment,
     },
     /// The session ends for good (logout, fatal error, revocation, close 1000).
     EndSession {
-        /// The session.
-        session_id: String,
+        /// The session, as this connection holds it.
+        attachment: Attachment,
     },
+}
+
+impl StoreRequest {
+    /// The request a [`Reply`] must name, for the requests that expect one.
+    pub fn reply_to(&self) -> Option<RequestId> {
+        match self {
+            StoreRequest::CreateSession { request, .. }
+            | StoreRequest::ResumeSession { request, .. }
+            | StoreRequest::RefreshSession { request, .. }
+            | StoreRequest::Subscribe { request, .. }
+            | StoreRequest::Publish { request, .. } => Some(*request),
+            StoreRequest::NoteExpiringSent { .. }
+            | StoreRequest::Unsubscribe { .. }
+            | StoreRequest::DetachSession { .. }
+            | StoreRequest::EndSession { .. } => None,
+        }
+    }
+
+    /// A short name of the operation, for logs and metric labels.
+    pub fn name(&self) -> &'static str {
+        match self {
+            StoreRequest::CreateSession { .. } => "create",
+            StoreRequest::ResumeSession { .. } => "resume",
+            StoreRequest::RefreshSession { .. } => "refresh",
+            StoreRequest::NoteExpiringSent { .. } => "expiring",
+            StoreRequest::Subscribe { .. } => "join",
+            StoreRequest::Unsubscribe { .. } => "leave",
+            StoreRequest::Publish { .. } => "publish",
+            StoreRequest::DetachSession { .. } => "detach",
+            StoreRequest::EndSession { .. } => "end",
+        }
+    }
 }
 
 /// The driver's answer to a [`StoreRequest`] or a [`Output::Verify`].
@@ -237,17 +281,24 @@ pub enum Reply {
     NotVerified(TokenError),
     /// `CreateSession` succeeded.
     Created {
-        /// The new session's id (random, ≥ 128 bits).
-        session_id: String,
+        /// The new session (its id random, ≥ 128 bits) as this connection holds it.
+        attachment: Attachment,
         /// Its resume token (random, ≥ 256 bits); the store keeps only a hash.
         resume_token: Secret,
+        /// Older sessions of the user the per-user limit removed (`evict_oldest`).
+        evicted: usize,
     },
     /// The token's `jti` or `sub` is revoked.
     Revoked,
     /// The per-user limit refuses a new session (policy `reject_new`).
     TooManySessions,
-    /// `ResumeSession` succeeded.
-    Resumed(Box<ResumedSession>),
+    /// `ResumeSession` succeeded; the session is now attached at `epoch`.
+    Resumed {
+        /// The session as the store kept it.
+        session: Box<ResumedSession>,
+        /// This connection's attachment of it.
+        epoch: u64,
+    },
     /// `ResumeSession` failed: unknown, wrong or spent token, grace over, revoked.
     NotFound,
     /// `RefreshSession` succeeded.
@@ -282,32 +333,37 @@ pub enum Frame<'a> {
     TooLarge(usize),
 }
 
-/// Everything that can happen to a connection, as one value: what property tests,
-/// fuzzers and transcripts generate. [`Connection::handle`] dispatches it.
+/// Everything that can happen to a connection, as one value: the only way in
+/// ([`Connection::handle`]). No input carries an error code: the machine picks
+/// every code itself from what happened.
 #[derive(Clone, Debug, PartialEq)]
-pub enum Input {
-    /// A data frame (text of a message).
-    Text(String),
-    /// A text frame that is not UTF-8.
-    InvalidUtf8,
-    /// A binary frame.
-    Binary(usize),
-    /// A frame the transport refused for its size.
-    TooLarge(usize),
-    /// A control frame (ping or pong) arrived.
+pub enum Input<'a> {
+    /// A data frame arrived.
+    Frame(Frame<'a>),
+    /// A control frame (ping or pong) arrived: activity, not counted against the rate.
     Control,
-    /// The answer to a request.
+    /// The answer to an [`Output::Verify`] or a [`StoreRequest`]. Answers that match
+    /// no pending request (late ones, after a close) are ignored.
     Reply(RequestId, Reply),
-    /// A channel message for this session.
+    /// A channel message for this session (a store notice). Delivered when the
+    /// channel is joined and its `seq` is newer than the last one sent.
     Deliver(Delivery),
-    /// An operator revocation reached this node.
-    Revoke(Revocation),
-    /// The session was taken over (resume elsewhere) or evicted by the per-user limit.
+    /// An operator revocation reached this node (a store notice).
+    Revoked {
+        /// What was revoked.
+        revocation: Revocation,
+        /// When it was issued, in ms (for the propagation time).
+        issued_at_ms: u64,
+    },
+    /// The session was taken over (resume elsewhere) or evicted by the per-user
+    /// limit (a store notice).
     Replaced,
-    /// The outbound queue is full: the client does not read.
-    SlowConsumer,
-    /// A server fault unrelated to a request.
-    Internal,
+    /// The store may have lost notices meant for this node: a revocation may have
+    /// been missed.
+    NoticesLost,
+    /// The outbound queue is full, or deliveries were dropped for it: the client
+    /// does not read.
+    OutboundFull,
     /// The server is shutting down.
     Shutdown,
     /// The socket is gone.
@@ -353,6 +409,25 @@ pub enum Event {
     },
     /// The `expiring` notice was sent.
     ExpiringSent,
+    /// The store refused a token this connection presented (revoked, or the
+    /// per-user limit), for the operator's list of refusals.
+    Refused {
+        /// The token's `sub`.
+        user: String,
+        /// The token's `jti`, when it has one.
+        jti: Option<String>,
+    },
+    /// Creating this connection's session removed older sessions of the user
+    /// (per-user limit, `evict_oldest`).
+    Evicted {
+        /// How many.
+        sessions: usize,
+    },
+    /// An operator revocation closed this connection.
+    RevocationApplied {
+        /// When the revocation was issued, in ms.
+        issued_at_ms: u64,
+    },
     /// The message rate limit closed the connection.
     RateLimited,
     /// The connection is over.
@@ -364,6 +439,10 @@ pub enum Event {
         error: Option<ErrorCode>,
         /// What became of the session.
         session: SessionFate,
+        /// The session's user, if one was attached (for the log line).
+        user: Option<String>,
+        /// The session, if one was attached (for the log line).
+        session_id: Option<String>,
     },
 }
 
@@ -378,6 +457,15 @@ pub enum SessionFate {
     Ended,
     /// Handed to another connection, or evicted.
     Replaced,
+}
+
+/// Why the machine asks for a token to be verified.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VerifyPurpose {
+    /// Authentication (header, query or `auth`).
+    Auth,
+    /// A live session's `refresh`.
+    Refresh,
 }
 
 /// What the machine asks its driver to do, drained with [`Connection::poll_output`].
@@ -411,7 +499,13 @@ pub enum Output {
         request: RequestId,
         /// The token.
         token: Secret,
+        /// What the token is for (timing metrics tell the two apart).
+        purpose: VerifyPurpose,
     },
+    /// The connection now holds this session: route the store's notices for it
+    /// (deliveries, takeover, revocations) to this connection. Comes before the
+    /// `authenticated` or `resumed` message.
+    Listen(Attachment),
     /// Carry out a store or channel request.
     Store(StoreRequest),
     /// Count or log this.
@@ -465,7 +559,7 @@ impl TimerTable {
 /// A live session's state.
 #[derive(Clone, Debug)]
 struct Live {
-    session_id: String,
+    attachment: Attachment,
     claims: Arc<Claims>,
     authorized_at_ms: u64,
     /// `exp` of the token the `expiring` notice was last sent for.
@@ -519,24 +613,20 @@ enum Phase {
 /// resume and channels, with no I/O.
 ///
 /// # Driving it
-/// A driver (the tokio server, a test, a fuzzer) owns the socket, the clock and the
-/// store, and loops:
-/// 1. Feed what happened with the current time: [`handle_frame`](Self::handle_frame),
-///    [`handle_control_frame`](Self::handle_control_frame),
-///    [`handle_reply`](Self::handle_reply), [`handle_delivery`](Self::handle_delivery),
-///    [`handle_revocation`](Self::handle_revocation), [`handle_replaced`](Self::handle_replaced),
-///    [`handle_peer_closed`](Self::handle_peer_closed), [`handle_shutdown`](Self::handle_shutdown),
-///    [`handle_timeout`](Self::handle_timeout) — or all of them through
-///    [`handle`](Self::handle) with an [`Input`].
+/// A driver (the tokio server, the axum adapter, a test, a fuzzer) owns the socket,
+/// the clock and the store, and loops:
+/// 1. Feed what happened with the current time through [`handle`](Self::handle),
+///    the one way in: frames, store and verifier replies, store notices, transport
+///    events and timeouts are all an [`Input`].
 /// 2. Drain [`poll_output`](Self::poll_output) until it returns `None`, carrying each
 ///    [`Output`] out in order. Requests ([`Output::Verify`], [`Output::Store`]) are
-///    answered later with [`handle_reply`](Self::handle_reply).
+///    answered later with an [`Input::Reply`].
 /// 3. Sleep until [`poll_timeout`](Self::poll_timeout) or the next event, whichever
-///    comes first; at the deadline call [`handle_timeout`](Self::handle_timeout).
+///    comes first; at the deadline feed [`Input::Tick`].
 ///
-/// Every `handle_*` first runs the timers that are due, so a late driver can never
-/// keep a session alive past its expiry. Once [`is_closed`](Self::is_closed), inputs
-/// are ignored and nothing more is emitted after the outputs already queued.
+/// Once [`is_closed`](Self::is_closed), inputs are ignored and nothing more is
+/// emitted after the outputs already queued. The machine picks every error code;
+/// the driver only renders what comes out.
 ///
 /// Requests are answered in the order they arrive: while one waits for a reply, later
 /// ones queue (up to `max_queued_requests`). Channel deliveries never wait.
@@ -582,7 +672,11 @@ impl Connection {
                 user_id: None,
             },
         ));
-        conn.outputs.push_back(Output::Verify { request, token });
+        conn.outputs.push_back(Output::Verify {
+            request,
+            token,
+            purpose: VerifyPurpose::Auth,
+        });
         conn
     }
 
@@ -626,7 +720,7 @@ impl Connection {
 
     /// The attached session's id.
     pub fn session_id(&self) -> Option<&str> {
-        self.live().map(|l| l.session_id.as_str())
+        self.live().map(|l| l.attachment.session_id.as_str())
     }
 
     /// The attached session's current claims.
@@ -671,14 +765,14 @@ impl Connection {
 
     // ----- outputs -------------------------------------------------------------
 
-    /// The next thing to do. Changed by every `handle_*` call.
+    /// The next thing to do. Changed by every [`handle`](Self::handle) call.
     #[must_use]
     pub fn poll_output(&mut self) -> Option<Output> {
         self.outputs.pop_front()
     }
 
-    /// When [`handle_timeout`](Self::handle_timeout) must be called next, in ms.
-    /// Changed by every `handle_*` call; `None` once closed.
+    /// When [`Input::Tick`] must be fed next, in ms. Changed by every
+    /// [`handle`](Self::handle) call; `None` once closed.
     #[must_use]
     pub fn poll_timeout(&self) -> Option<u64> {
         if self.is_closed() {
@@ -690,30 +784,33 @@ impl Connection {
 
     // ----- inputs --------------------------------------------------------------
 
-    /// Feeds any [`Input`].
-    pub fn handle(&mut self, now: u64, input: Input) {
+    /// Feeds what happened at `now`: the only way in. Due timers run first, so a
+    /// late driver can never keep a session alive past its expiry.
+    pub fn handle(&mut self, now: u64, input: Input<'_>) {
+        self.run_timers(now);
+        if self.is_closed() {
+            return;
+        }
         match input {
-            Input::Text(text) => self.handle_frame(now, Frame::Text(&text)),
-            Input::InvalidUtf8 => self.handle_frame(now, Frame::InvalidUtf8),
-            Input::Binary(n) => self.handle_frame(now, Frame::Binary(n)),
-            Input::TooLarge(n) => self.handle_frame(now, Frame::TooLarge(n)),
-            Input::Control => self.handle_control_frame(now),
-            Input::Reply(request, reply) => self.handle_reply(now, request, reply),
-            Input::Deliver(d) => self.handle_delivery(now, d),
-            Input::Revoke(r) => {
-                self.handle_revocation(now, &r);
-            }
-            Input::Replaced => self.handle_replaced(now),
-            Input::SlowConsumer => self.handle_fault(now, ErrorCode::SlowConsumer),
-            Input::Internal => self.handle_fault(now, ErrorCode::Internal),
-            Input::Shutdown => self.handle_shutdown(now),
-            Input::PeerClosed(c) => self.handle_peer_closed(now, c),
-            Input::Tick => self.handle_timeout(now),
+            Input::Frame(frame) => self.on_frame(now, frame),
+            Input::Control => self.note_activity(now),
+            Input::Reply(request, reply) => self.on_reply(now, request, reply),
+            Input::Deliver(delivery) => self.on_delivery(delivery),
+            Input::Revoked {
+                revocation,
+                issued_at_ms,
+            } => self.on_revoked(&revocation, issued_at_ms),
+            Input::Replaced => self.fail(None, ErrorCode::SessionReplaced),
+            Input::NoticesLost => self.fail(None, ErrorCode::Internal),
+            Input::OutboundFull => self.fail(None, ErrorCode::SlowConsumer),
+            Input::Shutdown => self.on_shutdown(),
+            Input::PeerClosed(how) => self.on_peer_closed(how),
+            Input::Tick => {}
         }
     }
 
     /// Runs the timers due at `now`.
-    pub fn handle_timeout(&mut self, now: u64) {
+    fn run_timers(&mut self, now: u64) {
         while !self.is_closed() {
             let Some(timer) = self.timers.due(now) else {
                 return;
@@ -739,12 +836,7 @@ impl Connection {
         }
     }
 
-    /// A data frame arrived.
-    pub fn handle_frame(&mut self, now: u64, frame: Frame<'_>) {
-        self.handle_timeout(now);
-        if self.is_closed() {
-            return;
-        }
+    fn on_frame(&mut self, now: u64, frame: Frame<'_>) {
         self.note_activity(now);
         if !self.rate.try_take(now) {
             self.outputs.push_back(Output::Event(Event::RateLimited));
@@ -786,21 +878,7 @@ impl Connection {
         self.drain_queue();
     }
 
-    /// A ping or pong arrived: it counts as activity, not against the rate.
-    pub fn handle_control_frame(&mut self, now: u64) {
-        self.handle_timeout(now);
-        if !self.is_closed() {
-            self.note_activity(now);
-        }
-    }
-
-    /// The answer to an [`Output::Verify`] or a [`StoreRequest`]. Answers that match
-    /// no pending request (late ones, after a close) are ignored.
-    pub fn handle_reply(&mut self, now: u64, request: RequestId, reply: Reply) {
-        self.handle_timeout(now);
-        if self.is_closed() {
-            return;
-        }
+    fn on_reply(&mut self, now: u64, request: RequestId, reply: Reply) {
         let Some((pending, _)) = &self.in_flight else {
             return;
         };
@@ -814,10 +892,7 @@ impl Connection {
         self.drain_queue();
     }
 
-    /// A channel message for this session arrived. Delivered when the channel is
-    /// joined and its `seq` is newer than the last one sent; dropped otherwise.
-    pub fn handle_delivery(&mut self, now: u64, delivery: Delivery) {
-        self.handle_timeout(now);
+    fn on_delivery(&mut self, delivery: Delivery) {
         let Phase::Live(live) = &mut self.phase else {
             return;
         };
@@ -833,50 +908,26 @@ impl Connection {
         }));
     }
 
-    /// An operator revocation reached this node. Returns whether it concerned this
-    /// connection (which is then closed 4403).
-    pub fn handle_revocation(&mut self, now: u64, revocation: &Revocation) -> bool {
-        self.handle_timeout(now);
+    /// A revocation closes the connection (4403) when it concerns its session
+    /// or its token; a session revocation for another session leaves it alone.
+    fn on_revoked(&mut self, revocation: &Revocation, issued_at_ms: u64) {
         let Some(live) = self.live() else {
-            return false;
+            return;
         };
         let code = match revocation {
-            Revocation::Session { session_id } if *session_id == live.session_id => {
+            Revocation::Session { session_id } if *session_id == live.attachment.session_id => {
                 ErrorCode::SessionRevoked
             }
             r if r.refuses_token(&live.claims) => ErrorCode::TokenRevoked,
-            _ => return false,
+            _ => return,
         };
-        self.fail(None, code);
-        true
-    }
-
-    /// The session was taken over by a resume elsewhere or evicted by the per-user
-    /// limit: `SESSION_REPLACED`, close 4409, and the session is left alone.
-    pub fn handle_replaced(&mut self, now: u64) {
-        self.handle_timeout(now);
-        if self.is_closed() {
-            return;
-        }
-        self.fail(None, ErrorCode::SessionReplaced);
-    }
-
-    /// A fault the driver detected: `SLOW_CONSUMER` (outbound queue full) or
-    /// `INTERNAL`. The session stays resumable.
-    pub fn handle_fault(&mut self, now: u64, code: ErrorCode) {
-        self.handle_timeout(now);
-        if self.is_closed() {
-            return;
-        }
+        self.outputs
+            .push_back(Output::Event(Event::RevocationApplied { issued_at_ms }));
         self.fail(None, code);
     }
 
     /// The server is shutting down: close 1001, the session stays resumable.
-    pub fn handle_shutdown(&mut self, now: u64) {
-        self.handle_timeout(now);
-        if self.is_closed() {
-            return;
-        }
+    fn on_shutdown(&mut self) {
         if self.upgrade.is_some() {
             self.reject_upgrade(ErrorCode::Internal);
             return;
@@ -891,11 +942,7 @@ impl Connection {
 
     /// The socket is gone. A close with 1000 ends the session for good; any other
     /// end keeps it resumable.
-    pub fn handle_peer_closed(&mut self, now: u64, how: PeerClose) {
-        self.handle_timeout(now);
-        if self.is_closed() {
-            return;
-        }
+    fn on_peer_closed(&mut self, how: PeerClose) {
         let (code, fate) = match how {
             PeerClose::Closed(Some(1000)) => (Some(CloseCode::NORMAL), self.end_session()),
             PeerClose::Closed(code) => (code.map(CloseCode), self.detach()),
@@ -952,7 +999,11 @@ impl Connection {
             ClientMessage::Auth { id, token, user_id } => {
                 let request = self.new_request();
                 self.in_flight = Some((request, InFlight::AuthVerify { id, user_id }));
-                self.outputs.push_back(Output::Verify { request, token });
+                self.outputs.push_back(Output::Verify {
+                    request,
+                    token,
+                    purpose: VerifyPurpose::Auth,
+                });
             }
             ClientMessage::Resume {
                 id,
@@ -975,7 +1026,11 @@ impl Connection {
             ClientMessage::Refresh { id, token } => {
                 let request = self.new_request();
                 self.in_flight = Some((request, InFlight::RefreshVerify { id }));
-                self.outputs.push_back(Output::Verify { request, token });
+                self.outputs.push_back(Output::Verify {
+                    request,
+                    token,
+                    purpose: VerifyPurpose::Refresh,
+                });
             }
             ClientMessage::Logout { .. } => {
                 let fate = self.end_session();
@@ -991,10 +1046,10 @@ impl Connection {
                     return;
                 };
                 if live.joined.remove(&channel) {
-                    let session_id = live.session_id.clone();
+                    let attachment = live.attachment.clone();
                     self.outputs
                         .push_back(Output::Store(StoreRequest::Unsubscribe {
-                            session_id,
+                            attachment,
                             channel: channel.clone(),
                         }));
                 }
@@ -1047,7 +1102,7 @@ impl Connection {
             });
             return;
         }
-        let session_id = live.session_id.clone();
+        let attachment = live.attachment.clone();
         let request = self.new_request();
         self.in_flight = Some((
             request,
@@ -1059,7 +1114,7 @@ impl Connection {
         self.outputs
             .push_back(Output::Store(StoreRequest::Subscribe {
                 request,
-                session_id,
+                attachment,
                 channel,
             }));
     }
@@ -1092,18 +1147,27 @@ impl Connection {
             (
                 InFlight::AuthCreate { id, claims },
                 Reply::Created {
-                    session_id,
+                    attachment,
                     resume_token,
+                    evicted,
                 },
-            ) => self.authenticated(now, id, claims, session_id, resume_token),
-            (InFlight::AuthCreate { id, .. }, Reply::Revoked) => {
+            ) => {
+                if evicted > 0 {
+                    self.outputs
+                        .push_back(Output::Event(Event::Evicted { sessions: evicted }));
+                }
+                self.authenticated(now, id, claims, attachment, resume_token);
+            }
+            (InFlight::AuthCreate { id, claims }, Reply::Revoked) => {
+                self.refused(&claims);
                 self.auth_failed(id, ErrorCode::TokenRevoked);
             }
-            (InFlight::AuthCreate { id, .. }, Reply::TooManySessions) => {
+            (InFlight::AuthCreate { id, claims }, Reply::TooManySessions) => {
+                self.refused(&claims);
                 self.auth_failed(id, ErrorCode::TooManySessions);
             }
-            (InFlight::Resume { id, last_seq }, Reply::Resumed(session)) => {
-                self.resumed(now, id, last_seq, *session);
+            (InFlight::Resume { id, last_seq }, Reply::Resumed { session, epoch }) => {
+                self.resumed(now, id, last_seq, *session, epoch);
             }
             (InFlight::Resume { id, .. }, Reply::NotFound | Reply::Revoked) => {
                 self.resume_failed(id, ErrorCode::SessionNotFound);
@@ -1116,7 +1180,7 @@ impl Connection {
                     self.refresh_failed(id, ErrorCode::SubjectMismatch);
                     return;
                 }
-                let session_id = live.session_id.clone();
+                let attachment = live.attachment.clone();
                 let request = self.new_request();
                 self.in_flight = Some((
                     request,
@@ -1128,7 +1192,7 @@ impl Connection {
                 self.outputs
                     .push_back(Output::Store(StoreRequest::RefreshSession {
                         request,
-                        session_id,
+                        attachment,
                         claims,
                         now_ms: now,
                     }));
@@ -1139,7 +1203,8 @@ impl Connection {
             (InFlight::RefreshStore { id, claims }, Reply::Refreshed) => {
                 self.refreshed(now, id, claims);
             }
-            (InFlight::RefreshStore { id, .. }, Reply::Revoked) => {
+            (InFlight::RefreshStore { id, claims }, Reply::Revoked) => {
+                self.refused(&claims);
                 self.refresh_failed(id, ErrorCode::TokenRevoked);
             }
             (InFlight::RefreshVerify { id } | InFlight::RefreshStore { id, .. }, _) => {
@@ -1172,9 +1237,10 @@ impl Connection {
         now: u64,
         id: Option<u64>,
         claims: Arc<Claims>,
-        session_id: String,
+        attachment: Attachment,
         resume_token: Secret,
     ) {
+        self.outputs.push_back(Output::Listen(attachment.clone()));
         let method = match self.upgrade.take() {
             Some(method) => {
                 self.outputs.push_back(Output::AcceptUpgrade);
@@ -1186,8 +1252,9 @@ impl Connection {
         self.timers.stop(Timer::Auth);
         let expires_at = claims.exp_ms;
         let user = claims.sub.clone();
+        let session_id = attachment.session_id.clone();
         self.phase = Phase::Live(Box::new(Live {
-            session_id: session_id.clone(),
+            attachment,
             claims,
             authorized_at_ms: now,
             expiring_sent_for: None,
@@ -1208,7 +1275,14 @@ impl Connection {
             .push_back(Output::Event(Event::Authenticated { method, user }));
     }
 
-    fn resumed(&mut self, now: u64, id: Option<u64>, last_seq: u64, session: ResumedSession) {
+    fn resumed(
+        &mut self,
+        now: u64,
+        id: Option<u64>,
+        last_seq: u64,
+        session: ResumedSession,
+        epoch: u64,
+    ) {
         let ResumedSession {
             session_id,
             resume_token,
@@ -1219,11 +1293,15 @@ impl Connection {
             buffered,
             last_seq: last_assigned,
         } = session;
+        let attachment = Attachment {
+            session_id: session_id.clone(),
+            epoch,
+        };
         // A resume is a full re-authorization: the token must still be valid (the
         // store has checked revocation).
         if now >= claims.exp_ms.saturating_add(self.config.leeway_ms) {
             self.outputs
-                .push_back(Output::Store(StoreRequest::EndSession { session_id }));
+                .push_back(Output::Store(StoreRequest::EndSession { attachment }));
             self.resume_failed(id, ErrorCode::SessionNotFound);
             return;
         }
@@ -1233,7 +1311,7 @@ impl Connection {
         for channel in &dropped {
             self.outputs
                 .push_back(Output::Store(StoreRequest::Unsubscribe {
-                    session_id: session_id.clone(),
+                    attachment: attachment.clone(),
                     channel: channel.clone(),
                 }));
         }
@@ -1250,8 +1328,9 @@ impl Connection {
         let replayed = replay.len() as u64;
         let expires_at = claims.exp_ms;
         self.timers.stop(Timer::Auth);
+        self.outputs.push_back(Output::Listen(attachment.clone()));
         self.phase = Phase::Live(Box::new(Live {
-            session_id: session_id.clone(),
+            attachment,
             claims,
             authorized_at_ms,
             expiring_sent_for: expiring_sent.then_some(expires_at),
@@ -1288,7 +1367,7 @@ impl Connection {
             .push_back(Output::Event(Event::Resumed { replayed, gap }));
         self.arm_expiry_timers(now, Some(authorized_at_ms));
         // A notice whose time passed while detached follows `resumed` at once.
-        self.handle_timeout(now);
+        self.run_timers(now);
     }
 
     fn refreshed(&mut self, now: u64, id: Option<u64>, claims: Arc<Claims>) {
@@ -1308,13 +1387,13 @@ impl Connection {
         for c in &no_longer_allowed {
             live.joined.remove(c);
         }
-        let session_id = live.session_id.clone();
+        let attachment = live.attachment.clone();
         self.arm_expiry_timers(now, None);
         self.send(ServerMessage::Refreshed { id, expires_at });
         for channel in no_longer_allowed {
             self.outputs
                 .push_back(Output::Store(StoreRequest::Unsubscribe {
-                    session_id: session_id.clone(),
+                    attachment: attachment.clone(),
                     channel: channel.clone(),
                 }));
             self.send(ServerMessage::Left {
@@ -1365,14 +1444,21 @@ impl Connection {
             return;
         }
         live.expiring_sent_for = Some(expires_at);
-        let session_id = live.session_id.clone();
+        let attachment = live.attachment.clone();
         self.send(ServerMessage::Expiring {
             expires_at,
             in_ms: expires_at.saturating_sub(now),
         });
         self.outputs
-            .push_back(Output::Store(StoreRequest::NoteExpiringSent { session_id }));
+            .push_back(Output::Store(StoreRequest::NoteExpiringSent { attachment }));
         self.outputs.push_back(Output::Event(Event::ExpiringSent));
+    }
+
+    fn refused(&mut self, claims: &Claims) {
+        self.outputs.push_back(Output::Event(Event::Refused {
+            user: claims.sub.clone(),
+            jti: claims.jti.clone(),
+        }));
     }
 
     fn refresh_failed(&mut self, id: Option<u64>, code: ErrorCode) {
@@ -1457,9 +1543,9 @@ impl Connection {
     fn detach(&mut self) -> SessionFate {
         match self.live() {
             Some(live) => {
-                let session_id = live.session_id.clone();
+                let attachment = live.attachment.clone();
                 self.outputs
-                    .push_back(Output::Store(StoreRequest::DetachSession { session_id }));
+                    .push_back(Output::Store(StoreRequest::DetachSession { attachment }));
                 SessionFate::Detached
             }
             None => SessionFate::None,
@@ -1469,9 +1555,9 @@ impl Connection {
     fn end_session(&mut self) -> SessionFate {
         match self.live() {
             Some(live) => {
-                let session_id = live.session_id.clone();
+                let attachment = live.attachment.clone();
                 self.outputs
-                    .push_back(Output::Store(StoreRequest::EndSession { session_id }));
+                    .push_back(Output::Store(StoreRequest::EndSession { attachment }));
                 SessionFate::Ended
             }
             None => SessionFate::None,
@@ -1479,7 +1565,13 @@ impl Connection {
     }
 
     fn close(&mut self, code: Option<CloseCode>, error: Option<ErrorCode>, session: SessionFate) {
-        self.phase = Phase::Closed;
+        let (user, session_id) = match std::mem::replace(&mut self.phase, Phase::Closed) {
+            Phase::Live(live) => (
+                Some(live.claims.sub.clone()),
+                Some(live.attachment.session_id),
+            ),
+            _ => (None, None),
+        };
         self.timers = TimerTable::default();
         self.in_flight = None;
         self.queue.clear();
@@ -1488,6 +1580,8 @@ impl Connection {
             code,
             error,
             session,
+            user,
+            session_id,
         }));
     }
 }

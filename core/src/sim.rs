@@ -12,8 +12,8 @@ use std::sync::Arc;
 
 use crate::jwt::{Claims, TokenError};
 use crate::machine::{
-    Connection, Delivery, Event, Frame, Input, Output, PeerClose, Reply, RequestId, ResumedSession,
-    Revocation, SessionConfig, SessionFate, StoreRequest,
+    Attachment, Connection, Delivery, Event, Frame, Input, Output, PeerClose, Reply, RequestId,
+    ResumedSession, Revocation, SessionConfig, SessionFate, StoreRequest,
 };
 use crate::protocol::{Payload, Secret};
 
@@ -58,6 +58,7 @@ struct StoredSession {
     claims: Arc<Claims>,
     resume_token: String,
     attached: Option<String>,
+    epoch: u64,
     detached_at: Option<u64>,
     created_seq: u64,
     authorized_at_ms: u64,
@@ -80,7 +81,7 @@ pub struct World {
     sessions: BTreeMap<String, StoredSession>,
     revocations: Vec<Revocation>,
     next_id: u64,
-    inbox: VecDeque<(String, Input)>,
+    inbox: VecDeque<(String, Input<'static>)>,
     held: Vec<(String, RequestId, Reply)>,
     labels: Vec<(String, String)>,
     lines: Vec<String>,
@@ -259,25 +260,19 @@ impl World {
     pub fn send(&mut self, name: &str, text: &str) {
         let shown = self.redact(text);
         self.line(name, format!("<- {shown}"));
-        self.feed(name, Input::Text(text.to_owned()));
+        self.feed(name, Input::Frame(Frame::Text(text)));
     }
 
     /// The client sends a frame of another kind.
     pub fn send_frame(&mut self, name: &str, frame: Frame<'_>) {
-        let (shown, input) = match frame {
-            Frame::Text(t) => (format!("<- {}", self.redact(t)), Input::Text(t.to_owned())),
-            Frame::InvalidUtf8 => (
-                "<- text frame with invalid UTF-8".to_owned(),
-                Input::InvalidUtf8,
-            ),
-            Frame::Binary(n) => (format!("<- binary frame ({n} bytes)"), Input::Binary(n)),
-            Frame::TooLarge(n) => (
-                format!("<- frame over the size limit ({n} bytes)"),
-                Input::TooLarge(n),
-            ),
+        let shown = match frame {
+            Frame::Text(t) => format!("<- {}", self.redact(t)),
+            Frame::InvalidUtf8 => "<- text frame with invalid UTF-8".to_owned(),
+            Frame::Binary(n) => format!("<- binary frame ({n} bytes)"),
+            Frame::TooLarge(n) => format!("<- frame over the size limit ({n} bytes)"),
         };
         self.line(name, shown);
-        self.feed(name, input);
+        self.feed(name, Input::Frame(frame));
     }
 
     /// The client answers a ping (or pings): a control frame.
@@ -298,7 +293,7 @@ impl World {
     }
 
     /// Feeds any input to one connection and runs the world until it is quiet.
-    pub fn feed(&mut self, name: &str, input: Input) {
+    pub fn feed(&mut self, name: &str, input: Input<'_>) {
         if let Some(conn) = self.conns.get_mut(name) {
             conn.handle(self.now, input);
         }
@@ -323,7 +318,7 @@ impl World {
             };
             self.now = self.now.max(at);
             if let Some(conn) = self.conns.get_mut(&name) {
-                conn.handle_timeout(self.now);
+                conn.handle(self.now, Input::Tick);
             }
             self.pump(&name);
             self.run_inbox();
@@ -351,7 +346,13 @@ impl World {
         self.revocations.push(revocation.clone());
         let names: Vec<String> = self.conns.keys().cloned().collect();
         for name in names {
-            self.feed(&name, Input::Revoke(revocation.clone()));
+            self.feed(
+                &name,
+                Input::Revoked {
+                    revocation: revocation.clone(),
+                    issued_at_ms: self.now,
+                },
+            );
         }
     }
 
@@ -377,7 +378,7 @@ impl World {
         for (name, request, reply) in held {
             self.line(&name, format!(".. (late) {}", describe_reply(&reply)));
             if let Some(conn) = self.conns.get_mut(&name) {
-                conn.handle_reply(self.now, request, reply);
+                conn.handle(self.now, Input::Reply(request, reply));
             }
             self.pump(&name);
         }
@@ -440,7 +441,9 @@ impl World {
                 Output::Close { code, reason } => {
                     self.line(name, format!("-> close {code} {reason}"));
                 }
-                Output::Verify { request, token } => {
+                // Plumbing: the store lines already show which session is attached.
+                Output::Listen(_) => {}
+                Output::Verify { request, token, .. } => {
                     let shown = self.redact(token.expose());
                     let reply = match (self.verify)(token.expose(), self.now) {
                         Ok(claims) => Reply::Verified(Arc::new(claims)),
@@ -453,6 +456,9 @@ impl World {
                     self.answer(name, request, reply);
                 }
                 Output::Store(req) => self.store(name, req),
+                // These repeat the failure or close line beside them, for operators'
+                // counters; the transcript shows that line only.
+                Output::Event(Event::Refused { .. } | Event::RevocationApplied { .. }) => {}
                 Output::Event(event) => {
                     let shown = describe_event(&event);
                     self.line(name, format!("== {shown}"));
@@ -478,7 +484,7 @@ impl World {
             return;
         }
         if let Some(conn) = self.conns.get_mut(name) {
-            conn.handle_reply(self.now, request, reply);
+            conn.handle(self.now, Input::Reply(request, reply));
         }
     }
 
@@ -513,6 +519,7 @@ impl World {
                             claims: claims.clone(),
                             resume_token: resume_token.clone(),
                             attached: Some(name.to_owned()),
+                            epoch: self.next_id,
                             detached_at: None,
                             created_seq: self.next_id,
                             authorized_at_ms: now,
@@ -523,8 +530,12 @@ impl World {
                         },
                     );
                     Reply::Created {
-                        session_id,
+                        attachment: Attachment {
+                            session_id,
+                            epoch: self.next_id,
+                        },
                         resume_token: Secret::new(resume_token),
+                        evicted: 0,
                     }
                 };
                 (request, reply, shown)
@@ -544,16 +555,17 @@ impl World {
             }
             StoreRequest::RefreshSession {
                 request,
-                session_id,
+                attachment,
                 claims,
                 now_ms,
             } => {
+                let session_id = &attachment.session_id;
                 let shown = format!("store: record the refreshed token of {session_id}");
                 let reply = if !self.store_available {
                     Reply::Unavailable
                 } else if self.revoked(&claims) {
                     Reply::Revoked
-                } else if let Some(s) = self.sessions.get_mut(&session_id) {
+                } else if let Some(s) = self.current(&attachment) {
                     s.claims = claims;
                     s.authorized_at_ms = now_ms;
                     s.expiring_sent = false;
@@ -565,12 +577,13 @@ impl World {
             }
             StoreRequest::Subscribe {
                 request,
-                session_id,
+                attachment,
                 channel,
             } => {
-                let shown = format!("store: subscribe {session_id} to {channel}");
-                let reply = match self.sessions.get_mut(&session_id) {
-                    Some(s) if self.store_available => {
+                let shown = format!("store: subscribe {} to {channel}", attachment.session_id);
+                let available = self.store_available;
+                let reply = match self.current(&attachment) {
+                    Some(s) if available => {
                         s.joined.insert(channel);
                         Reply::Subscribed
                     }
@@ -594,10 +607,11 @@ impl World {
                 (request, reply, shown)
             }
             StoreRequest::Unsubscribe {
-                session_id,
+                attachment,
                 channel,
             } => {
-                if let Some(s) = self.sessions.get_mut(&session_id) {
+                let session_id = &attachment.session_id;
+                if let Some(s) = self.current(&attachment) {
                     s.joined.remove(&channel);
                 }
                 self.line(
@@ -606,8 +620,9 @@ impl World {
                 );
                 return;
             }
-            StoreRequest::NoteExpiringSent { session_id } => {
-                if let Some(s) = self.sessions.get_mut(&session_id) {
+            StoreRequest::NoteExpiringSent { attachment } => {
+                let session_id = &attachment.session_id;
+                if let Some(s) = self.current(&attachment) {
                     s.expiring_sent = true;
                 }
                 self.line(
@@ -616,10 +631,9 @@ impl World {
                 );
                 return;
             }
-            StoreRequest::DetachSession { session_id } => {
-                if let Some(s) = self.sessions.get_mut(&session_id)
-                    && s.attached.as_deref() == Some(name)
-                {
+            StoreRequest::DetachSession { attachment } => {
+                let session_id = &attachment.session_id;
+                if let Some(s) = self.current(&attachment) {
                     s.attached = None;
                     s.detached_at = Some(now);
                 }
@@ -631,14 +645,25 @@ impl World {
                 );
                 return;
             }
-            StoreRequest::EndSession { session_id } => {
-                self.sessions.remove(&session_id);
+            StoreRequest::EndSession { attachment } => {
+                let session_id = &attachment.session_id;
+                if self.current(&attachment).is_some() {
+                    self.sessions.remove(session_id);
+                }
                 self.line(name, format!(".. store: end {session_id} for good"));
                 return;
             }
         };
         self.line(name, format!(".. {shown}: {}", describe_reply(&reply)));
         self.answer(name, request, reply);
+    }
+
+    /// The session, if this attachment still holds it (a replaced connection's
+    /// epoch is stale and changes nothing).
+    fn current(&mut self, attachment: &Attachment) -> Option<&mut StoredSession> {
+        self.sessions
+            .get_mut(&attachment.session_id)
+            .filter(|s| s.epoch == attachment.epoch)
     }
 
     /// Enforces the per-user limit before a new session; false when it refuses.
@@ -691,17 +716,19 @@ impl World {
             return Reply::NotFound;
         }
         let new_token = self.fresh_id("r_");
+        let epoch = self.next_id;
         let Some(s) = self.sessions.get_mut(session_id) else {
             return Reply::NotFound;
         };
         s.resume_token = new_token.clone();
+        s.epoch = epoch;
         s.detached_at = None;
         if let Some(old) = s.attached.replace(name.to_owned())
             && old != name
         {
             self.inbox.push_back((old, Input::Replaced));
         }
-        Reply::Resumed(Box::new(ResumedSession {
+        let session = Box::new(ResumedSession {
             session_id: session_id.to_owned(),
             resume_token: Secret::new(new_token),
             claims: s.claims.clone(),
@@ -710,7 +737,8 @@ impl World {
             channels: s.joined.iter().cloned().collect(),
             buffered: s.buffer.iter().cloned().collect(),
             last_seq: s.last_seq,
-        }))
+        });
+        Reply::Resumed { session, epoch }
     }
 
     /// Appends a message to every joined session's buffer with its next `seq`, and
@@ -755,17 +783,19 @@ fn describe_reply(reply: &Reply) -> String {
         }
         Reply::NotVerified(e) => format!("refused: {e} ({})", e.code()),
         Reply::Created {
-            session_id,
+            attachment,
             resume_token,
+            ..
         } => {
             format!(
-                "created {session_id}, resume token {}",
+                "created {}, resume token {}",
+                attachment.session_id,
                 resume_token.expose()
             )
         }
         Reply::Revoked => "revoked".to_owned(),
         Reply::TooManySessions => "refused: per-user limit reached".to_owned(),
-        Reply::Resumed(s) => format!(
+        Reply::Resumed { session: s, .. } => format!(
             "resumed, new resume token {}, {} buffered, last seq {}",
             s.resume_token.expose(),
             s.buffered.len(),
@@ -797,10 +827,14 @@ fn describe_event(event: &Event) -> String {
         Event::RefreshFailed { code } => format!("refresh failed: {code}"),
         Event::ExpiringSent => "expiring notice sent".to_owned(),
         Event::RateLimited => "rate limit hit".to_owned(),
+        Event::Refused { user, .. } => format!("store refused a token of {user}"),
+        Event::Evicted { sessions } => format!("{sessions} older session(s) evicted"),
+        Event::RevocationApplied { .. } => "revocation applied".to_owned(),
         Event::Closed {
             code,
             error,
             session,
+            ..
         } => {
             let code = code.map_or_else(|| "no close frame".to_owned(), |c| format!("close {c}"));
             let error = error.map_or_else(String::new, |e| format!(" after {e}"));

@@ -803,7 +803,7 @@ spec!(
     "SLOW_CONSUMER: the driver reports that the client's outbound queue is full. Fatal, retry reconnect, close 1013.",
     |w| {
         alice_live(&mut w, "A");
-        w.feed("A", wsauth_core::Input::SlowConsumer);
+        w.feed("A", wsauth_core::Input::OutboundFull);
     }
 );
 
