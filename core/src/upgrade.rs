@@ -39,6 +39,49 @@ pub enum UpgradeDecision {
     },
 }
 
+/// Why a connection is refused before its upgrade request is even inspected: the
+/// transport sees the condition, the core names the answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AcceptRefusal {
+    /// The client address already holds its cap of unauthenticated connections.
+    TooManyUnauthenticated,
+    /// The node holds `max_connections` already.
+    ServerFull,
+    /// The request head is not a WebSocket upgrade, or is too large (`status`:
+    /// 400 or 431).
+    MalformedRequest {
+        /// The HTTP status the transport's parser chose.
+        status: u16,
+    },
+    /// The request head did not arrive within the handshake timeout: no answer,
+    /// the connection is dropped.
+    HeadTimeout,
+}
+
+impl AcceptRefusal {
+    /// The error code it is counted and answered under.
+    pub fn code(self) -> ErrorCode {
+        match self {
+            AcceptRefusal::TooManyUnauthenticated => ErrorCode::RateLimited,
+            AcceptRefusal::ServerFull => ErrorCode::Internal,
+            AcceptRefusal::MalformedRequest { .. } => ErrorCode::BadRequest,
+            AcceptRefusal::HeadTimeout => ErrorCode::AuthTimeout,
+        }
+    }
+
+    /// The HTTP answer, when one is still given.
+    pub fn response(self) -> Option<(u16, ErrorBody)> {
+        let status = match self {
+            AcceptRefusal::TooManyUnauthenticated => self.code().http_status(),
+            // Not the store's fault but the node's: a load balancer retries elsewhere.
+            AcceptRefusal::ServerFull => 503,
+            AcceptRefusal::MalformedRequest { status } => status,
+            AcceptRefusal::HeadTimeout => return None,
+        };
+        Some((status, ErrorBody::new(self.code())))
+    }
+}
+
 fn refuse(code: ErrorCode) -> UpgradeDecision {
     UpgradeDecision::Refuse {
         status: code.http_status(),
@@ -176,6 +219,25 @@ fn percent_decode(s: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn refusals_before_the_upgrade_are_named_by_the_core() {
+        let answer = |r: AcceptRefusal| r.response().map(|(status, body)| (status, body.code));
+        assert_eq!(
+            answer(AcceptRefusal::TooManyUnauthenticated),
+            Some((429, ErrorCode::RateLimited))
+        );
+        assert_eq!(
+            answer(AcceptRefusal::ServerFull),
+            Some((503, ErrorCode::Internal))
+        );
+        assert_eq!(
+            answer(AcceptRefusal::MalformedRequest { status: 431 }),
+            Some((431, ErrorCode::BadRequest))
+        );
+        assert_eq!(answer(AcceptRefusal::HeadTimeout), None);
+        assert_eq!(AcceptRefusal::HeadTimeout.code(), ErrorCode::AuthTimeout);
+    }
 
     fn decide(
         headers: &[(&'static str, &'static str)],

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use wsauth_core::jwt::Claims;
 use wsauth_core::{Delivery, Payload, ResumedSession, Revocation, Secret};
 
+mod execute;
 pub mod hub;
 mod memory;
 mod secret;
@@ -21,6 +22,7 @@ mod sync;
 #[cfg(any(test, feature = "contract-tests"))]
 pub mod contract;
 
+pub use execute::execute;
 pub use memory::MemoryStore;
 pub use secret::{hash_resume_token, new_resume_token, new_session_id};
 
