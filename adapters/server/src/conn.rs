@@ -2,8 +2,12 @@
 //! [`Connection`] with frames, store replies, notices and timers, and carries out
 //! what the core decides. No protocol decision is taken here.
 
+use std::collections::VecDeque;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures_util::StreamExt;
@@ -13,12 +17,12 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
 use tokio_tungstenite::tungstenite::protocol::Role;
 use tracing::{debug, info};
-use wsauth_core::upgrade::{UpgradeDecision, inspect_upgrade};
+use wsauth_core::upgrade::{AcceptRefusal, UpgradeDecision, inspect_upgrade};
 use wsauth_core::{
-    CloseCode, Connection, ErrorBody, ErrorCode, Event, Frame, Output, PeerClose, Reply,
-    SessionFate, StoreRequest,
+    CloseCode, Connection, ErrorCode, Event, Frame, Input, Output, PeerClose, Reply, RequestId,
+    SessionFate, StoreRequest, VerifyPurpose,
 };
-use wsauth_store::{CreateOutcome, RefreshOutcome, Store};
+use wsauth_store::Store;
 
 use crate::handshake::{self, UpgradeRequest};
 use crate::hub::{ConnEvent, Mailbox};
@@ -42,7 +46,13 @@ where
     let _open = shared.metrics.connection_opened();
     // Counted from accept until authentication; over the cap, refused at once.
     let Some(unauthenticated) = shared.ip_limiter.try_acquire(peer.ip()) else {
-        refuse(&mut io, ErrorCode::RateLimited, &shared, peer).await;
+        refuse(
+            &mut io,
+            AcceptRefusal::TooManyUnauthenticated,
+            &shared,
+            peer,
+        )
+        .await;
         return;
     };
     // One deadline for the whole accept: TLS (already done by the caller) and the head.
@@ -54,17 +64,18 @@ where
         match tokio::time::timeout_at(deadline, Box::pin(handshake::read_upgrade_request(&mut io))).await {
             Ok(Ok(r)) => r,
             Ok(Err(e)) => {
-                if let Some(status) = e.status() {
-                    let body = ErrorBody::new(ErrorCode::BadRequest);
-                    let _ = handshake::write_refusal(&mut io, status, &body).await;
-                }
                 debug!(%peer, error = %e, "upgrade refused");
-                shared.metrics.upgrade_refused(ErrorCode::BadRequest);
+                let refusal = match e.status() {
+                    Some(status) => AcceptRefusal::MalformedRequest { status },
+                    // The socket is gone: nothing to answer, only to count.
+                    None => AcceptRefusal::HeadTimeout,
+                };
+                refuse(&mut io, refusal, &shared, peer).await;
                 return;
             }
             Err(_) => {
                 debug!(%peer, "upgrade request not received in time");
-                shared.metrics.upgrade_refused(ErrorCode::AuthTimeout);
+                refuse(&mut io, AcceptRefusal::HeadTimeout, &shared, peer).await;
                 return;
             }
         };
@@ -90,21 +101,17 @@ where
         started,
         conn: Connection::new(shared.session_config.clone(), now_ms()),
         out: Outbound::new(shared.config.limits.outbound_queue),
-        early: Vec::new(),
-        epoch: 0,
-        session_id: None,
         mailbox: None,
         unauthenticated: Some(unauthenticated),
-        upgraded: false,
-        slow: false,
-        user: None,
+        store_calls: StoreCalls::default(),
         refresh_started: None,
     };
+    let mut early = Vec::new();
     if let Some((method, token)) = token {
         driver.conn =
             Connection::with_upgrade_token(shared.session_config.clone(), method, token, now_ms());
         match Box::pin(driver.authenticate_before_upgrade(&mut io)).await {
-            UpgradeOutcome::Accepted => {}
+            UpgradeOutcome::Accepted(sent) => early = sent,
             UpgradeOutcome::Refused => return,
         }
     }
@@ -112,32 +119,48 @@ where
         .await
         .is_err()
     {
-        driver.conn.handle_peer_closed(now_ms(), PeerClose::Lost);
+        driver
+            .conn
+            .handle(now_ms(), Input::PeerClosed(PeerClose::Lost));
         driver.drain_without_socket().await;
         return;
     }
-    driver.upgraded = true;
     let UpgradeRequest { leftover, .. } = request;
     let ws =
         WebSocketStream::from_partially_read(io, leftover, Role::Server, Some(shared.ws_config))
             .await;
-    driver.run(ws).await;
+    driver.run(ws, early).await;
 }
 
 async fn refuse<S: Store, IO: AsyncWrite + Unpin>(
     io: &mut IO,
-    code: ErrorCode,
+    refusal: AcceptRefusal,
     shared: &Shared<S>,
     peer: SocketAddr,
 ) {
-    let _ = handshake::write_refusal(io, code.http_status(), &ErrorBody::new(code)).await;
-    info!(%peer, code = %code, "upgrade refused");
-    shared.metrics.upgrade_refused(code);
+    if let Some((status, body)) = refusal.response() {
+        let _ = handshake::write_refusal(io, status, &body).await;
+        info!(%peer, code = %body.code, "upgrade refused");
+    }
+    shared.metrics.upgrade_refused(refusal.code());
 }
 
 enum UpgradeOutcome {
-    Accepted,
+    /// The upgrade may complete; these messages were decided before the socket
+    /// existed and go out first.
+    Accepted(Vec<Message>),
     Refused,
+}
+
+/// A store call under way: the request it answers, if any, and its reply.
+type StoreCall = Pin<Box<dyn Future<Output = Option<(RequestId, Reply)>> + Send>>;
+
+/// The connection's store calls, carried out one at a time in the order the core
+/// asked for them, while the connection keeps reading frames and timers.
+#[derive(Default)]
+struct StoreCalls {
+    waiting: VecDeque<StoreRequest>,
+    current: Option<StoreCall>,
 }
 
 struct Driver<S: Store> {
@@ -146,17 +169,10 @@ struct Driver<S: Store> {
     started: Instant,
     conn: Connection,
     out: Arc<Outbound>,
-    /// Messages decided before the WebSocket exists (header authentication).
-    early: Vec<Message>,
-    epoch: u64,
-    session_id: Option<String>,
     mailbox: Option<Mailbox>,
     unauthenticated: Option<crate::limits::IpGuard>,
-    upgraded: bool,
-    slow: bool,
-    /// The session's user, kept for the outcome line (the machine forgets it at close).
-    user: Option<String>,
-    /// When the verification of a refresh started (a verify once a session exists).
+    store_calls: StoreCalls,
+    /// When the verification of a refresh started, for its round-trip metric.
     refresh_started: Option<Instant>,
 }
 
@@ -166,27 +182,33 @@ impl<S: Store> Driver<S> {
         &mut self,
         io: &mut IO,
     ) -> UpgradeOutcome {
+        let mut early = Vec::new();
         loop {
-            let Some(output) = self.conn.poll_output() else {
-                // Waiting on nothing: only a timer can move the machine now.
-                match self.conn.poll_timeout() {
-                    Some(at) => {
-                        sleep_until_ms(at).await;
-                        self.conn.handle_timeout(now_ms());
-                        continue;
+            if let Some(output) = self.conn.poll_output() {
+                match output {
+                    Output::AcceptUpgrade => return UpgradeOutcome::Accepted(early),
+                    Output::RejectUpgrade { status, body } => {
+                        let _ = handshake::write_refusal(io, status, &body).await;
+                        self.shared.metrics.upgrade_refused(body.code);
+                        self.finish_events();
+                        return UpgradeOutcome::Refused;
                     }
-                    None => return UpgradeOutcome::Refused,
+                    Output::Send(msg) => early.push(Message::text(msg.to_json())),
+                    other => self.carry_out(other),
                 }
-            };
-            match output {
-                Output::AcceptUpgrade => return UpgradeOutcome::Accepted,
-                Output::RejectUpgrade { status, body } => {
-                    let _ = handshake::write_refusal(io, status, &body).await;
-                    self.shared.metrics.upgrade_refused(body.code);
-                    self.finish_events();
-                    return UpgradeOutcome::Refused;
+                continue;
+            }
+            if self.has_store_calls() {
+                self.finish_store_calls().await;
+                continue;
+            }
+            // Waiting on nothing: only a timer can move the machine now.
+            match self.conn.poll_timeout() {
+                Some(at) => {
+                    sleep_until_ms(at).await;
+                    self.conn.handle(now_ms(), Input::Tick);
                 }
-                other => self.execute(other).await,
+                None => return UpgradeOutcome::Refused,
             }
         }
     }
@@ -200,22 +222,29 @@ impl<S: Store> Driver<S> {
         }
     }
 
+    /// Carries out what a connection that lost its socket still owes the store.
     async fn drain_without_socket(&mut self) {
-        while let Some(output) = self.conn.poll_output() {
-            match output {
-                Output::Store(req) => self.store(req).await,
-                Output::Event(e) => self.event(e),
-                _ => {}
+        loop {
+            while let Some(output) = self.conn.poll_output() {
+                match output {
+                    Output::Store(req) => self.store_calls.waiting.push_back(req),
+                    Output::Event(e) => self.event(e),
+                    _ => {}
+                }
             }
+            if !self.has_store_calls() {
+                return;
+            }
+            self.finish_store_calls().await;
         }
     }
 
-    async fn run<IO>(mut self, ws: WebSocketStream<IO>)
+    async fn run<IO>(mut self, ws: WebSocketStream<IO>, early: Vec<Message>)
     where
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let (sink, mut stream) = ws.split();
-        for msg in std::mem::take(&mut self.early) {
+        for msg in early {
             self.out.push_final(msg);
         }
         let writer = tokio::spawn(self.out.clone().run_writer(sink));
@@ -225,57 +254,31 @@ impl<S: Store> Driver<S> {
             let deadline = self.conn.poll_timeout();
             tokio::select! {
                 frame = stream.next() => {
-                    let now = now_ms();
-                    match frame {
-                        Some(Ok(Message::Text(text))) => {
-                            self.shared.metrics.message_in();
-                            self.conn.handle_frame(now, Frame::Text(text.as_str()));
-                        }
-                        Some(Ok(Message::Binary(b))) => {
-                            self.shared.metrics.message_in();
-                            self.conn.handle_frame(now, Frame::Binary(b.len()));
-                        }
-                        Some(Ok(Message::Ping(_) | Message::Pong(_))) => self.conn.handle_control_frame(now),
-                        Some(Ok(Message::Close(frame))) => {
-                            let code = frame.map(|f| u16::from(f.code));
-                            self.conn.handle_peer_closed(now, PeerClose::Closed(code));
-                        }
-                        Some(Ok(Message::Frame(_))) => {}
-                        Some(Err(WsError::Utf8(_))) => self.conn.handle_frame(now, Frame::InvalidUtf8),
-                        Some(Err(WsError::Capacity(CapacityError::MessageTooLong { size, .. }))) => {
-                            self.conn.handle_frame(now, Frame::TooLarge(size));
-                        }
-                        Some(Err(e)) => {
-                            debug!(peer = %self.peer, error = %e, "socket error");
-                            self.conn.handle_peer_closed(now, PeerClose::Lost);
-                        }
-                        None => self.conn.handle_peer_closed(now, PeerClose::Lost),
-                    }
+                    let input = self.frame_input(&frame);
+                    self.conn.handle(now_ms(), input);
                 }
                 event = recv_mailbox(&mut self.mailbox) => {
-                    let now = now_ms();
                     match event {
-                        Some(ConnEvent::Deliver(d)) => self.conn.handle_delivery(now, *d),
-                        Some(ConnEvent::Replaced) => self.conn.handle_replaced(now),
-                        Some(ConnEvent::Revoked(revoked)) => {
-                            let (revocation, at_ms) = *revoked;
-                            self.conn.handle_revocation(now, &revocation);
-                            if self.conn.is_closed() {
-                                self.shared.metrics.revocation_closed(at_ms, now_ms());
-                            }
-                        }
-                        Some(ConnEvent::Overflow) => self.conn.handle_fault(now, ErrorCode::SlowConsumer),
-                        Some(ConnEvent::NoticesLost) => self.conn.handle_fault(now, ErrorCode::Internal),
+                        Some(event) => self.conn.handle(now_ms(), notice_input(event)),
                         None => self.mailbox = None,
                     }
                 }
-                () = sleep_until_opt(deadline) => self.conn.handle_timeout(now_ms()),
-                _ = shutdown.changed() => self.conn.handle_shutdown(now_ms()),
+                answer = next_answer(&mut self.store_calls.current) => {
+                    self.store_calls.current = None;
+                    if let Some((request, reply)) = answer {
+                        self.conn.handle(now_ms(), Input::Reply(request, reply));
+                    }
+                }
+                () = sleep_until_opt(deadline) => self.conn.handle(now_ms(), Input::Tick),
+                _ = shutdown.changed() => self.conn.handle(now_ms(), Input::Shutdown),
             }
             self.pump().await;
         }
         self.mailbox = None;
         self.out.finish();
+        // What the session still owes the store (detach, end) is done before the
+        // task ends, so a resume elsewhere finds the session in its final state.
+        self.drain_without_socket().await;
         // Let the writer send what is queued and the close frame; a client that does
         // not read does not hold the task for long.
         let mut writer = writer;
@@ -292,35 +295,149 @@ impl<S: Store> Driver<S> {
         .await;
     }
 
-    /// Carries out every output the core has.
-    async fn pump(&mut self) {
-        while let Some(output) = self.conn.poll_output() {
-            self.execute(output).await;
+    /// What a frame (or its absence) from the socket is to the core.
+    fn frame_input<'f>(&self, frame: &'f Option<Result<Message, WsError>>) -> Input<'f> {
+        let metrics = &self.shared.metrics;
+        match frame {
+            Some(Ok(Message::Text(text))) => {
+                metrics.message_in();
+                Input::Frame(Frame::Text(text.as_str()))
+            }
+            Some(Ok(Message::Binary(b))) => {
+                metrics.message_in();
+                Input::Frame(Frame::Binary(b.len()))
+            }
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => Input::Control,
+            Some(Ok(Message::Close(frame))) => {
+                Input::PeerClosed(PeerClose::Closed(frame.as_ref().map(|f| u16::from(f.code))))
+            }
+            // tungstenite hands raw frames only to writers; nothing to feed.
+            Some(Ok(Message::Frame(_))) => Input::Tick,
+            Some(Err(WsError::Utf8(_))) => Input::Frame(Frame::InvalidUtf8),
+            Some(Err(WsError::Capacity(CapacityError::MessageTooLong { size, .. }))) => {
+                Input::Frame(Frame::TooLarge(*size))
+            }
+            Some(Err(e)) => {
+                debug!(peer = %self.peer, error = %e, "socket error");
+                Input::PeerClosed(PeerClose::Lost)
+            }
+            None => Input::PeerClosed(PeerClose::Lost),
         }
     }
 
-    async fn execute(&mut self, output: Output) {
+    /// Carries out every output the core has, starting store calls as they come;
+    /// a store that answers at once (the in-memory one) is answered here, without
+    /// a turn of the event loop.
+    async fn pump(&mut self) {
+        loop {
+            while let Some(output) = self.conn.poll_output() {
+                self.carry_out(output);
+            }
+            if !self.start_store_call().await {
+                return;
+            }
+        }
+    }
+
+    /// Starts the next store call if none is under way. `true` when it finished at
+    /// once and its reply was fed to the core (which may have more outputs).
+    async fn start_store_call(&mut self) -> bool {
+        if self.store_calls.current.is_some() {
+            return false;
+        }
+        let Some(request) = self.store_calls.waiting.pop_front() else {
+            return false;
+        };
+        let mut call = self.store_call(request);
+        let polled = std::future::poll_fn(|cx| Poll::Ready(call.as_mut().poll(cx))).await;
+        match polled {
+            Poll::Ready(answer) => {
+                if let Some((request, reply)) = answer {
+                    self.conn.handle(now_ms(), Input::Reply(request, reply));
+                }
+                true
+            }
+            Poll::Pending => {
+                self.store_calls.current = Some(call);
+                false
+            }
+        }
+    }
+
+    fn has_store_calls(&self) -> bool {
+        self.store_calls.current.is_some() || !self.store_calls.waiting.is_empty()
+    }
+
+    /// Waits for every store call asked for so far, feeding the replies.
+    async fn finish_store_calls(&mut self) {
+        while self.has_store_calls() {
+            let call = match self.store_calls.current.take() {
+                Some(call) => call,
+                None => match self.store_calls.waiting.pop_front() {
+                    Some(request) => self.store_call(request),
+                    None => return,
+                },
+            };
+            if let Some((request, reply)) = call.await {
+                self.conn.handle(now_ms(), Input::Reply(request, reply));
+            }
+        }
+    }
+
+    /// One store call with its deadline, log line and metrics; a failure or a
+    /// timeout answers `Unavailable` (the core then fails closed).
+    fn store_call(&self, request: StoreRequest) -> StoreCall {
+        let shared = self.shared.clone();
+        Box::pin(async move {
+            let op = request.name();
+            let reply_to = request.reply_to();
+            let started = Instant::now();
+            let executed = tokio::time::timeout(
+                shared.store_timeout,
+                wsauth_store::execute(&*shared.store, request, now_ms()),
+            )
+            .await;
+            let ok = matches!(executed, Ok(Ok(_)));
+            let reply = match executed {
+                Ok(Ok(reply)) => reply,
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, op, "store unavailable");
+                    None
+                }
+                Err(_) => {
+                    tracing::warn!(op, "store call timed out");
+                    None
+                }
+            };
+            shared.metrics.store_call(op, started.elapsed(), ok);
+            reply_to.map(|request| (request, reply.unwrap_or(Reply::Unavailable)))
+        })
+    }
+
+    /// Carries out one output, except the store calls, which are queued.
+    fn carry_out(&mut self, output: Output) {
         match output {
             Output::Send(msg) => {
                 self.shared.metrics.message_out();
                 let frame = Message::text(msg.to_json());
-                if !self.upgraded {
-                    self.early.push(frame);
-                } else if self.slow || self.conn.is_closed() {
+                if self.conn.is_closed() {
+                    // The error and close that end a connection are bounded by that end.
                     self.out.push_final(frame);
                 } else if !self.out.push(frame) {
-                    self.slow = true;
-                    self.conn.handle_fault(now_ms(), ErrorCode::SlowConsumer);
+                    self.conn.handle(now_ms(), Input::OutboundFull);
                 }
             }
             Output::Ping => {
                 self.out.push_final(Message::Ping(Default::default()));
             }
             Output::Close { code, reason } => self.out.close(code.0, reason),
-            Output::Verify { request, token } => {
+            Output::Verify {
+                request,
+                token,
+                purpose,
+            } => {
                 let started = Instant::now();
-                if self.session_id.is_some() {
-                    // Once a session exists, a verification is a refresh's.
+                if purpose == VerifyPurpose::Refresh {
                     self.refresh_started = Some(started);
                 }
                 let verified = self.shared.verifier.verify_cached(
@@ -333,177 +450,32 @@ impl<S: Store> Driver<S> {
                     Err(e) => Reply::NotVerified(e),
                 };
                 self.shared.metrics.verified(started.elapsed());
-                self.conn.handle_reply(now_ms(), request, reply);
+                self.conn.handle(now_ms(), Input::Reply(request, reply));
             }
-            Output::Store(req) => self.store(req).await,
+            Output::Store(request) => self.store_calls.waiting.push_back(request),
+            Output::Listen(attachment) => {
+                self.mailbox = Some(
+                    self.shared
+                        .hub
+                        .register(&attachment.session_id, attachment.epoch),
+                );
+                // Authenticated: no longer counted against the per-IP cap.
+                self.unauthenticated = None;
+            }
             Output::Event(e) => self.event(e),
             Output::AcceptUpgrade | Output::RejectUpgrade { .. } => {}
         }
     }
 
-    async fn store(&mut self, req: StoreRequest) {
-        let store = self.shared.store.clone();
-        let timeout = self.shared.store_timeout;
-        let now = now_ms();
-        let metrics = self.shared.metrics.clone();
-        macro_rules! call {
-            ($op:literal, $fut:expr) => {{
-                let started = Instant::now();
-                let result = match tokio::time::timeout(timeout, $fut).await {
-                    Ok(Ok(v)) => Ok(v),
-                    Ok(Err(e)) => {
-                        tracing::warn!(error = %e, op = $op, "store unavailable");
-                        Err(())
-                    }
-                    Err(_) => {
-                        tracing::warn!(op = $op, "store call timed out");
-                        Err(())
-                    }
-                };
-                metrics.store_call($op, started.elapsed(), result.is_ok());
-                result
-            }};
-        }
-        match req {
-            StoreRequest::CreateSession {
-                request,
-                claims,
-                now_ms: at,
-            } => {
-                let reply = match call!("create", store.create_session(claims.clone(), at)) {
-                    Ok(CreateOutcome::Created {
-                        session_id,
-                        resume_token,
-                        epoch,
-                        evicted,
-                    }) => {
-                        metrics.evicted(evicted);
-                        self.attach(&session_id, epoch);
-                        Reply::Created {
-                            session_id,
-                            resume_token,
-                        }
-                    }
-                    Ok(CreateOutcome::Revoked) => {
-                        metrics.refused(&claims.sub, claims.jti.as_deref());
-                        Reply::Revoked
-                    }
-                    Ok(CreateOutcome::TooManySessions) => {
-                        metrics.refused(&claims.sub, claims.jti.as_deref());
-                        Reply::TooManySessions
-                    }
-                    Err(()) => Reply::Unavailable,
-                };
-                self.conn.handle_reply(now_ms(), request, reply);
-            }
-            StoreRequest::ResumeSession {
-                request,
-                session_id,
-                resume_token,
-            } => {
-                let reply = match call!(
-                    "resume",
-                    store.resume_session(&session_id, &resume_token, now)
-                ) {
-                    Ok(Some((session, epoch))) => {
-                        self.attach(&session_id, epoch);
-                        Reply::Resumed(Box::new(session))
-                    }
-                    Ok(None) => Reply::NotFound,
-                    Err(()) => Reply::Unavailable,
-                };
-                self.conn.handle_reply(now_ms(), request, reply);
-            }
-            StoreRequest::RefreshSession {
-                request,
-                session_id,
-                claims,
-                now_ms: at,
-            } => {
-                let reply = match call!(
-                    "refresh",
-                    store.refresh_session(&session_id, self.epoch, claims.clone(), at)
-                ) {
-                    Ok(RefreshOutcome::Refreshed) => Reply::Refreshed,
-                    Ok(RefreshOutcome::Revoked) => {
-                        metrics.refused(&claims.sub, claims.jti.as_deref());
-                        Reply::Revoked
-                    }
-                    Err(()) => Reply::Unavailable,
-                };
-                self.conn.handle_reply(now_ms(), request, reply);
-            }
-            StoreRequest::NoteExpiringSent { session_id } => {
-                let _ = call!(
-                    "expiring",
-                    store.note_expiring_sent(&session_id, self.epoch)
-                );
-            }
-            StoreRequest::Subscribe {
-                request,
-                session_id,
-                channel,
-            } => {
-                let reply = match call!("join", store.subscribe(&session_id, self.epoch, &channel))
-                {
-                    Ok(()) => Reply::Subscribed,
-                    Err(()) => Reply::Unavailable,
-                };
-                self.conn.handle_reply(now_ms(), request, reply);
-            }
-            StoreRequest::Unsubscribe {
-                session_id,
-                channel,
-            } => {
-                let _ = call!(
-                    "leave",
-                    store.unsubscribe(&session_id, self.epoch, &channel)
-                );
-            }
-            StoreRequest::Publish {
-                request,
-                channel,
-                from,
-                data,
-            } => {
-                let reply = match call!("publish", store.publish(&channel, &from, data, now)) {
-                    Ok(_) => Reply::Published,
-                    Err(()) => Reply::Unavailable,
-                };
-                self.conn.handle_reply(now_ms(), request, reply);
-            }
-            StoreRequest::DetachSession { session_id } => {
-                let _ = call!("detach", store.detach(&session_id, self.epoch, now));
-            }
-            StoreRequest::EndSession { session_id } => {
-                let _ = call!("end", store.end_session(&session_id, self.epoch));
-            }
-        }
-    }
-
-    fn remember_user(&mut self) {
-        if self.user.is_none() {
-            self.user = self.conn.user().map(str::to_owned);
-        }
-    }
-
-    fn attach(&mut self, session_id: &str, epoch: u64) {
-        self.epoch = epoch;
-        self.session_id = Some(session_id.to_owned());
-        self.mailbox = Some(self.shared.hub.register(session_id, epoch));
-        // Authenticated: no longer counted against the per-IP cap.
-        self.unauthenticated = None;
-    }
-
     fn event(&mut self, event: Event) {
-        self.remember_user();
-        self.shared.metrics.event(&event, self.started.elapsed());
-        if matches!(event, Event::Refreshed { .. } | Event::RefreshFailed { .. })
-            && let Some(started) = self.refresh_started.take()
-        {
-            self.shared.metrics.refresh_answered(started.elapsed());
-        }
+        let metrics = &self.shared.metrics;
+        metrics.event(&event, self.started.elapsed());
         match event {
+            Event::Refreshed { .. } | Event::RefreshFailed { .. } => {
+                if let Some(started) = self.refresh_started.take() {
+                    metrics.refresh_answered(started.elapsed());
+                }
+            }
             Event::Authenticated { method, user } => {
                 debug!(peer = %self.peer, %user, ?method, "authenticated");
             }
@@ -511,11 +483,13 @@ impl<S: Store> Driver<S> {
                 code,
                 error,
                 session,
+                user,
+                session_id,
             } => {
                 info!(
                     peer = %self.peer,
-                    user = self.user.as_deref().unwrap_or("-"),
-                    session = self.session_id.as_deref().unwrap_or("-"),
+                    user = user.as_deref().unwrap_or("-"),
+                    session = session_id.as_deref().unwrap_or("-"),
                     close = code.map_or(0, |c: CloseCode| c.0),
                     code = error.map_or("-", ErrorCode::as_str),
                     fate = fate_name(session),
@@ -525,6 +499,31 @@ impl<S: Store> Driver<S> {
             }
             _ => {}
         }
+    }
+}
+
+/// What a store notice, routed by the hub, is to the core.
+fn notice_input(event: ConnEvent) -> Input<'static> {
+    match event {
+        ConnEvent::Deliver(d) => Input::Deliver(*d),
+        ConnEvent::Replaced => Input::Replaced,
+        ConnEvent::Revoked(revoked) => {
+            let (revocation, issued_at_ms) = *revoked;
+            Input::Revoked {
+                revocation,
+                issued_at_ms,
+            }
+        }
+        ConnEvent::Overflow => Input::OutboundFull,
+        ConnEvent::NoticesLost => Input::NoticesLost,
+    }
+}
+
+/// The reply of the store call under way; never, when none is.
+async fn next_answer(current: &mut Option<StoreCall>) -> Option<(RequestId, Reply)> {
+    match current {
+        Some(call) => call.await,
+        None => std::future::pending().await,
     }
 }
 

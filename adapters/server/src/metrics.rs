@@ -536,6 +536,11 @@ impl Metrics {
             Event::ExpiringSent => {
                 self.expiring_sent.inc();
             }
+            Event::Refused { user, jti } => self.refused(user, jti.as_deref()),
+            Event::Evicted { sessions } => self.evicted(*sessions),
+            Event::RevocationApplied { issued_at_ms } => {
+                self.revocation_closed(*issued_at_ms, crate::conn::now_ms());
+            }
             Event::RateLimited => {
                 self.rate_limited.inc();
             }

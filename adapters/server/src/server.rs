@@ -11,9 +11,10 @@ use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
+use wsauth_core::SessionConfig;
 use wsauth_core::jwt::{KeySet, Verifier, VerifierConfig};
+use wsauth_core::upgrade::AcceptRefusal;
 use wsauth_core::upgrade::UpgradePolicy;
-use wsauth_core::{ErrorBody, ErrorCode, SessionConfig};
 use wsauth_store::{MemoryStore, Notify, Store, StoreSettings};
 use wsauth_store_redis::{RedisConfig, RedisStore};
 
@@ -349,8 +350,9 @@ async fn accept_loop<S: Store>(
                 let Ok(slot) = slots.clone().try_acquire_owned() else {
                     tracker.spawn(async move {
                         let mut tcp = tcp;
-                        let body = ErrorBody::new(ErrorCode::Internal);
-                        let _ = crate::handshake::write_refusal(&mut tcp, 503, &body).await;
+                        if let Some((status, body)) = AcceptRefusal::ServerFull.response() {
+                            let _ = crate::handshake::write_refusal(&mut tcp, status, &body).await;
+                        }
                     });
                     continue;
                 };
