@@ -172,6 +172,7 @@ spec!(
             Some(&format!("access_token={t}")),
             &UpgradePolicy::default(),
         );
+        auth(&mut w, "B", 1, &t);
     }
 );
 
@@ -266,6 +267,10 @@ spec!(
     |w| {
         let t = alice_live(&mut w, "A");
         auth(&mut w, "A", 2, &t);
+        w.send(
+            "A",
+            r#"{"type":"resume","id":3,"session_id":"s_1","resume_token":"r_2"}"#,
+        );
     }
 );
 
@@ -383,10 +388,11 @@ spec!(
         w.open("A");
         auth(&mut w, "A", 1, &t);
         w.note("the client answers pings, so only expiry matters");
-        for _ in 0..13 {
+        for _ in 0..12 {
             w.advance(50_000);
             w.pong("A");
         }
+        w.advance(50_000);
     }
 );
 
@@ -406,14 +412,25 @@ spec!(
     "A refresh with a new token of the same `sub` moves the expiry; the `expiring` notice is armed again for the new token.",
     |w| {
         let t1 = token(&mut w, "alice, 2min", "alice", 120, json!({}));
-        let t2 = token(&mut w, "alice, 1h", "alice", 3600, json!({}));
+        let t2 = token(&mut w, "alice, 5min", "alice", 300, json!({}));
+        w.show_timers = false;
         w.open("A");
         auth(&mut w, "A", 1, &t1);
-        w.advance(60_000);
+        w.note("the client answers pings, so only the token's expiry matters");
+        w.advance(50_000);
+        w.pong("A");
+        w.advance(10_000);
         w.send(
             "A",
             &format!(r#"{{"type":"refresh","id":7,"token":"{t2}"}}"#),
         );
+        w.note("the old token's end (+120s, +150s with the leeway) passes unnoticed");
+        for _ in 0..3 {
+            w.advance(50_000);
+            w.pong("A");
+        }
+        w.note("the notice comes 60 s before the new token's exp");
+        w.advance(30_000);
     }
 );
 
@@ -560,20 +577,32 @@ spec!(
     "Revoking a user closes every live session of that user with TOKEN_REVOKED and refuses tokens issued at or before the revocation; a token issued later is accepted.",
     |w| {
         alice_live(&mut w, "A");
+        let second = token(
+            &mut w,
+            "alice, 1h, jti t-alice-2",
+            "alice",
+            3600,
+            json!({"jti": "t-alice-2"}),
+        );
+        w.open("B");
+        auth(&mut w, "B", 1, &second);
+        let bob = token(&mut w, "bob, 1h", "bob", 3600, json!({}));
+        w.open("C");
+        auth(&mut w, "C", 1, &bob);
         w.advance(2_000);
         w.revoke(Revocation::Subject {
             sub: "alice".into(),
             at_s: T0_S + 2,
         });
         let old = token(&mut w, "alice, issued at start", "alice", 3600, json!({}));
-        w.open("B");
-        auth(&mut w, "B", 1, &old);
+        w.open("D");
+        auth(&mut w, "D", 1, &old);
         w.advance(1_000);
         let newer = json!({"sub": "alice", "exp": T0_S + 3600, "iat": T0_S + 3});
         let fresh = sign_hs256(SECRET, &newer);
         w.label(&fresh, "alice, issued after the revocation");
-        w.open("C");
-        auth(&mut w, "C", 1, &fresh);
+        w.open("E");
+        auth(&mut w, "E", 1, &fresh);
     }
 );
 
@@ -734,18 +763,14 @@ spec!(
         let t = token(&mut w, "alice, 20s", "alice", 20, json!({}));
         w.open("A");
         auth(&mut w, "A", 1, &t);
-        w.peer_close("A", PeerClose::Lost);
         w.advance(25_000);
+        w.peer_close("A", PeerClose::Lost);
+        w.note("the token ends at +50s (exp plus the 30 s leeway); the session stays resumable until +55s");
+        w.advance(26_000);
         w.open("B");
         w.send(
             "B",
             r#"{"type":"resume","id":1,"session_id":"s_1","resume_token":"r_2"}"#,
-        );
-        w.advance(25_000);
-        w.open("C");
-        w.send(
-            "C",
-            r#"{"type":"resume","id":1,"session_id":"s_1","resume_token":"r_3"}"#,
         );
     }
 );
@@ -754,12 +779,21 @@ spec!(
     close_1000_ends_the_session,
     "A client close with 1000 ends the session for good; any other close keeps it resumable.",
     |w| {
-        alice_live(&mut w, "A");
+        let t = alice_live(&mut w, "A");
         w.peer_close("A", PeerClose::Closed(Some(1000)));
         w.open("B");
         w.send(
             "B",
             r#"{"type":"resume","id":1,"session_id":"s_1","resume_token":"r_2"}"#,
+        );
+        w.note("any other code, here 1001 (a browser leaving the page), keeps the session");
+        w.open("C");
+        auth(&mut w, "C", 1, &t);
+        w.peer_close("C", PeerClose::Closed(Some(1001)));
+        w.open("D");
+        w.send(
+            "D",
+            r#"{"type":"resume","id":1,"session_id":"s_3","resume_token":"r_4"}"#,
         );
     }
 );
