@@ -1140,6 +1140,37 @@ spec!(
     ends: { "A" => live().channels(["general"]) },
 );
 
+spec!(
+    requests_queue_behind_a_slow_store_reply,
+    "Requests sent while the store is slow to answer an earlier one wait behind it, and are answered in the order sent, each with its own id, once the reply comes.",
+    |w| {
+        alice_live(&mut w, "A");
+        w.note("the store is slow: its replies are held");
+        w.hold_replies = true;
+        w.send("A", r#"{"type":"join","id":2,"channel":"general"}"#);
+        w.send("A", r#"{"type":"join","id":3,"channel":"team:7"}"#);
+        w.send(
+            "A",
+            r#"{"type":"publish","id":4,"channel":"general","data":"hi"}"#,
+        );
+        w.advance(2_000);
+        w.note("the store answers");
+        w.hold_replies = false;
+        w.release();
+    },
+    sees: {
+        "A" => [
+            authenticated().id(1),
+            joined().id(2).channel("general"),
+            joined().id(3).channel("team:7"),
+            published().id(4),
+            message().channel("general").seq(1),
+        ],
+    },
+    never: { "A" => [error("RATE_LIMITED"), error("INTERNAL")] },
+    ends: { "A" => live().channels(["general", "team:7"]) },
+);
+
 // ----- §3 Session lifetime -----------------------------------------------------
 
 spec!(
@@ -1210,6 +1241,46 @@ spec!(
             authenticated().id(1),
             expiring().current().in_ms(60_000),
             refreshed().id(7).later(),
+            expiring().current().in_ms(60_000),
+        ],
+    },
+    never: { "A" => [error("SESSION_EXPIRED"), error("IDLE_TIMEOUT")] },
+    ends: { "A" => live().token_exp(300) },
+);
+
+spec!(
+    refresh_cycle,
+    "The central flow: each `expiring` notice is answered with a `refresh`, whose `refreshed` carries a later `expires_at` and arms the next notice; the session outlives every token it used.",
+    |w| {
+        let first = token(&mut w, "alice, exp +2min", "alice", 120, json!({}));
+        w.show_timers = false;
+        w.open("A");
+        auth(&mut w, "A", 1, &first);
+        w.note("each token lasts 2 minutes; the client answers pings and refreshes at each notice");
+        for (id, exp_s) in [(2, 180), (3, 240), (4, 300)] {
+            w.advance(30_000);
+            w.pong("A");
+            w.advance(30_000);
+            let label = format!("alice, exp +{}min", exp_s / 60);
+            let next = token(&mut w, &label, "alice", exp_s, json!({}));
+            w.send(
+                "A",
+                &format!(r#"{{"type":"refresh","id":{id},"token":"{next}"}}"#),
+            );
+        }
+        w.advance(30_000);
+        w.pong("A");
+        w.advance(30_000);
+    },
+    sees: {
+        "A" => [
+            authenticated().id(1),
+            expiring().current().in_ms(60_000),
+            refreshed().id(2).later(),
+            expiring().current().in_ms(60_000),
+            refreshed().id(3).later(),
+            expiring().current().in_ms(60_000),
+            refreshed().id(4).later(),
             expiring().current().in_ms(60_000),
         ],
     },
@@ -1793,6 +1864,51 @@ spec!(
     sees: { "A" => [error("INTERNAL").id(1).fatal("reconnect")] },
     never: { "A" => [authenticated()] },
     ends: { "A" => closed(1011, "INTERNAL").no_session() },
+);
+
+spec!(
+    internal_at_resume_then_retry,
+    "INTERNAL during a resume: the store cannot be reached, fail closed with close 1011 and retry reconnect. The session is untouched: once the store is back, a reconnect resumes it with the same resume token and replays what was missed.",
+    |w| {
+        alice_live(&mut w, "A");
+        w.send("A", r#"{"type":"join","id":2,"channel":"general"}"#);
+        w.peer_close("A", PeerClose::Lost);
+        w.publish_external("general", "bob", r#"{"text":"while you were away"}"#);
+        w.advance(1_000);
+        w.store_available = false;
+        w.open("B");
+        w.send(
+            "B",
+            r#"{"type":"resume","id":1,"session_id":"s_1","resume_token":"r_2","last_seq":0}"#,
+        );
+        w.note("retry reconnect: the client backs off and tries again; the store is still down");
+        w.advance(2_000);
+        w.open("C");
+        w.send(
+            "C",
+            r#"{"type":"resume","id":1,"session_id":"s_1","resume_token":"r_2","last_seq":0}"#,
+        );
+        w.advance(4_000);
+        w.store_available = true;
+        w.note("the store is back");
+        w.open("D");
+        w.send(
+            "D",
+            r#"{"type":"resume","id":1,"session_id":"s_1","resume_token":"r_2","last_seq":0}"#,
+        );
+    },
+    sees: {
+        "B" => [error("INTERNAL").id(1).fatal("reconnect")],
+        "C" => [error("INTERNAL").id(1).fatal("reconnect")],
+        "D" => [resumed().id(1).replayed(1).gap(false), message().seq(1)],
+    },
+    never: { "B" => [resumed()], "C" => [resumed()] },
+    ends: {
+        "A" => lost().resumable(),
+        "B" => closed(1011, "INTERNAL").no_session(),
+        "C" => closed(1011, "INTERNAL").no_session(),
+        "D" => live().channels(["general"]),
+    },
 );
 
 spec!(
