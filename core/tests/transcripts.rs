@@ -13,6 +13,11 @@
 //! ```
 //! Tokens are shown as `<labels>`; session ids and resume tokens are the simulated
 //! store's (`s_1`, `r_2`).
+//!
+//! Every transcript also states what it guarantees (`sees`, `never`, `ends`: see
+//! [`expect`]). They are checked in code against the machine's outputs and the
+//! final state of each connection, so that a title cannot drift from its
+//! recording, and shown as an `expects` block at the top of the snapshot.
 
 mod support;
 
@@ -76,37 +81,730 @@ fn alice_live(w: &mut World, conn: &str) -> String {
     t
 }
 
+/// `spec!(name, "title", [setup,] |w| { … }, sees: {…}, never: {…}, ends: {…})`: a
+/// transcript and what it guarantees. `ends` is required (and must name every
+/// connection); `sees` and `never` are optional. The expectations are checked
+/// against the recording, then shown at the top of the snapshot.
 macro_rules! spec {
-    ($name:ident, $description:literal, |$w:ident| $body:block) => {
+    (@run $name:ident, $description:literal, $setup:expr, |$w:ident| $body:block,
+        $(sees: { $($sc:literal => [$($ss:expr),* $(,)?]),* $(,)? },)?
+        $(never: { $($nc:literal => [$($ns:expr),* $(,)?]),* $(,)? },)?
+        ends: { $($ec:literal => $ee:expr),+ $(,)? } $(,)?
+    ) => {
         #[test]
         fn $name() {
-            let mut $w = world();
+            use expect::*;
+            let mut $w = Spec::new($setup);
             $body
+            let mut expects = Expects::default();
+            $($(expects.sees($sc, vec![$($ss),*]);)*)?
+            $($(expects.never($nc, vec![$($ns),*]);)*)?
+            $(expects.ends($ec, $ee);)+
+            if let Err(failures) = expects.check(&mut $w) {
+                panic!(
+                    "{} does not show what it claims:\n  {}\n\n{}",
+                    stringify!($name),
+                    failures.join("\n  "),
+                    $w.transcript()
+                );
+            }
             insta::with_settings!({
                 description => $description,
                 snapshot_path => "spec",
                 prepend_module_to_snapshot => false,
                 omit_expression => true,
             }, {
-                insta::assert_snapshot!(stringify!($name), $w.transcript());
+                insta::assert_snapshot!(
+                    stringify!($name),
+                    format!("{}\n{}", expects.render(), $w.transcript())
+                );
             });
         }
     };
-    ($name:ident, $description:literal, $setup:expr, |$w:ident| $body:block) => {
-        #[test]
-        fn $name() {
-            let mut $w = $setup;
-            $body
-            insta::with_settings!({
-                description => $description,
-                snapshot_path => "spec",
-                prepend_module_to_snapshot => false,
-                omit_expression => true,
-            }, {
-                insta::assert_snapshot!(stringify!($name), $w.transcript());
-            });
-        }
+    ($name:ident, $description:literal, |$w:ident| $body:block, $($expects:tt)+) => {
+        spec!(@run $name, $description, world(), |$w| $body, $($expects)+);
     };
+    ($name:ident, $description:literal, $setup:expr, |$w:ident| $body:block, $($expects:tt)+) => {
+        spec!(@run $name, $description, $setup, |$w| $body, $($expects)+);
+    };
+}
+
+/// What a transcript guarantees, stated in code and checked against the recording:
+/// the server's messages (`Output::Send`), its closes and the machine's `closed`
+/// events, and the final state of every connection. Not against the rendered text.
+///
+/// - `sees`: an ordered subsequence of a connection's messages; other messages may
+///   come in between.
+/// - `never`: messages that must not appear on a connection at all.
+/// - `ends`: the final state of a connection; every connection a transcript opens
+///   must have one, and a close must say what became of the session.
+mod expect {
+    use std::collections::{BTreeMap, BTreeSet};
+    use std::fmt::Write as _;
+    use std::ops::{Deref, DerefMut};
+
+    use super::T0;
+    use wsauth_core::sim::World;
+    use wsauth_core::upgrade::{UpgradeDecision, UpgradePolicy, inspect_upgrade};
+    use wsauth_core::{ErrorCode, Event, Output, ServerMessage, SessionFate};
+
+    /// A condition on one message, besides its type.
+    #[derive(Clone, Debug, PartialEq)]
+    enum Cond {
+        Id(u64),
+        NoId,
+        Code(&'static str),
+        Fatal(&'static str),
+        NotFatal,
+        Later,
+        Current,
+        InMs(u64),
+        Seq(u64),
+        Channel(&'static str),
+        Reason(&'static str),
+        Replayed(u64),
+        Gap(bool),
+    }
+
+    /// One server message to look for: its type (`None`: any) and conditions.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Msg {
+        kind: Option<&'static str>,
+        conds: Vec<Cond>,
+    }
+
+    fn msg(kind: &'static str) -> Msg {
+        Msg {
+            kind: Some(kind),
+            conds: Vec::new(),
+        }
+    }
+
+    pub fn authenticated() -> Msg {
+        msg("authenticated")
+    }
+    pub fn refreshed() -> Msg {
+        msg("refreshed")
+    }
+    pub fn expiring() -> Msg {
+        msg("expiring")
+    }
+    pub fn resumed() -> Msg {
+        msg("resumed")
+    }
+    pub fn joined() -> Msg {
+        msg("joined")
+    }
+    pub fn left() -> Msg {
+        msg("left")
+    }
+    pub fn published() -> Msg {
+        msg("published")
+    }
+    pub fn message() -> Msg {
+        msg("message")
+    }
+    /// An error with this code (its wire name).
+    pub fn error(code: &'static str) -> Msg {
+        assert!(
+            ErrorCode::from_name(code).is_some(),
+            "{code} is not an error code"
+        );
+        msg("error").with(Cond::Code(code))
+    }
+    /// Any message.
+    pub fn anything() -> Msg {
+        Msg {
+            kind: None,
+            conds: Vec::new(),
+        }
+    }
+    /// Any message that answers request `id`.
+    pub fn reply_to(id: u64) -> Msg {
+        anything().id(id)
+    }
+
+    impl Msg {
+        fn with(mut self, cond: Cond) -> Self {
+            self.conds.push(cond);
+            self
+        }
+        /// Answers the request with this id.
+        pub fn id(self, id: u64) -> Self {
+            self.with(Cond::Id(id))
+        }
+        /// Carries no id.
+        pub fn no_id(self) -> Self {
+            self.with(Cond::NoId)
+        }
+        /// A fatal error with this retry hint.
+        pub fn fatal(self, retry: &'static str) -> Self {
+            self.with(Cond::Fatal(retry))
+        }
+        /// A non-fatal error.
+        pub fn not_fatal(self) -> Self {
+            self.with(Cond::NotFatal)
+        }
+        /// Its `expires_at` is later than the one announced before it on this
+        /// connection (by `authenticated`, `resumed` or `refreshed`).
+        pub fn later(self) -> Self {
+            self.with(Cond::Later)
+        }
+        /// Its `expires_at` is the one last announced on this connection.
+        pub fn current(self) -> Self {
+            self.with(Cond::Current)
+        }
+        /// An `expiring` notice this many ms before `expires_at`.
+        pub fn in_ms(self, ms: u64) -> Self {
+            self.with(Cond::InMs(ms))
+        }
+        /// A channel message with this `seq`.
+        pub fn seq(self, seq: u64) -> Self {
+            self.with(Cond::Seq(seq))
+        }
+        /// About this channel.
+        pub fn channel(self, channel: &'static str) -> Self {
+            self.with(Cond::Channel(channel))
+        }
+        /// A `left` the server sent on its own, for this reason.
+        pub fn reason(self, code: &'static str) -> Self {
+            self.with(Cond::Reason(code))
+        }
+        /// A `resumed` announcing this many replayed messages.
+        pub fn replayed(self, n: u64) -> Self {
+            self.with(Cond::Replayed(n))
+        }
+        /// A `resumed` with this `gap`.
+        pub fn gap(self, gap: bool) -> Self {
+            self.with(Cond::Gap(gap))
+        }
+
+        fn matches(&self, m: &ServerMessage, announced_before: Option<u64>) -> bool {
+            if self.kind.is_some_and(|k| k != kind_of(m)) {
+                return false;
+            }
+            self.conds.iter().all(|c| match c {
+                Cond::Id(id) => m.id() == Some(*id),
+                Cond::NoId => m.id().is_none(),
+                Cond::Code(code) => {
+                    matches!(m, ServerMessage::Error { code: c, .. } if c.as_str() == *code)
+                }
+                Cond::Fatal(retry) => matches!(
+                    m,
+                    ServerMessage::Error { fatal: true, retry: Some(r), .. } if r.as_str() == *retry
+                ),
+                Cond::NotFatal => matches!(m, ServerMessage::Error { fatal: false, .. }),
+                Cond::Later => matches!(
+                    (expires_at(m), announced_before),
+                    (Some(now), Some(before)) if now > before
+                ),
+                Cond::Current => expires_at(m).is_some() && expires_at(m) == announced_before,
+                Cond::InMs(ms) => matches!(m, ServerMessage::Expiring { in_ms, .. } if in_ms == ms),
+                Cond::Seq(seq) => matches!(m, ServerMessage::Message { seq: s, .. } if s == seq),
+                Cond::Channel(channel) => match m {
+                    ServerMessage::Joined { channel: c, .. }
+                    | ServerMessage::Left { channel: c, .. } => c == channel,
+                    ServerMessage::Message { channel: c, .. } => &**c == *channel,
+                    _ => false,
+                },
+                Cond::Reason(code) => matches!(
+                    m,
+                    ServerMessage::Left { reason: Some(r), .. } if r.as_str() == *code
+                ),
+                Cond::Replayed(n) => {
+                    matches!(m, ServerMessage::Resumed { replayed, .. } if replayed == n)
+                }
+                Cond::Gap(gap) => matches!(m, ServerMessage::Resumed { gap: g, .. } if g == gap),
+            })
+        }
+
+        fn render(&self) -> String {
+            let reply_to = match (self.kind, self.conds.as_slice()) {
+                (None, [Cond::Id(id)]) => Some(*id),
+                _ => None,
+            };
+            if let Some(id) = reply_to {
+                return format!("any reply to id {id}");
+            }
+            let mut out = String::from(self.kind.unwrap_or("any message"));
+            let mut details = Vec::new();
+            for c in &self.conds {
+                match c {
+                    Cond::Code(code) => {
+                        let _ = write!(out, " {code}");
+                    }
+                    Cond::Id(id) => details.push(format!("id {id}")),
+                    Cond::NoId => details.push("no id".to_owned()),
+                    Cond::Fatal(retry) => details.push(format!("fatal, retry {retry}")),
+                    Cond::NotFatal => details.push("not fatal".to_owned()),
+                    Cond::Later => details.push("expires_at later than before".to_owned()),
+                    Cond::Current => details.push("for the current token".to_owned()),
+                    Cond::InMs(ms) => details.push(format!("in_ms {ms}")),
+                    Cond::Seq(seq) => details.push(format!("seq {seq}")),
+                    Cond::Channel(ch) => details.push(format!("channel {ch}")),
+                    Cond::Reason(code) => details.push(format!("reason {code}")),
+                    Cond::Replayed(n) => details.push(format!("{n} replayed")),
+                    Cond::Gap(gap) => details.push(format!("gap {gap}")),
+                }
+            }
+            if !details.is_empty() {
+                let _ = write!(out, " ({})", details.join(", "));
+            }
+            out
+        }
+    }
+
+    fn kind_of(m: &ServerMessage) -> &'static str {
+        match m {
+            ServerMessage::Authenticated { .. } => "authenticated",
+            ServerMessage::Refreshed { .. } => "refreshed",
+            ServerMessage::Expiring { .. } => "expiring",
+            ServerMessage::Resumed { .. } => "resumed",
+            ServerMessage::Joined { .. } => "joined",
+            ServerMessage::Left { .. } => "left",
+            ServerMessage::Published { .. } => "published",
+            ServerMessage::Message { .. } => "message",
+            ServerMessage::Error { .. } => "error",
+        }
+    }
+
+    fn expires_at(m: &ServerMessage) -> Option<u64> {
+        match m {
+            ServerMessage::Authenticated { expires_at, .. }
+            | ServerMessage::Refreshed { expires_at, .. }
+            | ServerMessage::Resumed { expires_at, .. }
+            | ServerMessage::Expiring { expires_at, .. } => Some(*expires_at),
+            _ => None,
+        }
+    }
+
+    /// How a connection ends up.
+    #[derive(Clone, Debug, PartialEq)]
+    enum State {
+        Live,
+        AwaitingAuth,
+        ClosedByServer(u16, &'static str),
+        ClosedByClient(u16),
+        Lost,
+        Refused(u16),
+    }
+
+    /// The final state of a connection.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct End {
+        state: State,
+        session: Option<SessionFate>,
+        channels: Option<Vec<&'static str>>,
+        exp_s: Option<u64>,
+    }
+
+    fn end(state: State) -> End {
+        End {
+            state,
+            session: None,
+            channels: None,
+            exp_s: None,
+        }
+    }
+
+    /// Open with a session attached.
+    pub fn live() -> End {
+        end(State::Live)
+    }
+    /// Open, no session yet.
+    pub fn awaiting_auth() -> End {
+        end(State::AwaitingAuth)
+    }
+    /// The server closed it with this code and reason.
+    pub fn closed(code: u16, reason: &'static str) -> End {
+        end(State::ClosedByServer(code, reason))
+    }
+    /// The client closed it with this code.
+    pub fn client_closed(code: u16) -> End {
+        end(State::ClosedByClient(code))
+    }
+    /// The socket was lost, no close frame.
+    pub fn lost() -> End {
+        end(State::Lost)
+    }
+    /// The upgrade was refused with this HTTP status: no WebSocket.
+    pub fn refused(status: u16) -> End {
+        end(State::Refused(status))
+    }
+
+    impl End {
+        fn session(mut self, fate: SessionFate) -> Self {
+            self.session = Some(fate);
+            self
+        }
+        /// Closed, the session kept for a resume.
+        pub fn resumable(self) -> Self {
+            self.session(SessionFate::Detached)
+        }
+        /// Closed, the session ended for good.
+        pub fn ended(self) -> Self {
+            self.session(SessionFate::Ended)
+        }
+        /// Closed, the session handed to another connection or evicted.
+        pub fn taken_over(self) -> Self {
+            self.session(SessionFate::Replaced)
+        }
+        /// Closed before it had a session.
+        pub fn no_session(self) -> Self {
+            self.session(SessionFate::None)
+        }
+        /// Live and joined to exactly these channels.
+        pub fn channels<const N: usize>(mut self, channels: [&'static str; N]) -> Self {
+            let mut v = channels.to_vec();
+            v.sort_unstable();
+            self.channels = Some(v);
+            self
+        }
+        /// Live with a token whose `exp` is this many seconds after the start.
+        pub fn token_exp(mut self, s: u64) -> Self {
+            self.exp_s = Some(s);
+            self
+        }
+
+        fn render(&self) -> String {
+            let mut out = match &self.state {
+                State::Live => "live".to_owned(),
+                State::AwaitingAuth => "open, waiting for auth".to_owned(),
+                State::ClosedByServer(code, reason) => {
+                    format!("closed by the server: {code} {reason}")
+                }
+                State::ClosedByClient(code) => format!("closed by the client: {code}"),
+                State::Lost => "connection lost".to_owned(),
+                State::Refused(status) => {
+                    format!("refused at the upgrade: HTTP {status}, no WebSocket")
+                }
+            };
+            if let Some(fate) = self.session {
+                out.push_str(match fate {
+                    SessionFate::None => ", no session",
+                    SessionFate::Detached => ", session resumable",
+                    SessionFate::Ended => ", session ended",
+                    SessionFate::Replaced => ", session taken over",
+                });
+            }
+            if let Some(channels) = &self.channels {
+                if channels.is_empty() {
+                    out.push_str(", in no channel");
+                } else {
+                    let _ = write!(out, ", in {}", channels.join(" "));
+                }
+            }
+            if let Some(s) = self.exp_s {
+                let _ = write!(out, ", token exp at +{s}s");
+            }
+            out
+        }
+    }
+
+    #[derive(Clone, Debug)]
+    enum Item {
+        Sees(Vec<Msg>),
+        Never(Vec<Msg>),
+        Ends(End),
+    }
+
+    /// A transcript's expectations, by connection.
+    #[derive(Clone, Debug, Default)]
+    pub struct Expects {
+        items: Vec<(&'static str, Item)>,
+    }
+
+    impl Expects {
+        pub fn sees(&mut self, conn: &'static str, msgs: Vec<Msg>) {
+            self.items.push((conn, Item::Sees(msgs)));
+        }
+        pub fn never(&mut self, conn: &'static str, msgs: Vec<Msg>) {
+            self.items.push((conn, Item::Never(msgs)));
+        }
+        pub fn ends(&mut self, conn: &'static str, end: End) {
+            self.items.push((conn, Item::Ends(end)));
+        }
+
+        /// The expectations as the snapshot shows them, grouped by connection.
+        pub fn render(&self) -> String {
+            let mut out = String::from("expects (checked against the recording below):\n");
+            let conns: BTreeSet<&str> = self.items.iter().map(|(c, _)| *c).collect();
+            for conn in conns {
+                for (_, item) in self.items.iter().filter(|(c, _)| *c == conn) {
+                    let (verb, parts, sep) = match item {
+                        Item::Sees(msgs) => ("sees ", msgs.iter().map(Msg::render).collect(), "→ "),
+                        Item::Never(msgs) => {
+                            ("never", msgs.iter().map(Msg::render).collect(), "or ")
+                        }
+                        Item::Ends(end) => ("ends ", vec![end.render()], ""),
+                    };
+                    // One line while it fits, then one step per line.
+                    let line = parts.join(&format!(" {sep}"));
+                    if line.chars().count() <= 90 {
+                        let _ = writeln!(out, "  {conn:<2} {verb} {line}");
+                    } else {
+                        for (i, part) in parts.iter().enumerate() {
+                            if i == 0 {
+                                let _ = writeln!(out, "  {conn:<2} {verb} {part}");
+                            } else {
+                                let _ = writeln!(out, "           {sep}{part}");
+                            }
+                        }
+                    }
+                }
+            }
+            out
+        }
+
+        /// Checks every expectation against what `spec` recorded; each failure is
+        /// one line.
+        pub fn check(&self, spec: &mut Spec) -> Result<(), Vec<String>> {
+            let outputs = spec.world.take_outputs();
+            let mut failures = Vec::new();
+            let mut opened: BTreeSet<String> = spec.world.conn_names().into_iter().collect();
+            opened.extend(spec.refused.keys().cloned());
+            opened.extend(outputs.iter().map(|(c, _)| c.clone()));
+            for conn in &opened {
+                if !self
+                    .items
+                    .iter()
+                    .any(|(c, i)| c == conn && matches!(i, Item::Ends(_)))
+                {
+                    failures.push(format!("{conn}: no `ends` expectation for this connection"));
+                }
+            }
+            for (conn, item) in &self.items {
+                let mine: Vec<&Output> = outputs
+                    .iter()
+                    .filter(|(c, _)| c == conn)
+                    .map(|(_, o)| o)
+                    .collect();
+                let sent = messages(&mine);
+                match item {
+                    Item::Sees(msgs) => {
+                        let mut at = 0;
+                        for want in msgs {
+                            match sent[at..]
+                                .iter()
+                                .position(|(m, before)| want.matches(m, *before))
+                            {
+                                Some(i) => at += i + 1,
+                                None => {
+                                    failures.push(format!(
+                                        "{conn}: expected {}, but no message from #{} on matches: [{}]",
+                                        want.render(),
+                                        at + 1,
+                                        sent[at..]
+                                            .iter()
+                                            .map(|(m, _)| m.to_json())
+                                            .collect::<Vec<_>>()
+                                            .join(", ")
+                                    ));
+                                    break;
+                                }
+                            }
+                        }
+                    }
+                    Item::Never(msgs) => {
+                        for unwanted in msgs {
+                            if let Some((m, _)) = sent.iter().find(|(m, b)| unwanted.matches(m, *b))
+                            {
+                                failures.push(format!(
+                                    "{conn}: expected never {}, but got {}",
+                                    unwanted.render(),
+                                    m.to_json()
+                                ));
+                            }
+                        }
+                    }
+                    Item::Ends(end) => {
+                        if let Err(why) = check_end(spec, conn, end, &mine) {
+                            failures.push(format!(
+                                "{conn}: expected to end {}, but {why}",
+                                end.render()
+                            ));
+                        }
+                    }
+                }
+            }
+            if failures.is_empty() {
+                Ok(())
+            } else {
+                Err(failures)
+            }
+        }
+    }
+
+    /// The messages sent on a connection, each with the `expires_at` last announced
+    /// before it.
+    fn messages<'a>(outputs: &[&'a Output]) -> Vec<(&'a ServerMessage, Option<u64>)> {
+        let mut announced = None;
+        let mut out = Vec::new();
+        for o in outputs {
+            if let Output::Send(m) = o {
+                out.push((m, announced));
+                if !matches!(m, ServerMessage::Expiring { .. }) && expires_at(m).is_some() {
+                    announced = expires_at(m);
+                }
+            }
+        }
+        out
+    }
+
+    fn check_end(spec: &Spec, name: &str, end: &End, outputs: &[&Output]) -> Result<(), String> {
+        let conn = spec.world.conn(name);
+        let close = outputs.iter().rev().find_map(|o| match o {
+            Output::Close { code, reason } => Some((code.0, *reason)),
+            _ => None,
+        });
+        let closed_event = outputs.iter().rev().find_map(|o| match o {
+            Output::Event(Event::Closed {
+                code,
+                error,
+                session,
+                ..
+            }) => Some((code.map(|c| c.0), *error, *session)),
+            _ => None,
+        });
+        let rejected = outputs.iter().find_map(|o| match o {
+            Output::RejectUpgrade { status, .. } => Some(*status),
+            _ => None,
+        });
+        let describe = || match (conn, close, closed_event) {
+            (None, ..) => "it was never opened".to_owned(),
+            (Some(c), _, _) if !c.is_closed() && c.is_authenticated() => "it is live".to_owned(),
+            (Some(c), _, _) if !c.is_closed() => "it is open without a session".to_owned(),
+            (_, Some((code, reason)), _) => format!("the server closed it {code} {reason}"),
+            (_, None, Some((Some(code), _, _))) => format!("the client closed it {code}"),
+            (_, None, Some((None, _, _))) => "it was lost or refused".to_owned(),
+            (_, None, None) => "it is closed".to_owned(),
+        };
+        let open = conn.is_some_and(|c| !c.is_closed());
+        match &end.state {
+            State::Live => {
+                let Some(c) = conn.filter(|c| !c.is_closed() && c.is_authenticated()) else {
+                    return Err(describe());
+                };
+                if let Some(want) = &end.channels {
+                    let mut got: Vec<&str> = c.joined_channels().collect();
+                    got.sort_unstable();
+                    if got != *want {
+                        return Err(format!("its channels are {got:?}"));
+                    }
+                }
+                if let Some(s) = end.exp_s {
+                    let got = c.claims().map(|c| c.exp_ms);
+                    if got != Some(T0 + s * 1000) {
+                        let shown = got.map_or_else(
+                            || "none".to_owned(),
+                            |ms| format!("+{}s", (ms.saturating_sub(T0)) / 1000),
+                        );
+                        return Err(format!("its token's exp is at {shown}"));
+                    }
+                }
+            }
+            State::AwaitingAuth => {
+                if !open || conn.is_some_and(|c| c.is_authenticated()) {
+                    return Err(describe());
+                }
+            }
+            State::ClosedByServer(code, reason) => {
+                if open || close != Some((*code, *reason)) {
+                    return Err(describe());
+                }
+            }
+            State::ClosedByClient(code) => {
+                if open
+                    || close.is_some()
+                    || !matches!(closed_event, Some((Some(c), None, _)) if c == *code)
+                {
+                    return Err(describe());
+                }
+            }
+            State::Lost => {
+                if open || close.is_some() || !matches!(closed_event, Some((None, None, _))) {
+                    return Err(describe());
+                }
+            }
+            State::Refused(status) => {
+                let got = rejected.or_else(|| spec.refused.get(name).copied());
+                if got != Some(*status) {
+                    return Err(match got {
+                        Some(s) => format!("it was refused with HTTP {s}"),
+                        None => describe(),
+                    });
+                }
+                if open || close.is_some() {
+                    return Err(describe());
+                }
+            }
+        }
+        let closes = !matches!(
+            end.state,
+            State::Live | State::AwaitingAuth | State::Refused(_)
+        );
+        if closes {
+            let Some(want) = end.session else {
+                return Err("the expectation does not say what became of the session \
+                     (.resumable(), .ended(), .taken_over() or .no_session())"
+                    .to_owned());
+            };
+            match closed_event {
+                Some((_, _, got)) if got == want => {}
+                Some((_, _, got)) => return Err(format!("its session fate was {got:?}")),
+                None => return Err("no `closed` event was recorded".to_owned()),
+            }
+        }
+        Ok(())
+    }
+
+    /// The world a transcript drives, plus what the world does not record: the
+    /// upgrade requests refused before a connection existed.
+    pub struct Spec {
+        world: World,
+        refused: BTreeMap<String, u16>,
+    }
+
+    impl Spec {
+        pub fn new(world: World) -> Self {
+            Spec {
+                world,
+                refused: BTreeMap::new(),
+            }
+        }
+
+        /// [`World::open_upgrade`], remembering a refusal of the upgrade request.
+        pub fn open_upgrade(
+            &mut self,
+            name: &str,
+            headers: &[(&str, &str)],
+            query: Option<&str>,
+            policy: &UpgradePolicy,
+        ) {
+            let decision = inspect_upgrade(
+                headers.iter().map(|(n, v)| (*n, v.as_bytes())),
+                query,
+                policy,
+            );
+            if let UpgradeDecision::Refuse { status, .. } = decision {
+                self.refused.insert(name.to_owned(), status);
+            }
+            self.world.open_upgrade(name, headers, query, policy);
+        }
+    }
+
+    impl Deref for Spec {
+        type Target = World;
+        fn deref(&self) -> &World {
+            &self.world
+        }
+    }
+
+    impl DerefMut for Spec {
+        fn deref_mut(&mut self) -> &mut World {
+            &mut self.world
+        }
+    }
 }
 
 // ----- §2 Authentication -------------------------------------------------------
@@ -125,7 +823,9 @@ spec!(
             None,
             &UpgradePolicy::default(),
         );
-    }
+    },
+    sees: { "A" => [authenticated().no_id()] },
+    ends: { "A" => live() },
 );
 
 spec!(
@@ -139,7 +839,9 @@ spec!(
             None,
             &UpgradePolicy::default(),
         );
-    }
+    },
+    never: { "A" => [anything()] },
+    ends: { "A" => refused(401) },
 );
 
 spec!(
@@ -153,7 +855,9 @@ spec!(
             "A",
             &format!(r#"{{"type":"auth","id":1,"token":"{t}","userId":"alice"}}"#),
         );
-    }
+    },
+    sees: { "A" => [authenticated().id(1)] },
+    ends: { "A" => live() },
 );
 
 spec!(
@@ -172,7 +876,13 @@ spec!(
             Some(&format!("access_token={t}")),
             &UpgradePolicy::default(),
         );
-    }
+        auth(&mut w, "B", 1, &t);
+    },
+    sees: {
+        "A" => [authenticated().no_id()],
+        "B" => [authenticated().id(1)],
+    },
+    ends: { "A" => live(), "B" => live() },
 );
 
 spec!(
@@ -185,7 +895,10 @@ spec!(
             "A",
             &format!(r#"{{"type":"auth","id":1,"token":"{t}","user_id":"mallory"}}"#),
         );
-    }
+    },
+    sees: { "A" => [error("AUTH_FAILED").id(1).fatal("reauth")] },
+    never: { "A" => [authenticated()] },
+    ends: { "A" => closed(4401, "AUTH_FAILED").no_session() },
 );
 
 spec!(
@@ -196,7 +909,9 @@ spec!(
         w.label(&t, "alice, signed with another key");
         w.open("A");
         auth(&mut w, "A", 1, &t);
-    }
+    },
+    sees: { "A" => [error("AUTH_FAILED").id(1).fatal("reauth")] },
+    ends: { "A" => closed(4401, "AUTH_FAILED").no_session() },
 );
 
 spec!(
@@ -205,7 +920,9 @@ spec!(
     |w| {
         w.open("A");
         auth(&mut w, "A", 1, "not-a-jwt");
-    }
+    },
+    sees: { "A" => [error("INVALID_TOKEN").id(1).fatal("reauth")] },
+    ends: { "A" => closed(4401, "INVALID_TOKEN").no_session() },
 );
 
 spec!(
@@ -215,7 +932,9 @@ spec!(
         let t = token(&mut w, "alice, expired 31s ago", "alice", -31, json!({}));
         w.open("A");
         auth(&mut w, "A", 1, &t);
-    }
+    },
+    sees: { "A" => [error("TOKEN_EXPIRED").id(1).fatal("reauth")] },
+    ends: { "A" => closed(4401, "TOKEN_EXPIRED").no_session() },
 );
 
 spec!(
@@ -231,7 +950,9 @@ spec!(
         );
         w.open("A");
         auth(&mut w, "A", 1, &t);
-    }
+    },
+    sees: { "A" => [error("TOKEN_NOT_YET_VALID").id(1).fatal("reauth")] },
+    ends: { "A" => closed(4401, "TOKEN_NOT_YET_VALID").no_session() },
 );
 
 spec!(
@@ -248,7 +969,9 @@ spec!(
         w.revoke(Revocation::Token { jti: "t-9".into() });
         w.open("A");
         auth(&mut w, "A", 1, &t);
-    }
+    },
+    sees: { "A" => [error("TOKEN_REVOKED").id(1).fatal("none")] },
+    ends: { "A" => closed(4403, "TOKEN_REVOKED").no_session() },
 );
 
 spec!(
@@ -257,7 +980,9 @@ spec!(
     |w| {
         w.open("A");
         w.send("A", r#"{"type":"join","id":1,"channel":"general"}"#);
-    }
+    },
+    sees: { "A" => [error("NOT_AUTHENTICATED").id(1).fatal("none")] },
+    ends: { "A" => closed(4401, "NOT_AUTHENTICATED").no_session() },
 );
 
 spec!(
@@ -266,7 +991,19 @@ spec!(
     |w| {
         let t = alice_live(&mut w, "A");
         auth(&mut w, "A", 2, &t);
-    }
+        w.send(
+            "A",
+            r#"{"type":"resume","id":3,"session_id":"s_1","resume_token":"r_2"}"#,
+        );
+    },
+    sees: {
+        "A" => [
+            authenticated().id(1),
+            error("ALREADY_AUTHENTICATED").id(2).not_fatal(),
+            error("ALREADY_AUTHENTICATED").id(3).not_fatal(),
+        ],
+    },
+    ends: { "A" => live() },
 );
 
 spec!(
@@ -275,7 +1012,9 @@ spec!(
     |w| {
         w.open("A");
         w.advance(6_000);
-    }
+    },
+    sees: { "A" => [error("AUTH_TIMEOUT").no_id().fatal("reconnect")] },
+    ends: { "A" => closed(4408, "AUTH_TIMEOUT").no_session() },
 );
 
 spec!(
@@ -284,7 +1023,9 @@ spec!(
     |w| {
         w.open("A");
         w.send("A", "{\"type\":\"auth\",");
-    }
+    },
+    sees: { "A" => [error("BAD_REQUEST").no_id().fatal("none")] },
+    ends: { "A" => closed(4400, "BAD_REQUEST").no_session() },
 );
 
 spec!(
@@ -294,7 +1035,9 @@ spec!(
         let t = token(&mut w, "alice-token", "alice", 600, json!({}));
         w.open("A");
         w.send("A", &format!(r#"["auth", 6, "{t}"]"#));
-    }
+    },
+    sees: { "A" => [error("BAD_REQUEST").no_id().fatal("none")] },
+    ends: { "A" => closed(4400, "BAD_REQUEST").no_session() },
 );
 
 spec!(
@@ -305,7 +1048,15 @@ spec!(
         w.send("A", r#"{"type":"join","id":7,"channel":42}"#);
         w.open("B");
         w.send("B", r#"{"type":"dance","id":3}"#);
-    }
+    },
+    sees: {
+        "A" => [authenticated(), error("BAD_REQUEST").id(7).fatal("none")],
+        "B" => [error("BAD_REQUEST").id(3).fatal("none")],
+    },
+    ends: {
+        "A" => closed(4400, "BAD_REQUEST").ended(),
+        "B" => closed(4400, "BAD_REQUEST").no_session(),
+    },
 );
 
 spec!(
@@ -314,7 +1065,9 @@ spec!(
     |w| {
         alice_live(&mut w, "A");
         w.send_frame("A", Frame::Binary(16));
-    }
+    },
+    sees: { "A" => [authenticated(), error("BAD_REQUEST").no_id().fatal("none")] },
+    ends: { "A" => closed(4400, "BAD_REQUEST").ended() },
 );
 
 spec!(
@@ -323,7 +1076,9 @@ spec!(
     |w| {
         alice_live(&mut w, "A");
         w.send_frame("A", Frame::InvalidUtf8);
-    }
+    },
+    sees: { "A" => [authenticated(), error("BAD_REQUEST").fatal("none")] },
+    ends: { "A" => closed(1007, "BAD_REQUEST").ended() },
 );
 
 spec!(
@@ -332,7 +1087,9 @@ spec!(
     |w| {
         alice_live(&mut w, "A");
         w.send_frame("A", Frame::TooLarge(70_000));
-    }
+    },
+    sees: { "A" => [authenticated(), error("MESSAGE_TOO_LARGE").fatal("reconnect")] },
+    ends: { "A" => closed(1009, "MESSAGE_TOO_LARGE").resumable() },
 );
 
 spec!(
@@ -345,7 +1102,9 @@ spec!(
         };
         w.open_upgrade("A", &[("Origin", "https://evil.example")], None, &policy);
         w.open_upgrade("B", &[("Origin", "https://chat.example")], None, &policy);
-    }
+    },
+    never: { "A" => [anything()] },
+    ends: { "A" => refused(403), "B" => awaiting_auth() },
 );
 
 spec!(
@@ -369,7 +1128,48 @@ spec!(
         );
         w.hold_replies = false;
         w.release();
-    }
+    },
+    sees: {
+        "A" => [
+            authenticated().id(1),
+            joined().id(2).channel("general"),
+            published().id(3),
+            message().channel("general").seq(1),
+        ],
+    },
+    never: { "A" => [error("NOT_AUTHENTICATED")] },
+    ends: { "A" => live().channels(["general"]) },
+);
+
+spec!(
+    requests_queue_behind_a_slow_store_reply,
+    "Requests sent while the store is slow to answer an earlier one wait behind it, and are answered in the order sent, each with its own id, once the reply comes.",
+    |w| {
+        alice_live(&mut w, "A");
+        w.note("the store is slow: its replies are held");
+        w.hold_replies = true;
+        w.send("A", r#"{"type":"join","id":2,"channel":"general"}"#);
+        w.send("A", r#"{"type":"join","id":3,"channel":"team:7"}"#);
+        w.send(
+            "A",
+            r#"{"type":"publish","id":4,"channel":"general","data":"hi"}"#,
+        );
+        w.advance(2_000);
+        w.note("the store answers");
+        w.hold_replies = false;
+        w.release();
+    },
+    sees: {
+        "A" => [
+            authenticated().id(1),
+            joined().id(2).channel("general"),
+            joined().id(3).channel("team:7"),
+            published().id(4),
+            message().channel("general").seq(1),
+        ],
+    },
+    never: { "A" => [error("RATE_LIMITED"), error("INTERNAL")] },
+    ends: { "A" => live().channels(["general", "team:7"]) },
 );
 
 // ----- §3 Session lifetime -----------------------------------------------------
@@ -383,11 +1183,20 @@ spec!(
         w.open("A");
         auth(&mut w, "A", 1, &t);
         w.note("the client answers pings, so only expiry matters");
-        for _ in 0..13 {
+        for _ in 0..12 {
             w.advance(50_000);
             w.pong("A");
         }
-    }
+        w.advance(50_000);
+    },
+    sees: {
+        "A" => [
+            authenticated(),
+            expiring().current().in_ms(60_000),
+            error("SESSION_EXPIRED").no_id().fatal("reauth"),
+        ],
+    },
+    ends: { "A" => closed(4401, "SESSION_EXPIRED").ended() },
 );
 
 spec!(
@@ -398,7 +1207,9 @@ spec!(
         w.open("A");
         auth(&mut w, "A", 1, &t);
         w.advance(20_000);
-    }
+    },
+    sees: { "A" => [authenticated(), expiring().current().in_ms(20_000)] },
+    ends: { "A" => live() },
 );
 
 spec!(
@@ -406,15 +1217,76 @@ spec!(
     "A refresh with a new token of the same `sub` moves the expiry; the `expiring` notice is armed again for the new token.",
     |w| {
         let t1 = token(&mut w, "alice, 2min", "alice", 120, json!({}));
-        let t2 = token(&mut w, "alice, 1h", "alice", 3600, json!({}));
+        let t2 = token(&mut w, "alice, 5min", "alice", 300, json!({}));
+        w.show_timers = false;
         w.open("A");
         auth(&mut w, "A", 1, &t1);
-        w.advance(60_000);
+        w.note("the client answers pings, so only the token's expiry matters");
+        w.advance(50_000);
+        w.pong("A");
+        w.advance(10_000);
         w.send(
             "A",
             &format!(r#"{{"type":"refresh","id":7,"token":"{t2}"}}"#),
         );
-    }
+        w.note("the old token's end (+120s, +150s with the leeway) passes unnoticed");
+        for _ in 0..3 {
+            w.advance(50_000);
+            w.pong("A");
+        }
+        w.note("the notice comes 60 s before the new token's exp");
+        w.advance(30_000);
+    },
+    sees: {
+        "A" => [
+            authenticated().id(1),
+            expiring().current().in_ms(60_000),
+            refreshed().id(7).later(),
+            expiring().current().in_ms(60_000),
+        ],
+    },
+    never: { "A" => [error("SESSION_EXPIRED"), error("IDLE_TIMEOUT")] },
+    ends: { "A" => live().token_exp(300) },
+);
+
+spec!(
+    refresh_cycle,
+    "The central flow: each `expiring` notice is answered with a `refresh`, whose `refreshed` carries a later `expires_at` and arms the next notice; the session outlives every token it used.",
+    |w| {
+        let first = token(&mut w, "alice, exp +2min", "alice", 120, json!({}));
+        w.show_timers = false;
+        w.open("A");
+        auth(&mut w, "A", 1, &first);
+        w.note("each token lasts 2 minutes; the client answers pings and refreshes at each notice");
+        for (id, exp_s) in [(2, 180), (3, 240), (4, 300)] {
+            w.advance(30_000);
+            w.pong("A");
+            w.advance(30_000);
+            let label = format!("alice, exp +{}min", exp_s / 60);
+            let next = token(&mut w, &label, "alice", exp_s, json!({}));
+            w.send(
+                "A",
+                &format!(r#"{{"type":"refresh","id":{id},"token":"{next}"}}"#),
+            );
+        }
+        w.advance(30_000);
+        w.pong("A");
+        w.advance(30_000);
+    },
+    sees: {
+        "A" => [
+            authenticated().id(1),
+            expiring().current().in_ms(60_000),
+            refreshed().id(2).later(),
+            expiring().current().in_ms(60_000),
+            refreshed().id(3).later(),
+            expiring().current().in_ms(60_000),
+            refreshed().id(4).later(),
+            expiring().current().in_ms(60_000),
+        ],
+    },
+    never: { "A" => [error("SESSION_EXPIRED"), error("IDLE_TIMEOUT")] },
+    ends: { "A" => live().token_exp(300) },
 );
 
 spec!(
@@ -454,7 +1326,20 @@ spec!(
             );
         }
         w.send("A", r#"{"type":"refresh","id":4,"token":"garbage"}"#);
-    }
+    },
+    sees: {
+        "A" => [
+            authenticated(),
+            error("SUBJECT_MISMATCH").id(2).not_fatal(),
+            error("TOKEN_EXPIRED").id(3).not_fatal(),
+            error("AUTH_FAILED").id(5).not_fatal(),
+            error("TOKEN_REVOKED").id(6).not_fatal(),
+            error("TOKEN_NOT_YET_VALID").id(7).not_fatal(),
+            error("INVALID_TOKEN").id(4).not_fatal(),
+        ],
+    },
+    never: { "A" => [refreshed()] },
+    ends: { "A" => live().token_exp(3600) },
 );
 
 spec!(
@@ -475,7 +1360,16 @@ spec!(
             "A",
             &format!(r#"{{"type":"refresh","id":4,"token":"{narrower}"}}"#),
         );
-    }
+    },
+    sees: {
+        "A" => [
+            joined().id(2),
+            joined().id(3),
+            refreshed().id(4),
+            left().no_id().channel("team:42").reason("FORBIDDEN"),
+        ],
+    },
+    ends: { "A" => live().channels(["general"]) },
 );
 
 spec!(
@@ -486,7 +1380,9 @@ spec!(
         w.advance(30_000);
         w.pong("A");
         w.advance(61_000);
-    }
+    },
+    sees: { "A" => [authenticated(), error("IDLE_TIMEOUT").no_id().fatal("reconnect")] },
+    ends: { "A" => closed(4408, "IDLE_TIMEOUT").resumable() },
 );
 
 spec!(
@@ -500,7 +1396,13 @@ spec!(
             "B",
             r#"{"type":"resume","id":1,"session_id":"s_1","resume_token":"r_2"}"#,
         );
-    }
+    },
+    sees: { "B" => [error("SESSION_NOT_FOUND").id(1).fatal("reauth")] },
+    never: { "A" => [reply_to(9)] },
+    ends: {
+        "A" => closed(1000, "logout").ended(),
+        "B" => closed(4401, "SESSION_NOT_FOUND").no_session(),
+    },
 );
 
 spec!(
@@ -518,7 +1420,15 @@ spec!(
         let t = alice_live(&mut w, "A");
         w.open("B");
         auth(&mut w, "B", 1, &t);
-    }
+    },
+    sees: {
+        "A" => [authenticated(), error("SESSION_REPLACED").no_id().fatal("none")],
+        "B" => [authenticated().id(1)],
+    },
+    ends: {
+        "A" => closed(4409, "SESSION_REPLACED").taken_over(),
+        "B" => live(),
+    },
 );
 
 spec!(
@@ -536,7 +1446,13 @@ spec!(
         let t = alice_live(&mut w, "A");
         w.open("B");
         auth(&mut w, "B", 1, &t);
-    }
+    },
+    sees: { "B" => [error("TOO_MANY_SESSIONS").id(1).fatal("none")] },
+    never: { "A" => [error("TOO_MANY_SESSIONS")] },
+    ends: {
+        "A" => live(),
+        "B" => closed(4429, "TOO_MANY_SESSIONS").no_session(),
+    },
 );
 
 spec!(
@@ -552,7 +1468,15 @@ spec!(
             "B",
             r#"{"type":"resume","id":1,"session_id":"s_1","resume_token":"r_2"}"#,
         );
-    }
+    },
+    sees: {
+        "A" => [authenticated(), error("SESSION_REVOKED").no_id().fatal("none")],
+        "B" => [error("SESSION_NOT_FOUND").id(1).fatal("reauth")],
+    },
+    ends: {
+        "A" => closed(4403, "SESSION_REVOKED").ended(),
+        "B" => closed(4401, "SESSION_NOT_FOUND").no_session(),
+    },
 );
 
 spec!(
@@ -560,21 +1484,47 @@ spec!(
     "Revoking a user closes every live session of that user with TOKEN_REVOKED and refuses tokens issued at or before the revocation; a token issued later is accepted.",
     |w| {
         alice_live(&mut w, "A");
+        let second = token(
+            &mut w,
+            "alice, 1h, jti t-alice-2",
+            "alice",
+            3600,
+            json!({"jti": "t-alice-2"}),
+        );
+        w.open("B");
+        auth(&mut w, "B", 1, &second);
+        let bob = token(&mut w, "bob, 1h", "bob", 3600, json!({}));
+        w.open("C");
+        auth(&mut w, "C", 1, &bob);
         w.advance(2_000);
         w.revoke(Revocation::Subject {
             sub: "alice".into(),
             at_s: T0_S + 2,
         });
         let old = token(&mut w, "alice, issued at start", "alice", 3600, json!({}));
-        w.open("B");
-        auth(&mut w, "B", 1, &old);
+        w.open("D");
+        auth(&mut w, "D", 1, &old);
         w.advance(1_000);
         let newer = json!({"sub": "alice", "exp": T0_S + 3600, "iat": T0_S + 3});
         let fresh = sign_hs256(SECRET, &newer);
         w.label(&fresh, "alice, issued after the revocation");
-        w.open("C");
-        auth(&mut w, "C", 1, &fresh);
-    }
+        w.open("E");
+        auth(&mut w, "E", 1, &fresh);
+    },
+    sees: {
+        "A" => [error("TOKEN_REVOKED").no_id().fatal("none")],
+        "B" => [error("TOKEN_REVOKED").no_id().fatal("none")],
+        "D" => [error("TOKEN_REVOKED").id(1).fatal("none")],
+        "E" => [authenticated().id(1)],
+    },
+    never: { "C" => [error("TOKEN_REVOKED")] },
+    ends: {
+        "A" => closed(4403, "TOKEN_REVOKED").ended(),
+        "B" => closed(4403, "TOKEN_REVOKED").ended(),
+        "C" => live(),
+        "D" => closed(4403, "TOKEN_REVOKED").no_session(),
+        "E" => live(),
+    },
 );
 
 spec!(
@@ -594,7 +1544,13 @@ spec!(
         w.revoke(Revocation::Token {
             jti: "t-alice-1".into(),
         });
-    }
+    },
+    sees: { "A" => [error("TOKEN_REVOKED").no_id().fatal("none")] },
+    never: { "B" => [error("TOKEN_REVOKED")] },
+    ends: {
+        "A" => closed(4403, "TOKEN_REVOKED").ended(),
+        "B" => live(),
+    },
 );
 
 // ----- §4 Reconnect and resume -------------------------------------------------
@@ -616,7 +1572,21 @@ spec!(
             r#"{"type":"resume","id":1,"session_id":"s_1","resume_token":"r_2","last_seq":1}"#,
         );
         w.publish_external("general", "bob", r#"{"text":"four"}"#);
-    }
+    },
+    sees: {
+        "A" => [message().seq(1)],
+        "B" => [
+            resumed().id(1).replayed(2).gap(false),
+            message().seq(2),
+            message().seq(3),
+            message().seq(4),
+        ],
+    },
+    never: { "B" => [message().seq(1)] },
+    ends: {
+        "A" => lost().resumable(),
+        "B" => live().channels(["general"]),
+    },
 );
 
 spec!(
@@ -641,7 +1611,19 @@ spec!(
             "B",
             r#"{"type":"resume","id":1,"session_id":"s_1","resume_token":"r_2","last_seq":0}"#,
         );
-    }
+    },
+    sees: {
+        "B" => [
+            resumed().id(1).replayed(2).gap(true),
+            message().seq(3),
+            message().seq(4),
+        ],
+    },
+    never: { "B" => [message().seq(1), message().seq(2)] },
+    ends: {
+        "A" => client_closed(1001).resumable(),
+        "B" => live().channels(["general"]),
+    },
 );
 
 spec!(
@@ -658,7 +1640,12 @@ spec!(
             r#"{"type":"resume","id":1,"session_id":"s_1","resume_token":"r_2","last_seq":50}"#,
         );
         w.publish_external("general", "bob", r#"{"n":2}"#);
-    }
+    },
+    sees: { "B" => [resumed().id(1).replayed(0).gap(false), message().seq(2)] },
+    ends: {
+        "A" => lost().resumable(),
+        "B" => live().channels(["general"]),
+    },
 );
 
 spec!(
@@ -678,7 +1665,16 @@ spec!(
             "C",
             r#"{"type":"resume","id":1,"session_id":"s_1","resume_token":"r_2"}"#,
         );
-    }
+    },
+    sees: {
+        "B" => [resumed().id(1)],
+        "C" => [error("SESSION_NOT_FOUND").id(1).fatal("reauth")],
+    },
+    ends: {
+        "A" => lost().resumable(),
+        "B" => lost().resumable(),
+        "C" => closed(4401, "SESSION_NOT_FOUND").no_session(),
+    },
 );
 
 spec!(
@@ -693,7 +1689,12 @@ spec!(
             "B",
             r#"{"type":"resume","id":1,"session_id":"s_1","resume_token":"r_2"}"#,
         );
-    }
+    },
+    sees: { "B" => [error("SESSION_NOT_FOUND").id(1).fatal("reauth")] },
+    ends: {
+        "A" => lost().resumable(),
+        "B" => closed(4401, "SESSION_NOT_FOUND").no_session(),
+    },
 );
 
 spec!(
@@ -706,7 +1707,15 @@ spec!(
             "B",
             r#"{"type":"resume","id":1,"session_id":"s_1","resume_token":"r_2"}"#,
         );
-    }
+    },
+    sees: {
+        "A" => [authenticated(), error("SESSION_REPLACED").no_id().fatal("none")],
+        "B" => [resumed().id(1)],
+    },
+    ends: {
+        "A" => closed(4409, "SESSION_REPLACED").taken_over(),
+        "B" => live(),
+    },
 );
 
 spec!(
@@ -724,7 +1733,13 @@ spec!(
             "B",
             r#"{"type":"resume","id":1,"session_id":"s_1","resume_token":"r_2"}"#,
         );
-    }
+    },
+    sees: { "B" => [resumed().id(1), expiring().current()] },
+    never: { "A" => [expiring()] },
+    ends: {
+        "A" => lost().resumable(),
+        "B" => live(),
+    },
 );
 
 spec!(
@@ -734,34 +1749,55 @@ spec!(
         let t = token(&mut w, "alice, 20s", "alice", 20, json!({}));
         w.open("A");
         auth(&mut w, "A", 1, &t);
-        w.peer_close("A", PeerClose::Lost);
         w.advance(25_000);
+        w.peer_close("A", PeerClose::Lost);
+        w.note("the token ends at +50s (exp plus the 30 s leeway); the session stays resumable until +55s");
+        w.advance(26_000);
         w.open("B");
         w.send(
             "B",
             r#"{"type":"resume","id":1,"session_id":"s_1","resume_token":"r_2"}"#,
         );
-        w.advance(25_000);
-        w.open("C");
-        w.send(
-            "C",
-            r#"{"type":"resume","id":1,"session_id":"s_1","resume_token":"r_3"}"#,
-        );
-    }
+    },
+    sees: { "B" => [error("SESSION_NOT_FOUND").id(1).fatal("reauth")] },
+    never: { "B" => [resumed()] },
+    ends: {
+        "A" => lost().resumable(),
+        "B" => closed(4401, "SESSION_NOT_FOUND").no_session(),
+    },
 );
 
 spec!(
     close_1000_ends_the_session,
     "A client close with 1000 ends the session for good; any other close keeps it resumable.",
     |w| {
-        alice_live(&mut w, "A");
+        let t = alice_live(&mut w, "A");
         w.peer_close("A", PeerClose::Closed(Some(1000)));
         w.open("B");
         w.send(
             "B",
             r#"{"type":"resume","id":1,"session_id":"s_1","resume_token":"r_2"}"#,
         );
-    }
+        w.note("any other code, here 1001 (a browser leaving the page), keeps the session");
+        w.open("C");
+        auth(&mut w, "C", 1, &t);
+        w.peer_close("C", PeerClose::Closed(Some(1001)));
+        w.open("D");
+        w.send(
+            "D",
+            r#"{"type":"resume","id":1,"session_id":"s_3","resume_token":"r_4"}"#,
+        );
+    },
+    sees: {
+        "B" => [error("SESSION_NOT_FOUND").id(1).fatal("reauth")],
+        "D" => [resumed().id(1)],
+    },
+    ends: {
+        "A" => client_closed(1000).ended(),
+        "B" => closed(4401, "SESSION_NOT_FOUND").no_session(),
+        "C" => client_closed(1001).resumable(),
+        "D" => live(),
+    },
 );
 
 spec!(
@@ -775,7 +1811,12 @@ spec!(
             "B",
             r#"{"type":"resume","id":1,"session_id":"s_1","resume_token":"r_2"}"#,
         );
-    }
+    },
+    sees: { "B" => [resumed().id(1)] },
+    ends: {
+        "A" => closed(1001, "server shutting down").resumable(),
+        "B" => live(),
+    },
 );
 
 // ----- §5 Errors that the driver raises ----------------------------------------
@@ -795,7 +1836,10 @@ spec!(
         w.record_transcript = true;
         w.note("199 leave requests later (200 frames with the auth), one more:");
         w.send("A", r#"{"type":"leave","id":999,"channel":"x"}"#);
-    }
+    },
+    sees: { "A" => [authenticated(), error("RATE_LIMITED").no_id().fatal("reconnect")] },
+    never: { "A" => [reply_to(999)] },
+    ends: { "A" => closed(4429, "RATE_LIMITED").resumable() },
 );
 
 spec!(
@@ -804,7 +1848,9 @@ spec!(
     |w| {
         alice_live(&mut w, "A");
         w.feed("A", wsauth_core::Input::OutboundFull);
-    }
+    },
+    sees: { "A" => [authenticated(), error("SLOW_CONSUMER").no_id().fatal("reconnect")] },
+    ends: { "A" => closed(1013, "SLOW_CONSUMER").resumable() },
 );
 
 spec!(
@@ -815,7 +1861,55 @@ spec!(
         w.store_available = false;
         w.open("A");
         auth(&mut w, "A", 1, &t);
-    }
+    },
+    sees: { "A" => [error("INTERNAL").id(1).fatal("reconnect")] },
+    never: { "A" => [authenticated()] },
+    ends: { "A" => closed(1011, "INTERNAL").no_session() },
+);
+
+spec!(
+    internal_at_resume_then_retry,
+    "INTERNAL during a resume: the store cannot be reached, fail closed with close 1011 and retry reconnect. The session is untouched: once the store is back, a reconnect resumes it with the same resume token and replays what was missed.",
+    |w| {
+        alice_live(&mut w, "A");
+        w.send("A", r#"{"type":"join","id":2,"channel":"general"}"#);
+        w.peer_close("A", PeerClose::Lost);
+        w.publish_external("general", "bob", r#"{"text":"while you were away"}"#);
+        w.advance(1_000);
+        w.store_available = false;
+        w.open("B");
+        w.send(
+            "B",
+            r#"{"type":"resume","id":1,"session_id":"s_1","resume_token":"r_2","last_seq":0}"#,
+        );
+        w.note("retry reconnect: the client backs off and tries again; the store is still down");
+        w.advance(2_000);
+        w.open("C");
+        w.send(
+            "C",
+            r#"{"type":"resume","id":1,"session_id":"s_1","resume_token":"r_2","last_seq":0}"#,
+        );
+        w.advance(4_000);
+        w.store_available = true;
+        w.note("the store is back");
+        w.open("D");
+        w.send(
+            "D",
+            r#"{"type":"resume","id":1,"session_id":"s_1","resume_token":"r_2","last_seq":0}"#,
+        );
+    },
+    sees: {
+        "B" => [error("INTERNAL").id(1).fatal("reconnect")],
+        "C" => [error("INTERNAL").id(1).fatal("reconnect")],
+        "D" => [resumed().id(1).replayed(1).gap(false), message().seq(1)],
+    },
+    never: { "B" => [resumed()], "C" => [resumed()] },
+    ends: {
+        "A" => lost().resumable(),
+        "B" => closed(1011, "INTERNAL").no_session(),
+        "C" => closed(1011, "INTERNAL").no_session(),
+        "D" => live().channels(["general"]),
+    },
 );
 
 spec!(
@@ -831,7 +1925,16 @@ spec!(
         );
         w.store_available = true;
         w.send("A", r#"{"type":"join","id":4,"channel":"general"}"#);
-    }
+    },
+    sees: {
+        "A" => [
+            authenticated(),
+            error("INTERNAL").id(2).not_fatal(),
+            error("INTERNAL").id(3).not_fatal(),
+            joined().id(4),
+        ],
+    },
+    ends: { "A" => live().channels(["general"]) },
 );
 
 // ----- §6 Channels -------------------------------------------------------------
@@ -865,7 +1968,29 @@ spec!(
             "B",
             r#"{"type":"publish","id":4,"channel":"general","data":{"text":"gone?"}}"#,
         );
-    }
+    },
+    sees: {
+        "A" => [
+            joined().id(2),
+            published().id(3),
+            message().seq(1),
+            message().seq(2),
+            left().id(4).channel("general"),
+        ],
+        "B" => [
+            joined().id(2),
+            message().seq(1),
+            published().id(3),
+            message().seq(2),
+            published().id(4),
+            message().seq(3),
+        ],
+    },
+    never: { "A" => [message().seq(3)] },
+    ends: {
+        "A" => live().channels([]),
+        "B" => live().channels(["general"]),
+    },
 );
 
 spec!(
@@ -884,7 +2009,17 @@ spec!(
             "A",
             r#"{"type":"publish","id":7,"channel":"team:7","data":1}"#,
         );
-    }
+    },
+    sees: {
+        "A" => [
+            error("FORBIDDEN").id(2).not_fatal(),
+            error("FORBIDDEN").id(4).not_fatal(),
+            error("FORBIDDEN").id(5).not_fatal(),
+            joined().id(6).channel("user:alice"),
+            published().id(7),
+        ],
+    },
+    ends: { "A" => live().channels(["user:alice"]) },
 );
 
 spec!(
@@ -915,8 +2050,99 @@ spec!(
                 &format!(r#"{{"type":"join","id":{id},"channel":"{channel}"}}"#),
             );
         }
-    }
+    },
+    sees: {
+        "A" => [
+            joined().id(2),
+            error("FORBIDDEN").id(3),
+            error("FORBIDDEN").id(4),
+            joined().id(5),
+            error("FORBIDDEN").id(6),
+            error("FORBIDDEN").id(7),
+            error("FORBIDDEN").id(8),
+            joined().id(9),
+        ],
+    },
+    ends: { "A" => live().channels(["dm:carol*:dave", "room:carol*", "user:carol*"]) },
 );
+
+/// The expectations bite: the recording `refresh_success` had before issue 11 (the
+/// client idles, is closed IDLE_TIMEOUT, and its refresh goes to a closed
+/// connection) fails what that transcript now states, each with its reason.
+#[test]
+fn expectations_fail_when_the_recording_does_not_show_them() {
+    use expect::*;
+    let mut w = Spec::new(world());
+    let t1 = token(&mut w, "alice, 2min", "alice", 120, json!({}));
+    let t2 = token(&mut w, "alice, 1h", "alice", 3600, json!({}));
+    w.open("A");
+    auth(&mut w, "A", 1, &t1);
+    w.advance(60_000);
+    w.send(
+        "A",
+        &format!(r#"{{"type":"refresh","id":7,"token":"{t2}"}}"#),
+    );
+    let mut expects = Expects::default();
+    expects.sees("A", vec![authenticated().id(1), refreshed().id(7).later()]);
+    expects.never("A", vec![error("IDLE_TIMEOUT")]);
+    expects.ends("A", live().token_exp(3600));
+    let failures = expects
+        .check(&mut w)
+        .expect_err("the old recording must fail its title's expectations");
+    assert_eq!(failures.len(), 3, "{failures:#?}");
+    assert!(
+        failures[0].starts_with(
+            "A: expected refreshed (id 7, expires_at later than before), but no message from #2 on matches"
+        ),
+        "{failures:#?}"
+    );
+    assert!(
+        failures[1]
+            .starts_with("A: expected never error IDLE_TIMEOUT, but got {\"type\":\"error\""),
+        "{failures:#?}"
+    );
+    assert_eq!(
+        failures[2],
+        "A: expected to end live, token exp at +3600s, but the server closed it 4408 IDLE_TIMEOUT"
+    );
+}
+
+/// The other ways a recording can fail its expectations: a step out of order, an
+/// `expires_at` that did not move, the wrong channels, a close that does not say what
+/// became of the session, a connection without `ends`.
+#[test]
+fn expectations_report_order_expiry_channels_fate_and_missing_ends() {
+    use expect::*;
+    let mut w = Spec::new(world());
+    let t = alice_live(&mut w, "A");
+    w.send("A", r#"{"type":"join","id":2,"channel":"general"}"#);
+    w.send(
+        "A",
+        &format!(r#"{{"type":"refresh","id":3,"token":"{t}"}}"#),
+    );
+    w.open("B");
+    w.advance(6_000);
+    w.open("C");
+    let mut expects = Expects::default();
+    expects.sees("A", vec![joined().id(2), authenticated()]);
+    expects.sees("A", vec![refreshed().id(3).later()]);
+    expects.ends("A", live().channels(["team:1"]));
+    expects.ends("B", closed(4408, "AUTH_TIMEOUT"));
+    let failures = expects
+        .check(&mut w)
+        .expect_err("every one of these is wrong");
+    let expected = [
+        "C: no `ends` expectation for this connection",
+        "A: expected authenticated, but no message from #3 on matches: [{\"type\":\"refreshed\"",
+        "A: expected refreshed (id 3, expires_at later than before), but no message from #1 on matches",
+        "A: expected to end live, in team:1, but its channels are [\"general\"]",
+        "B: expected to end closed by the server: 4408 AUTH_TIMEOUT, but the expectation does not say what became of the session",
+    ];
+    assert_eq!(failures.len(), expected.len(), "{failures:#?}");
+    for (got, want) in failures.iter().zip(expected) {
+        assert!(got.starts_with(want), "{got}\ndoes not start with\n{want}");
+    }
+}
 
 /// The specification covers every row of the error table.
 #[test]
