@@ -24,15 +24,9 @@ pub mod contract;
 pub use memory::MemoryStore;
 pub use secret::{hash_resume_token, new_resume_token, new_session_id};
 
-/// What the per-user session limit does when it is reached.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub enum LimitPolicy {
-    /// The oldest sessions are removed and their connections told `Replaced`.
-    #[default]
-    EvictOldest,
-    /// The new session is refused (`TOO_MANY_SESSIONS`).
-    RejectNew,
-}
+/// What the per-user session limit does when it is reached (decided by
+/// [`wsauth_core::rules::limit_decision`]).
+pub use wsauth_core::rules::LimitPolicy;
 
 /// A store's settings (PROTOCOL §3–§4), with the protocol's defaults.
 #[derive(Clone, Debug, PartialEq, Eq)]
