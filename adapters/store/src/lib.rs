@@ -159,7 +159,9 @@ pub enum StoreError {
 ///
 /// # Contract
 /// Every implementation (in-memory, Redis) must keep these promises; the suite in
-/// [`contract`] checks them against both.
+/// [`contract`] checks them against both. Grace, `exp` + leeway, what a revocation
+/// refuses and how long it lasts, and the per-user limit are the functions of
+/// [`wsauth_core::rules`]; `contract::RULE_CASES` checks every store against them.
 ///
 /// - **Atomicity.** `create_session` checks revocation and the per-user limit and
 ///   inserts in one step: two creations for one user never both pass a limit of one,
