@@ -350,7 +350,7 @@ impl MemoryStore {
                     let ids: Vec<String> = st
                         .sessions
                         .iter()
-                        .filter(|(_, s)| s.claims.jti.as_deref() == Some(jti.as_str()))
+                        .filter(|(_, s)| revocation.refuses_token(&s.claims))
                         .map(|(id, _)| id.clone())
                         .collect();
                     let known_exp = ids
