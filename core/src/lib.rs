@@ -21,6 +21,7 @@ pub mod channels;
 pub mod machine;
 pub mod protocol;
 pub mod rate;
+pub mod rules;
 
 pub use machine::{
     Attachment, AuthMethod, Connection, Delivery, Event, Frame, Input, Output, PeerClose, Reply,

@@ -148,13 +148,7 @@ pub enum Revocation {
 impl Revocation {
     /// Whether this revocation refuses a token with these claims.
     pub fn refuses_token(&self, claims: &Claims) -> bool {
-        match self {
-            Revocation::Token { jti } => claims.jti.as_deref() == Some(jti.as_str()),
-            Revocation::Subject { sub, at_s } => {
-                claims.sub == *sub && claims.iat_s().is_none_or(|iat| iat <= *at_s)
-            }
-            Revocation::Session { .. } => false,
-        }
+        crate::rules::revocation_refuses(self, claims)
     }
 }
 
@@ -1318,13 +1312,7 @@ impl Connection {
         let joined: BTreeSet<String> = kept.iter().cloned().collect();
         // The gap is judged on everything still buffered, before dropping the messages
         // of channels that are no longer allowed.
-        let oldest_missed = buffered.iter().map(|d| d.seq).find(|seq| *seq > last_seq);
-        let gap =
-            last_assigned > last_seq && oldest_missed.is_none_or(|first| first > last_seq + 1);
-        let replay: Vec<Delivery> = buffered
-            .into_iter()
-            .filter(|d| d.seq > last_seq && joined.contains(&*d.channel))
-            .collect();
+        let (replay, gap) = crate::rules::replay(buffered, last_seq, last_assigned, &joined);
         let replayed = replay.len() as u64;
         let expires_at = claims.exp_ms;
         self.timers.stop(Timer::Auth);

@@ -106,6 +106,39 @@ impl ServerHandle {
     }
 }
 
+/// The timings the verifier, the core and the store must agree on (a token the
+/// verifier accepts is one the store keeps alive), derived here and nowhere else.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Timings {
+    /// Clock leeway, in whole seconds as `jwt.leeway_s` sets it.
+    pub leeway_s: u64,
+    /// How long a dropped session stays resumable (0 with `features.resume` off).
+    pub resume_grace_ms: u64,
+    /// How long a revocation entry lasts at most.
+    pub max_token_lifetime_ms: u64,
+}
+
+impl Timings {
+    /// The timings `config` sets.
+    pub fn of(config: &Config) -> Timings {
+        let s = &config.session;
+        Timings {
+            leeway_s: config.jwt.leeway_s,
+            resume_grace_ms: if config.features.resume {
+                s.resume_grace_ms
+            } else {
+                0
+            },
+            max_token_lifetime_ms: s.max_token_lifetime_s.saturating_mul(1000),
+        }
+    }
+
+    /// The leeway in ms, as the verifier applies it.
+    pub fn leeway_ms(&self) -> u64 {
+        self.leeway_s.saturating_mul(1000)
+    }
+}
+
 /// Builds the verifier from the `jwt` section (and a development secret, if any).
 pub fn build_verifier(config: &Config, dev_secret: Option<&[u8]>) -> Result<Verifier, StartError> {
     let jwt = &config.jwt;
@@ -151,7 +184,7 @@ pub fn build_verifier(config: &Config, dev_secret: Option<&[u8]>) -> Result<Veri
     let verifier_config = VerifierConfig {
         issuer: jwt.issuer.clone(),
         audience: jwt.audience.clone(),
-        leeway_s: jwt.leeway_s,
+        leeway_s: Timings::of(config).leeway_s,
         max_token_bytes: jwt.max_token_bytes,
         algorithms,
     };
@@ -167,7 +200,7 @@ pub fn session_config(config: &Config) -> SessionConfig {
         heartbeat_ms: s.heartbeat_ms,
         idle_timeout_ms: s.idle_timeout_ms,
         refresh_notice_ms: s.refresh_notice_ms,
-        leeway_ms: config.jwt.leeway_s * 1000,
+        leeway_ms: Timings::of(config).leeway_ms(),
         max_message_bytes: l.max_message_bytes,
         rate_per_sec: l.messages_per_second,
         rate_burst: l.message_burst,
@@ -179,12 +212,9 @@ pub fn session_config(config: &Config) -> SessionConfig {
 /// The store's settings from the configuration.
 pub fn store_settings(config: &Config) -> StoreSettings {
     let s = &config.session;
+    let timings = Timings::of(config);
     StoreSettings {
-        resume_grace_ms: if config.features.resume {
-            s.resume_grace_ms
-        } else {
-            0
-        },
+        resume_grace_ms: timings.resume_grace_ms,
         resume_buffer: s.resume_buffer,
         max_sessions_per_user: s
             .max_sessions_per_user
@@ -193,8 +223,8 @@ pub fn store_settings(config: &Config) -> StoreSettings {
             crate::config::LimitPolicy::EvictOldest => wsauth_store::LimitPolicy::EvictOldest,
             crate::config::LimitPolicy::RejectNew => wsauth_store::LimitPolicy::RejectNew,
         },
-        max_token_lifetime_ms: s.max_token_lifetime_s * 1000,
-        leeway_ms: config.jwt.leeway_s * 1000,
+        max_token_lifetime_ms: timings.max_token_lifetime_ms,
+        leeway_ms: timings.leeway_ms(),
     }
 }
 
@@ -421,5 +451,20 @@ mod tests {
         }
         assert_eq!(held.len(), 200);
         drop(listener);
+    }
+
+    #[test]
+    fn the_verifier_the_core_and_the_store_share_one_leeway_and_grace() {
+        let mut config = Config::default();
+        config.jwt.leeway_s = 7;
+        config.jwt.hs256_secret = Some("k".repeat(32));
+        config.session.resume_grace_ms = 1_234;
+        let verifier = build_verifier(&config, None).expect("verifier");
+        let (core, store) = (session_config(&config), store_settings(&config));
+        assert_eq!(verifier.config().leeway_s, 7);
+        assert_eq!((core.leeway_ms, store.leeway_ms), (7_000, 7_000));
+        assert_eq!(store.resume_grace_ms, 1_234);
+        config.features.resume = false;
+        assert_eq!(store_settings(&config).resume_grace_ms, 0);
     }
 }

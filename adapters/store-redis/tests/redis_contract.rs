@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use wsauth_core::jwt::Claims;
 use wsauth_core::{Payload, Revocation, Secret};
-use wsauth_store::contract::{Recorder, create, run_all, run_races};
+use wsauth_store::contract::{Recorder, create, run_all, run_races, run_rule_cases};
 use wsauth_store::{Notice, Store, StoreError, StoreSettings};
 use wsauth_store_redis::testing::{RedisServer, available};
 use wsauth_store_redis::{RedisConfig, RedisStore};
@@ -33,17 +33,33 @@ async fn store_on(
     .expect("redis answers")
 }
 
+/// A single-node store on `redis` under a fresh prefix.
+async fn fresh_store(
+    redis: &RedisServer,
+    settings: wsauth_store::StoreSettings,
+    notify: Arc<dyn wsauth_store::Notify>,
+) -> RedisStore {
+    let prefix = format!("t{}:", PREFIXES.fetch_add(1, Ordering::Relaxed));
+    store_on(redis, "n1", &prefix, settings, notify).await
+}
+
 #[tokio::test]
 async fn redis_store_keeps_the_contract() {
     if !available("redis_store_keeps_the_contract") {
         return;
     }
     let redis = RedisServer::start();
-    run_all(async |settings, notify| {
-        let prefix = format!("t{}:", PREFIXES.fetch_add(1, Ordering::Relaxed));
-        store_on(&redis, "n1", &prefix, settings, notify).await
-    })
-    .await;
+    run_all(async |settings, notify| fresh_store(&redis, settings, notify).await).await;
+}
+
+/// The Lua prelude's mirror of `wsauth_core::rules` gives the same verdicts.
+#[tokio::test]
+async fn redis_store_follows_the_rules_table() {
+    if !available("redis_store_follows_the_rules_table") {
+        return;
+    }
+    let redis = RedisServer::start();
+    run_rule_cases(async |settings, notify| fresh_store(&redis, settings, notify).await).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,15 +1,24 @@
 //! The store contract as one test suite that every [`Store`] must pass: the
-//! in-memory store's tests run it, and so will the Redis store's.
+//! in-memory store's tests run it, and so do the Redis store's.
 //!
 //! ```text
 //! wsauth_store::contract::run_all(async |settings, notify| MemoryStore::new(settings, notify)).await;
+//! wsauth_store::contract::run_rule_cases(async |settings, notify| MemoryStore::new(settings, notify)).await;
 //! ```
+//!
+//! [`RULE_CASES`] is the one table of rule edges both stores go through: each
+//! case's verdict from [`wsauth_core::rules`] must be the one the table states, and
+//! the store's must be the same. It is what keeps the Redis store's Lua mirror of
+//! the rules in step with the Rust.
 
+use std::borrow::Cow;
+use std::collections::BTreeSet;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 
 use wsauth_core::jwt::Claims;
-use wsauth_core::{Payload, Revocation, Secret};
+use wsauth_core::rules::{self, LimitDecision, SubEntry};
+use wsauth_core::{Delivery, Payload, Revocation, Secret};
 
 use crate::{CreateOutcome, LimitPolicy, Notice, Notify, RefreshOutcome, Store, StoreSettings};
 
@@ -611,6 +620,372 @@ where
         assert!(
             seen.windows(2).all(|w| w[1] == w[0] + 1),
             "deliveries left out of seq order"
+        );
+    }
+}
+
+/// The settings every rule case runs with (the policy aside).
+const RULE_GRACE_MS: u64 = 600_000;
+const RULE_LEEWAY_MS: u64 = 30_000;
+const RULE_LIFETIME_MS: u64 = 86_400_000;
+const RULE_MAX_SESSIONS: usize = 2;
+const RULE_BUFFER: u64 = 3;
+/// Long-lived enough that grace, not the token, decides; and the reverse below.
+const RULE_LONG_EXP: u64 = T0 + 3_600_000;
+const RULE_SHORT_EXP: u64 = T0 + 60_000;
+/// When revocations are issued: a whole second, 10 s after T0.
+const RULE_REVOKED_AT: u64 = T0 + 10_000;
+
+/// One edge of a store rule, as a client of the store meets it.
+#[derive(Clone, Copy, Debug)]
+pub enum Edge {
+    /// A session (token valid for an hour) detached at T0 is resumed `after_ms` later.
+    Grace {
+        /// Since the detach.
+        after_ms: u64,
+    },
+    /// A session whose token expires at T0 + 60 s, detached at T0 (grace 10 min),
+    /// is resumed at `exp` + leeway + `offset_ms`.
+    TokenEnd {
+        /// From `exp` + leeway.
+        offset_ms: i64,
+    },
+    /// The user is revoked at T0 + 10 s (`at_s` that second); a token whose `iat`
+    /// is `at_s` + `iat_offset_s` (`None`: no `iat`) is checked `after_ms` later.
+    SubRevocation {
+        /// The token's `iat` relative to the revocation time, in s.
+        iat_offset_s: Option<i64>,
+        /// Since the revocation.
+        after_ms: u64,
+    },
+    /// A `jti` is revoked at T0 + 10 s, known to a stored session (whose token
+    /// expires at T0 + 60 s) or not; a token with it is checked at the end of the
+    /// entry + `offset_ms`.
+    JtiRevocation {
+        /// Whether a stored session holds the token.
+        known: bool,
+        /// From the end of the entry.
+        offset_ms: i64,
+    },
+    /// A user with `live` attached sessions (limit 2) asks for one more.
+    Limit {
+        /// Sessions the user has.
+        live: usize,
+        /// The limit's policy.
+        policy: rules::LimitPolicy,
+    },
+    /// A session joined to `a` and `b` gets `published` messages (odd `seq` on
+    /// `a`, even on `b`; the buffer keeps 3), drops, and resumes with `last_seq`,
+    /// keeping only `a`.
+    Replay {
+        /// Messages published.
+        published: u64,
+        /// The client's `last_seq`.
+        last_seq: u64,
+    },
+}
+
+/// What a rule says about an [`Edge`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Whether the session is alive (a resume succeeds).
+    Alive(bool),
+    /// Whether the token is refused as revoked.
+    Refused(bool),
+    /// The per-user limit's decision.
+    Limit(LimitDecision),
+    /// The `seq`s replayed and whether there is a gap.
+    Replay {
+        /// Replayed, in order.
+        seqs: Cow<'static, [u64]>,
+        /// Whether the client missed messages no longer buffered.
+        gap: bool,
+    },
+}
+
+/// A named edge and the verdict the rules must give on it.
+#[derive(Clone, Debug)]
+pub struct RuleCase {
+    /// What the case shows.
+    pub name: &'static str,
+    /// The situation.
+    pub edge: Edge,
+    /// What the rules and every store say.
+    pub verdict: Verdict,
+}
+
+const fn case(name: &'static str, edge: Edge, verdict: Verdict) -> RuleCase {
+    RuleCase {
+        name,
+        edge,
+        verdict,
+    }
+}
+
+const fn replayed(seqs: &'static [u64], gap: bool) -> Verdict {
+    Verdict::Replay {
+        seqs: Cow::Borrowed(seqs),
+        gap,
+    }
+}
+
+const fn sub_revoked(iat_offset_s: Option<i64>, after_ms: u64) -> Edge {
+    Edge::SubRevocation {
+        iat_offset_s,
+        after_ms,
+    }
+}
+
+const fn limit(live: usize, policy: rules::LimitPolicy) -> Edge {
+    Edge::Limit { live, policy }
+}
+
+const fn resume_after(published: u64, last_seq: u64) -> Edge {
+    Edge::Replay {
+        published,
+        last_seq,
+    }
+}
+
+/// The shared table: every store's verdicts on these edges are those of
+/// [`wsauth_core::rules`].
+#[rustfmt::skip] // a table reads best one case a line
+pub const RULE_CASES: &[RuleCase] = {
+    use Edge::{Grace, JtiRevocation as Jti, TokenEnd};
+    use Verdict::{Alive, Limit, Refused};
+    use rules::LimitPolicy::{EvictOldest, RejectNew};
+    const ADMIT: Verdict = Limit(LimitDecision::Admit { evict_oldest: 0 });
+    const EVICT_ONE: Verdict = Limit(LimitDecision::Admit { evict_oldest: 1 });
+    const MAX: usize = RULE_MAX_SESSIONS;
+    &[
+        case("grace: 1 ms before its end", Grace { after_ms: RULE_GRACE_MS - 1 }, Alive(true)),
+        case("grace: exactly at its end", Grace { after_ms: RULE_GRACE_MS }, Alive(false)),
+        case("token: 1 ms before exp + leeway", TokenEnd { offset_ms: -1 }, Alive(true)),
+        case("token: exactly at exp + leeway", TokenEnd { offset_ms: 0 }, Alive(false)),
+        case("sub: iat 1 s before", sub_revoked(Some(-1), 1), Refused(true)),
+        case("sub: iat equal", sub_revoked(Some(0), 1), Refused(true)),
+        case("sub: iat 1 s after", sub_revoked(Some(1), 1), Refused(false)),
+        case("sub: no iat", sub_revoked(None, 1), Refused(true)),
+        case("sub: 1 ms before the entry ends", sub_revoked(None, RULE_LIFETIME_MS - 1), Refused(true)),
+        case("sub: exactly when the entry ends", sub_revoked(None, RULE_LIFETIME_MS), Refused(false)),
+        case("jti known: 1 ms before exp + leeway", Jti { known: true, offset_ms: -1 }, Refused(true)),
+        case("jti known: at exp + leeway", Jti { known: true, offset_ms: 0 }, Refused(false)),
+        case("jti unknown: 1 ms before the lifetime", Jti { known: false, offset_ms: -1 }, Refused(true)),
+        case("jti unknown: when the lifetime ends", Jti { known: false, offset_ms: 0 }, Refused(false)),
+        case("limit: max - 1, evict_oldest", limit(MAX - 1, EvictOldest), ADMIT),
+        case("limit: max - 1, reject_new", limit(MAX - 1, RejectNew), ADMIT),
+        case("limit: max, evict_oldest", limit(MAX, EvictOldest), EVICT_ONE),
+        case("limit: max, reject_new", limit(MAX, RejectNew), Limit(LimitDecision::Refuse)),
+        case("replay: trimmed, last_seq before the buffer", resume_after(5, 0), replayed(&[3, 5], true)),
+        case("replay: last_seq just before the buffer", resume_after(5, 2), replayed(&[3, 5], false)),
+        case("replay: last_seq in the buffer, channel left", resume_after(5, 3), replayed(&[5], false)),
+        case("replay: last_seq at the end", resume_after(5, 5), replayed(&[], false)),
+        case("replay: last_seq after the store's", resume_after(5, 7), replayed(&[], false)),
+        case("replay: untrimmed", resume_after(2, 0), replayed(&[1], false)),
+    ]
+};
+
+fn rule_settings(edge: Edge) -> StoreSettings {
+    StoreSettings {
+        resume_grace_ms: RULE_GRACE_MS,
+        resume_buffer: RULE_BUFFER as usize,
+        max_sessions_per_user: Some(RULE_MAX_SESSIONS),
+        limit_policy: match edge {
+            Edge::Limit { policy, .. } => policy,
+            _ => LimitPolicy::default(),
+        },
+        max_token_lifetime_ms: RULE_LIFETIME_MS,
+        leeway_ms: RULE_LEEWAY_MS,
+    }
+}
+
+fn delivery(seq: u64) -> Delivery {
+    Delivery {
+        channel: if seq % 2 == 1 { "a" } else { "b" }.into(),
+        from: "p".into(),
+        seq,
+        data: Payload::from_json("1").expect("json"),
+    }
+}
+
+fn replay_verdict(buffered: Vec<Delivery>, last_seq: u64, last_assigned: u64) -> Verdict {
+    let kept = BTreeSet::from(["a".to_owned()]);
+    let (replay, gap) = rules::replay(buffered, last_seq, last_assigned, &kept);
+    Verdict::Replay {
+        seqs: replay.iter().map(|d| d.seq).collect(),
+        gap,
+    }
+}
+
+/// When an [`Edge::JtiRevocation`] entry ends, and when its check runs.
+fn jti_check_at(known: bool, offset_ms: i64) -> (u64, u64) {
+    let known_exp = known.then_some(RULE_SHORT_EXP);
+    let until =
+        rules::jti_revocation_until(RULE_REVOKED_AT, known_exp, RULE_LEEWAY_MS, RULE_LIFETIME_MS);
+    (until, until.saturating_add_signed(offset_ms))
+}
+
+fn sub_check(iat_offset_s: Option<i64>, after_ms: u64) -> (u64, Option<u64>, u64) {
+    let at_s = RULE_REVOKED_AT / 1000;
+    let iat_s = iat_offset_s.map(|d| at_s.saturating_add_signed(d));
+    (at_s, iat_s, RULE_REVOKED_AT + after_ms)
+}
+
+/// The verdict of [`wsauth_core::rules`] on an edge.
+pub fn rule_verdict(edge: Edge) -> Verdict {
+    match edge {
+        Edge::Grace { after_ms } => Verdict::Alive(rules::session_alive(
+            T0 + after_ms,
+            Some(T0),
+            RULE_LONG_EXP,
+            RULE_GRACE_MS,
+            RULE_LEEWAY_MS,
+        )),
+        Edge::TokenEnd { offset_ms } => Verdict::Alive(rules::session_alive(
+            (RULE_SHORT_EXP + RULE_LEEWAY_MS).saturating_add_signed(offset_ms),
+            Some(T0),
+            RULE_SHORT_EXP,
+            RULE_GRACE_MS,
+            RULE_LEEWAY_MS,
+        )),
+        Edge::SubRevocation {
+            iat_offset_s,
+            after_ms,
+        } => {
+            let (at_s, iat_s, now) = sub_check(iat_offset_s, after_ms);
+            let entry = SubEntry {
+                at_s,
+                until_ms: rules::sub_revocation_until(RULE_REVOKED_AT, RULE_LIFETIME_MS),
+            };
+            Verdict::Refused(rules::token_revoked(now, iat_s, None, Some(entry)))
+        }
+        Edge::JtiRevocation { known, offset_ms } => {
+            let (until, now) = jti_check_at(known, offset_ms);
+            Verdict::Refused(rules::token_revoked(now, None, Some(until), None))
+        }
+        Edge::Limit { live, policy } => {
+            Verdict::Limit(rules::limit_decision(live, RULE_MAX_SESSIONS, policy))
+        }
+        Edge::Replay {
+            published,
+            last_seq,
+        } => {
+            let kept = (published.saturating_sub(RULE_BUFFER) + 1..=published).map(delivery);
+            replay_verdict(kept.collect(), last_seq, published)
+        }
+    }
+}
+
+/// The verdict of a store on an edge, from what it does.
+pub async fn store_verdict<S: Store>(store: &S, edge: Edge) -> Verdict {
+    let resumes = async |exp_ms: u64, now: u64| {
+        let mut c = Claims::new("alice", exp_ms);
+        c.jti = Some("j1".into());
+        let (id, token, epoch) = create(store, Arc::new(c), T0).await;
+        store.detach(&id, epoch, T0).await.expect("detach");
+        let resumed = store.resume_session(&id, &token, now).await;
+        Verdict::Alive(resumed.expect("answers").is_some())
+    };
+    // Whether the store refuses the token, asked both ways; they must agree.
+    let refuses = async |c: Arc<Claims>, now: u64| {
+        let asked = store.is_revoked(&c, now).await.expect("answers");
+        let created = store.create_session(c, now).await.expect("answers");
+        assert_eq!(
+            asked,
+            created == CreateOutcome::Revoked,
+            "is_revoked and create_session disagree"
+        );
+        Verdict::Refused(asked)
+    };
+    match edge {
+        Edge::Grace { after_ms } => resumes(RULE_LONG_EXP, T0 + after_ms).await,
+        Edge::TokenEnd { offset_ms } => {
+            let now = (RULE_SHORT_EXP + RULE_LEEWAY_MS).saturating_add_signed(offset_ms);
+            resumes(RULE_SHORT_EXP, now).await
+        }
+        Edge::SubRevocation {
+            iat_offset_s,
+            after_ms,
+        } => {
+            let (at_s, iat_s, now) = sub_check(iat_offset_s, after_ms);
+            let revocation = Revocation::Subject {
+                sub: "alice".into(),
+                at_s,
+            };
+            store
+                .revoke(revocation, RULE_REVOKED_AT)
+                .await
+                .expect("revoke");
+            refuses(claims("alice", "j2", iat_s), now).await
+        }
+        Edge::JtiRevocation { known, offset_ms } => {
+            if known {
+                let mut c = Claims::new("alice", RULE_SHORT_EXP);
+                c.jti = Some("j1".into());
+                create(store, Arc::new(c), T0).await;
+            }
+            let revocation = Revocation::Token { jti: "j1".into() };
+            store
+                .revoke(revocation, RULE_REVOKED_AT)
+                .await
+                .expect("revoke");
+            let (_, now) = jti_check_at(known, offset_ms);
+            refuses(claims("bob", "j1", None), now).await
+        }
+        Edge::Limit { live, .. } => {
+            for i in 0..live {
+                create(store, claims("alice", &format!("j{i}"), None), T0).await;
+            }
+            let c = claims("alice", "new", None);
+            match store.create_session(c, T0 + 1).await.expect("answers") {
+                CreateOutcome::Created { evicted, .. } => Verdict::Limit(LimitDecision::Admit {
+                    evict_oldest: evicted,
+                }),
+                CreateOutcome::TooManySessions => Verdict::Limit(LimitDecision::Refuse),
+                CreateOutcome::Revoked => panic!("nothing is revoked"),
+            }
+        }
+        Edge::Replay {
+            published,
+            last_seq,
+        } => {
+            let (id, token, epoch) = create(store, claims("alice", "j1", None), T0).await;
+            for channel in ["a", "b"] {
+                store.subscribe(&id, epoch, channel).await.expect("join");
+            }
+            for seq in 1..=published {
+                let d = delivery(seq);
+                let n = store.publish(&d.channel, &d.from, d.data, T0).await;
+                assert_eq!(n, Ok(1), "published");
+            }
+            store.detach(&id, epoch, T0).await.expect("detach");
+            let (resumed, _) = store
+                .resume_session(&id, &token, T0 + 1)
+                .await
+                .expect("answers")
+                .expect("resumes");
+            replay_verdict(resumed.buffered, last_seq, resumed.last_seq)
+        }
+    }
+}
+
+/// Runs [`RULE_CASES`] through stores made by `make`, a fresh one per case: the
+/// rules must give the table's verdict, and the store the rules' verdict.
+pub async fn run_rule_cases<S, F, Fut>(make: F)
+where
+    S: Store,
+    F: Fn(StoreSettings, Arc<dyn Notify>) -> Fut,
+    Fut: Future<Output = S>,
+{
+    for case in RULE_CASES {
+        let ruled = rule_verdict(case.edge);
+        assert_eq!(ruled, case.verdict, "{}: wsauth_core::rules", case.name);
+        let store = make(rule_settings(case.edge), Arc::new(Recorder::default())).await;
+        let seen = store_verdict(&store, case.edge).await;
+        assert_eq!(
+            seen, ruled,
+            "{}: the store disagrees with the rules",
+            case.name
         );
     }
 }

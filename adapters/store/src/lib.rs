@@ -26,15 +26,9 @@ pub use execute::execute;
 pub use memory::MemoryStore;
 pub use secret::{hash_resume_token, new_resume_token, new_session_id};
 
-/// What the per-user session limit does when it is reached.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub enum LimitPolicy {
-    /// The oldest sessions are removed and their connections told `Replaced`.
-    #[default]
-    EvictOldest,
-    /// The new session is refused (`TOO_MANY_SESSIONS`).
-    RejectNew,
-}
+/// What the per-user session limit does when it is reached (decided by
+/// [`wsauth_core::rules::limit_decision`]).
+pub use wsauth_core::rules::LimitPolicy;
 
 /// A store's settings (PROTOCOL §3–§4), with the protocol's defaults.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -167,7 +161,9 @@ pub enum StoreError {
 ///
 /// # Contract
 /// Every implementation (in-memory, Redis) must keep these promises; the suite in
-/// [`contract`] checks them against both.
+/// [`contract`] checks them against both. Grace, `exp` + leeway, what a revocation
+/// refuses and how long it lasts, and the per-user limit are the functions of
+/// [`wsauth_core::rules`]; `contract::RULE_CASES` checks every store against them.
 ///
 /// - **Atomicity.** `create_session` checks revocation and the per-user limit and
 ///   inserts in one step: two creations for one user never both pass a limit of one,

@@ -7,20 +7,21 @@ use std::sync::Arc;
 
 use subtle::ConstantTimeEq;
 use wsauth_core::jwt::Claims;
+use wsauth_core::rules::{self, LimitDecision, SubEntry};
 use wsauth_core::{Delivery, Payload, ResumedSession, Revocation, Secret};
 
 use crate::secret::{hash_resume_token, new_resume_token, new_session_id};
 use crate::sync::{Mutex, lock};
 use crate::{
-    CreateOutcome, LimitPolicy, Notice, Notify, RefreshOutcome, SessionInfo, Store, StoreError,
-    StoreSettings, StoreStats,
+    CreateOutcome, Notice, Notify, RefreshOutcome, SessionInfo, Store, StoreError, StoreSettings,
+    StoreStats,
 };
 
 struct Session {
     claims: Arc<Claims>,
     token_hash: [u8; 32],
     epoch: u64,
-    attached: bool,
+    /// When the last connection went; `None` while one holds the session.
     detached_at: Option<u64>,
     created_at_ms: u64,
     created_order: u64,
@@ -32,10 +33,24 @@ struct Session {
 }
 
 impl Session {
+    fn attached(&self) -> bool {
+        self.detached_at.is_none()
+    }
+
+    fn alive(&self, now: u64, settings: &StoreSettings) -> bool {
+        rules::session_alive(
+            now,
+            self.detached_at,
+            self.claims.exp_ms,
+            settings.resume_grace_ms,
+            settings.leeway_ms,
+        )
+    }
+
     fn info(&self, session_id: &str) -> SessionInfo {
         SessionInfo {
             session_id: session_id.to_owned(),
-            attached: self.attached,
+            attached: self.attached(),
             created_at_ms: self.created_at_ms,
             expires_at_ms: self.claims.exp_ms,
             channels: self.joined.iter().cloned().collect(),
@@ -53,8 +68,8 @@ struct State {
     members: HashMap<String, HashSet<String>>,
     /// jti → revoked until (ms).
     revoked_jtis: HashMap<String, u64>,
-    /// sub → (revocation time in s, revoked until in ms).
-    revoked_subs: HashMap<String, (u64, u64)>,
+    /// sub → revocation time and end.
+    revoked_subs: HashMap<String, SubEntry>,
     next_epoch: u64,
     next_order: u64,
 }
@@ -80,26 +95,17 @@ impl fmt::Debug for MemoryStore {
 }
 
 impl State {
-    fn alive(&self, s: &Session, now: u64, settings: &StoreSettings) -> bool {
-        let within_grace = s.attached
-            || s.detached_at
-                .is_some_and(|at| now < at.saturating_add(settings.resume_grace_ms));
-        within_grace && now < s.claims.exp_ms.saturating_add(settings.leeway_ms)
-    }
-
     fn revoked(&self, claims: &Claims, now: u64) -> bool {
-        let by_jti = claims
-            .jti
-            .as_ref()
-            .and_then(|j| self.revoked_jtis.get(j))
-            .is_some_and(|until| now < *until);
-        let by_sub = self
-            .revoked_subs
-            .get(&claims.sub)
-            .is_some_and(|(at_s, until)| {
-                now < *until && claims.iat_s().is_none_or(|iat| iat <= *at_s)
-            });
-        by_jti || by_sub
+        rules::token_revoked(
+            now,
+            claims.iat_s(),
+            claims
+                .jti
+                .as_ref()
+                .and_then(|j| self.revoked_jtis.get(j))
+                .copied(),
+            self.revoked_subs.get(&claims.sub).copied(),
+        )
     }
 
     fn remove(&mut self, session_id: &str, notices: &mut Notices, notice: Option<Notice>) -> bool {
@@ -121,7 +127,7 @@ impl State {
             }
         }
         match notice {
-            Some(n) if s.attached => {
+            Some(n) if s.attached() => {
                 notices.push((session_id.to_owned(), s.epoch, n));
                 true
             }
@@ -139,7 +145,7 @@ impl State {
             .filter(|(_, id)| {
                 self.sessions
                     .get(id)
-                    .is_none_or(|s| !self.alive(s, now, settings))
+                    .is_none_or(|s| !s.alive(now, settings))
             })
             .map(|(_, id)| id.clone())
             .collect();
@@ -193,14 +199,13 @@ impl MemoryStore {
                     .flatten()
                     .map(|(_, id)| id.clone())
                     .collect();
-                if mine.len() >= max {
-                    if self.settings.limit_policy == LimitPolicy::RejectNew {
-                        return CreateOutcome::TooManySessions;
-                    }
-                    let excess = mine.len() + 1 - max.max(1);
-                    for id in mine.into_iter().take(excess) {
-                        st.remove(&id, &mut notices, Some(Notice::Replaced));
-                        evicted += 1;
+                match rules::limit_decision(mine.len(), max, self.settings.limit_policy) {
+                    LimitDecision::Refuse => return CreateOutcome::TooManySessions,
+                    LimitDecision::Admit { evict_oldest } => {
+                        for id in mine.into_iter().take(evict_oldest) {
+                            st.remove(&id, &mut notices, Some(Notice::Replaced));
+                            evicted += 1;
+                        }
                     }
                 }
             }
@@ -219,7 +224,6 @@ impl MemoryStore {
                     claims,
                     token_hash: hash_resume_token(&resume_token),
                     epoch,
-                    attached: true,
                     detached_at: None,
                     created_at_ms: now,
                     created_order: order,
@@ -249,14 +253,14 @@ impl MemoryStore {
             let mut st = lock(&self.state);
             let ok = st.sessions.get(session_id).map(|s| {
                 let token_ok = bool::from(s.token_hash.ct_eq(&presented));
-                token_ok && st.alive(s, now, &self.settings) && !st.revoked(&s.claims, now)
+                token_ok && s.alive(now, &self.settings) && !st.revoked(&s.claims, now)
             });
             match ok {
                 None => None,
                 Some(false) => {
                     // A wrong token says nothing about the session; a dead one goes.
                     let dead = st.sessions.get(session_id).is_some_and(|s| {
-                        !st.alive(s, now, &self.settings) || st.revoked(&s.claims, now)
+                        !s.alive(now, &self.settings) || st.revoked(&s.claims, now)
                     });
                     if dead {
                         st.remove(session_id, &mut notices, Some(Notice::Replaced));
@@ -268,12 +272,11 @@ impl MemoryStore {
                     let epoch = st.next_epoch;
                     let new_token = new_resume_token();
                     let s = st.sessions.get_mut(session_id)?;
-                    if s.attached {
+                    if s.attached() {
                         notices.push((session_id.to_owned(), s.epoch, Notice::Replaced));
                     }
                     s.token_hash = hash_resume_token(&new_token);
                     s.epoch = epoch;
-                    s.attached = true;
                     s.detached_at = None;
                     let resumed = ResumedSession {
                         session_id: session_id.to_owned(),
@@ -325,7 +328,7 @@ impl MemoryStore {
                         s.buffer.pop_front();
                     }
                 }
-                if s.attached {
+                if s.attached() {
                     notices.push((id, s.epoch, Notice::Deliver(delivery)));
                 }
             }
@@ -340,30 +343,40 @@ impl MemoryStore {
         let mut notices = Vec::new();
         {
             let mut st = lock(&self.state);
-            let lifetime_end = now.saturating_add(self.settings.max_token_lifetime_ms);
+            let lifetime = self.settings.max_token_lifetime_ms;
             let concerned: Vec<String> = match &revocation {
                 Revocation::Session { session_id } => vec![session_id.clone()],
                 Revocation::Token { jti } => {
                     let ids: Vec<String> = st
                         .sessions
                         .iter()
-                        .filter(|(_, s)| s.claims.jti.as_deref() == Some(jti.as_str()))
+                        .filter(|(_, s)| revocation.refuses_token(&s.claims))
                         .map(|(id, _)| id.clone())
                         .collect();
-                    let until = ids
+                    let known_exp = ids
                         .iter()
                         .filter_map(|id| st.sessions.get(id))
-                        .map(|s| s.claims.exp_ms.saturating_add(self.settings.leeway_ms))
-                        .max()
-                        .unwrap_or(lifetime_end);
+                        .map(|s| s.claims.exp_ms)
+                        .max();
+                    let until = rules::jti_revocation_until(
+                        now,
+                        known_exp,
+                        self.settings.leeway_ms,
+                        lifetime,
+                    );
                     let entry = st.revoked_jtis.entry(jti.clone()).or_insert(0);
                     *entry = (*entry).max(until);
                     ids
                 }
                 Revocation::Subject { sub, at_s } => {
-                    let entry = st.revoked_subs.entry(sub.clone()).or_insert((0, 0));
-                    entry.0 = entry.0.max(*at_s);
-                    entry.1 = entry.1.max(lifetime_end);
+                    let entry = st.revoked_subs.entry(sub.clone()).or_insert(SubEntry {
+                        at_s: 0,
+                        until_ms: 0,
+                    });
+                    entry.at_s = entry.at_s.max(*at_s);
+                    entry.until_ms = entry
+                        .until_ms
+                        .max(rules::sub_revocation_until(now, lifetime));
                     st.by_user
                         .get(sub)
                         .into_iter()
@@ -492,7 +505,6 @@ impl Store for MemoryStore {
 
     async fn detach(&self, session_id: &str, epoch: u64, now_ms: u64) -> Result<(), StoreError> {
         if let Some(s) = lock(&self.state).current(session_id, epoch) {
-            s.attached = false;
             s.detached_at = Some(now_ms);
         }
         Ok(())
@@ -539,14 +551,16 @@ impl Store for MemoryStore {
         let dead: Vec<String> = st
             .sessions
             .iter()
-            .filter(|(_, s)| !st.alive(s, now_ms, &self.settings))
+            .filter(|(_, s)| !s.alive(now_ms, &self.settings))
             .map(|(id, _)| id.clone())
             .collect();
         for id in dead {
             st.remove(&id, &mut Vec::new(), None);
         }
-        st.revoked_jtis.retain(|_, until| now_ms < *until);
-        st.revoked_subs.retain(|_, (_, until)| now_ms < *until);
+        st.revoked_jtis
+            .retain(|_, until| rules::entry_in_force(now_ms, *until));
+        st.revoked_subs
+            .retain(|_, e| rules::entry_in_force(now_ms, e.until_ms));
         Ok(())
     }
 

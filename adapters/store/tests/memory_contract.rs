@@ -3,11 +3,16 @@
 use std::sync::Arc;
 
 use wsauth_store::MemoryStore;
-use wsauth_store::contract::{run_all, run_races};
+use wsauth_store::contract::{run_all, run_races, run_rule_cases};
 
 #[tokio::test]
 async fn memory_store_keeps_the_contract() {
     run_all(async |settings, notify| MemoryStore::new(settings, notify)).await;
+}
+
+#[tokio::test]
+async fn memory_store_follows_the_rules_table() {
+    run_rule_cases(async |settings, notify| MemoryStore::new(settings, notify)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -15,12 +15,11 @@ if max > 0 then
     end
   end
   local mine = redis.call('ZRANGE', ukey, 0, -1)
-  if #mine >= max then
-    if ARGV[15] == 'reject' then return {'too_many'} end
-    for i = 1, #mine + 1 - max do
-      remove(mine[i], '"replaced"')
-      evicted = evicted + 1
-    end
+  local evict = limit_decision(#mine, max, ARGV[15])
+  if not evict then return {'too_many'} end
+  for i = 1, evict do
+    remove(mine[i], '"replaced"')
+    evicted = evicted + 1
   end
 end
 local epoch = redis.call('INCR', P .. 'epoch')
@@ -31,5 +30,5 @@ redis.call('HSET', P .. 's:' .. id, 'sub', sub, 'jti', jti, 'iat', iat, 'exp', A
   'inbox', ARGV[13])
 redis.call('ZADD', ukey, epoch, id)
 if jti ~= '' then redis.call('SADD', P .. 'j:' .. jti, id) end
-set_ttl(id, exp + leeway, now)
+set_ttl(id, session_ends_at(nil, exp, grace, leeway), now)
 return {'created', epoch, evicted}

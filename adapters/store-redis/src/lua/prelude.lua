@@ -8,20 +8,83 @@
 --   deadlines  when each session and revocation ends (zset), for purge.lua
 local P = ARGV[1]
 
-local function is_alive(id, now, grace, leeway)
+-- The session rules, one function each, mirroring wsauth_core::rules (Lua cannot
+-- call Rust). The store contract's RULE_CASES run both stores through the same
+-- edges, so a mirror that drifts fails the Redis contract test. No other line of
+-- the scripts states these rules.
+
+-- wsauth_core::rules::session_ends_at; detached_at is nil while attached.
+local function session_ends_at(detached_at, exp, grace, leeway)
+  local token_end = exp + leeway
+  if detached_at == nil then return token_end end
+  return math.min(token_end, detached_at + grace)
+end
+
+-- wsauth_core::rules::session_alive
+local function session_alive(now, detached_at, exp, grace, leeway)
+  return now < session_ends_at(detached_at, exp, grace, leeway)
+end
+
+-- wsauth_core::rules::entry_in_force
+local function entry_in_force(now, untl)
+  return now < untl
+end
+
+-- wsauth_core::rules::sub_revocation_covers; iat is '' when the token has none.
+local function sub_revocation_covers(iat, at)
+  return iat == '' or tonumber(iat) <= at
+end
+
+-- wsauth_core::rules::token_revoked; an absent entry is nil.
+local function token_revoked(now, iat, jti_until, sub_at, sub_until)
+  if jti_until ~= nil and entry_in_force(now, jti_until) then return true end
+  return sub_until ~= nil and entry_in_force(now, sub_until) and sub_revocation_covers(iat, sub_at)
+end
+
+-- wsauth_core::rules::jti_revocation_until; known_exp is nil when no session knows it.
+local function jti_revocation_until(now, known_exp, leeway, lifetime)
+  if known_exp ~= nil then return known_exp + leeway end
+  return now + lifetime
+end
+
+-- wsauth_core::rules::sub_revocation_until
+local function sub_revocation_until(now, lifetime)
+  return now + lifetime
+end
+
+-- wsauth_core::rules::limit_decision: how many of the oldest sessions to evict, or
+-- false to refuse. policy: 'evict' or 'reject'.
+local function limit_decision(live, max, policy)
+  if live < max then return 0 end
+  if policy == 'reject' then return false end
+  return live + 1 - math.max(max, 1)
+end
+
+-- What the rules need of a stored session: its detached_at (nil while attached)
+-- and exp, or nothing when it is gone.
+local function session_times(id)
   local f = redis.call('HMGET', P .. 's:' .. id, 'att', 'det', 'exp')
-  if not f[3] then return false end
-  local within = f[1] == '1' or (f[2] and f[2] ~= '' and now < tonumber(f[2]) + grace)
-  return within and now < tonumber(f[3]) + leeway
+  if not f[3] then return nil end
+  local detached_at = nil
+  if f[1] ~= '1' then detached_at = tonumber(f[2]) or 0 end
+  return detached_at, tonumber(f[3])
+end
+
+local function is_alive(id, now, grace, leeway)
+  local detached_at, exp = session_times(id)
+  return exp ~= nil and session_alive(now, detached_at, exp, grace, leeway)
 end
 
 local function is_revoked(sub, jti, iat, now)
+  local jti_until = nil
   if jti ~= '' then
     local untl = redis.call('GET', P .. 'rj:' .. jti)
-    if untl and now < tonumber(untl) then return true end
+    if untl then jti_until = tonumber(untl) end
   end
   local r = redis.call('HMGET', P .. 'rs:' .. sub, 'at', 'until')
-  return (r[2] and now < tonumber(r[2]) and (iat == '' or tonumber(iat) <= tonumber(r[1]))) and true or false
+  local sub_at, sub_until = nil, nil
+  if r[2] then sub_at, sub_until = tonumber(r[1]), tonumber(r[2]) end
+  return token_revoked(now, iat, jti_until, sub_at, sub_until)
 end
 
 -- Appends a notice to a node's stream; the node reads it and tells its connection.

@@ -8,10 +8,10 @@ for _, member in ipairs(due) do
     if not is_alive(rest, now, grace, leeway) then remove(rest, nil) end
   elseif kind == 'rj' then
     local untl = redis.call('GET', P .. member)
-    if not untl or tonumber(untl) <= now then redis.call('DEL', P .. member) end
+    if not untl or not entry_in_force(now, tonumber(untl)) then redis.call('DEL', P .. member) end
   elseif kind == 'rs' then
     local untl = redis.call('HGET', P .. member, 'until')
-    if not untl or tonumber(untl) <= now then redis.call('DEL', P .. member) end
+    if not untl or not entry_in_force(now, tonumber(untl)) then redis.call('DEL', P .. member) end
   end
   redis.call('ZREM', P .. 'deadlines', member)
 end

@@ -9,6 +9,7 @@ if f[1] == ARGV[5] then
   redis.call('HSET', k, 'jti', jti, 'iat', ARGV[8], 'exp', ARGV[9], 'claims', ARGV[10],
     'auth', ARGV[2], 'exps', '0')
   if jti ~= '' then redis.call('SADD', P .. 'j:' .. jti, id) end
-  set_ttl(id, tonumber(ARGV[9]) + leeway, now)
+  -- Refreshed by its connection: attached, so no grace applies.
+  set_ttl(id, session_ends_at(nil, tonumber(ARGV[9]), 0, leeway), now)
 end
 return 'ok'

@@ -16,7 +16,7 @@ if f[6] == '1' then
 end
 redis.call('HSET', k, 'th', ARGV[7], 'epoch', epoch, 'att', '1', 'det', '',
   'node', ARGV[8], 'inbox', ARGV[9])
-set_ttl(id, tonumber(f[5]) + leeway, now)
+set_ttl(id, session_ends_at(nil, tonumber(f[5]), grace, leeway), now)
 local h = redis.call('HMGET', k, 'claims', 'auth', 'exps', 'seq')
 return {epoch, h[1], h[2], h[3], h[4],
   redis.call('SMEMBERS', P .. 'sc:' .. id), redis.call('LRANGE', P .. 'sb:' .. id, 0, -1)}

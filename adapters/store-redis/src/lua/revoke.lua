@@ -7,20 +7,20 @@ local concerned = {}
 if kind == 'session' then
   concerned[1] = value
 elseif kind == 'jti' then
-  local untl = 0
+  local known_exp = nil
   for _, id in ipairs(redis.call('SMEMBERS', P .. 'j:' .. value)) do
     local f = redis.call('HMGET', P .. 's:' .. id, 'jti', 'exp')
     if f[1] == value then
       concerned[#concerned + 1] = id
-      untl = math.max(untl, tonumber(f[2]) + leeway)
+      known_exp = math.max(known_exp or 0, tonumber(f[2]))
     else
       redis.call('SREM', P .. 'j:' .. value, id)
     end
   end
-  if #concerned == 0 then untl = now + lifetime end
+  local untl = jti_revocation_until(now, known_exp, leeway, lifetime)
   local cur = tonumber(redis.call('GET', P .. 'rj:' .. value) or '0')
   untl = math.max(untl, cur)
-  if untl > now then
+  if entry_in_force(now, untl) then
     redis.call('SET', P .. 'rj:' .. value, untl, 'PX', untl - now)
     deadline('rj:' .. value, untl, now)
   end
@@ -28,13 +28,13 @@ else
   local at = tonumber(ARGV[7])
   local rk = P .. 'rs:' .. value
   local r = redis.call('HMGET', rk, 'at', 'until')
-  local untl = math.max(now + lifetime, tonumber(r[2] or '0'))
+  local untl = math.max(sub_revocation_until(now, lifetime), tonumber(r[2] or '0'))
   redis.call('HSET', rk, 'at', math.max(at, tonumber(r[1] or '0')), 'until', untl)
   redis.call('PEXPIRE', rk, untl - now)
   deadline('rs:' .. value, untl, now)
   for _, id in ipairs(redis.call('ZRANGE', P .. 'u:' .. value, 0, -1)) do
     local iat = redis.call('HGET', P .. 's:' .. id, 'iat')
-    if iat and (iat == '' or tonumber(iat) <= at) then concerned[#concerned + 1] = id end
+    if iat and sub_revocation_covers(iat, at) then concerned[#concerned + 1] = id end
   end
 end
 local told = 0

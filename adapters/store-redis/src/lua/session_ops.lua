@@ -19,7 +19,7 @@ elseif op == 'detach' then
   local now, grace, leeway = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
   redis.call('HSET', k, 'att', '0', 'det', ARGV[5])
   local exp = tonumber(redis.call('HGET', k, 'exp'))
-  set_ttl(id, math.min(now + grace, exp + leeway), now)
+  set_ttl(id, session_ends_at(now, exp, grace, leeway), now)
 elseif op == 'end' then
   remove(id, nil)
 end
