@@ -31,7 +31,6 @@ pub use protocol::{
     ClientMessage, DecodeError, ErrorBody, PROTOCOL_VERSION, Payload, Secret, ServerMessage,
     decode_client_message,
 };
-pub mod sim;
 pub mod upgrade;
 
 #[doc = include_str!("../../docs/architecture.md")]

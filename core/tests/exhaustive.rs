@@ -1,5 +1,5 @@
 //! Exhaustive exploration: every sequence of inputs up to depth 8 over a small
-//! abstract alphabet, with the invariants of `wsauth_core::sim::INVARIANTS` checked
+//! abstract alphabet, with the invariants of `wsauth_sim::INVARIANTS` checked
 //! in every state reached. Equivalent states are explored once.
 
 mod support;
@@ -7,7 +7,7 @@ mod support;
 use std::collections::HashMap;
 
 use support::{sym, symbolic_world};
-use wsauth_core::sim::{InvariantChecker, StoreConfig, World};
+use wsauth_sim::{InvariantChecker, StoreSettings, World};
 use wsauth_core::{PeerClose, SessionConfig};
 
 #[derive(Clone, Copy, Debug)]
@@ -167,7 +167,7 @@ impl Explorer {
 #[test]
 fn every_sequence_up_to_depth_8_keeps_every_invariant() {
     let config = SessionConfig::default();
-    let mut world = symbolic_world(config, StoreConfig::default());
+    let mut world = symbolic_world(config, StoreSettings::default());
     world.record_transcript = false;
     world.open("A");
     let mut start = State {

@@ -1,7 +1,7 @@
 //! Model-based property test: a reference model of the protocol (PROTOCOL §2–§6,
 //! restated here as simply as possible) and the real machine run side by side on
 //! generated sequences. After every step the messages the client sees must match the
-//! model's prediction, and the invariants of `wsauth_core::sim::INVARIANTS` must hold.
+//! model's prediction, and the invariants of `wsauth_sim::INVARIANTS` must hold.
 //!
 //! Left out of the model on purpose: WebSocket pings (filtered from what is
 //! compared) and the message rate limit (sequences are shorter than the burst);
@@ -14,7 +14,7 @@ use std::collections::BTreeSet;
 use proptest::prelude::*;
 use proptest_state_machine::{ReferenceStateMachine, StateMachineTest, prop_state_machine};
 use support::{T0, sym, symbolic_world};
-use wsauth_core::sim::{InvariantChecker, StoreConfig, World};
+use wsauth_sim::{InvariantChecker, StoreSettings, World};
 use wsauth_core::{ErrorCode, Frame, Output, PeerClose, Revocation, ServerMessage, SessionConfig};
 
 const AUTH_TIMEOUT: i64 = 5_000;
@@ -491,7 +491,7 @@ impl StateMachineTest for Harness {
     type Reference = ProtocolModel;
 
     fn init_test(_: &Model) -> Harness {
-        let mut world = symbolic_world(SessionConfig::default(), StoreConfig::default());
+        let mut world = symbolic_world(SessionConfig::default(), StoreSettings::default());
         world.record_transcript = false;
         world.open("A");
         let _ = world.take_outputs();

@@ -24,26 +24,26 @@ mod support;
 use serde_json::json;
 use support::{T0, T0_S};
 use wsauth_core::jwt::{KeySet, Verifier, VerifierConfig, sign_hs256};
-use wsauth_core::sim::{LimitPolicy, StoreConfig, World};
+use wsauth_sim::{LimitPolicy, StoreSettings, World};
 use wsauth_core::upgrade::UpgradePolicy;
 use wsauth_core::{Frame, PeerClose, Revocation, SessionConfig};
 
 const SECRET: &[u8] = b"transcripts-secret-at-least-32-bytes!";
 const OTHER_SECRET: &[u8] = b"someone-elses-secret-at-least-32-bytes";
 
-fn verifier_fn() -> wsauth_core::sim::VerifyFn {
+fn verifier_fn() -> wsauth_sim::VerifyFn {
     let mut keys = KeySet::new();
     keys.add_hmac_secret(None, SECRET).expect("secret");
     let verifier = Verifier::new(keys, VerifierConfig::default()).expect("verifier");
     std::sync::Arc::new(move |token: &str, now: u64| verifier.verify(token, now))
 }
 
-fn world_with(config: SessionConfig, store: StoreConfig) -> World {
+fn world_with(config: SessionConfig, store: StoreSettings) -> World {
     World::new(T0, config, store, verifier_fn())
 }
 
 fn world() -> World {
-    world_with(SessionConfig::default(), StoreConfig::default())
+    world_with(SessionConfig::default(), StoreSettings::default())
 }
 
 /// Mints a token for `sub` valid `ttl_s` seconds from the start, with extra claims,
@@ -144,7 +144,7 @@ mod expect {
     use std::ops::{Deref, DerefMut};
 
     use super::T0;
-    use wsauth_core::sim::World;
+    use wsauth_sim::World;
     use wsauth_core::upgrade::{UpgradeDecision, UpgradePolicy, inspect_upgrade};
     use wsauth_core::{ErrorCode, Event, Output, ServerMessage, SessionFate};
 
@@ -1410,10 +1410,10 @@ spec!(
     "SESSION_REPLACED: with max_sessions_per_user = 1 and policy evict_oldest, a second login closes the first connection with 4409.",
     world_with(
         SessionConfig::default(),
-        StoreConfig {
+        StoreSettings {
             max_sessions_per_user: Some(1),
             limit_policy: LimitPolicy::EvictOldest,
-            ..StoreConfig::default()
+            ..StoreSettings::default()
         }
     ),
     |w| {
@@ -1436,10 +1436,10 @@ spec!(
     "TOO_MANY_SESSIONS: with policy reject_new the new connection is refused, close 4429, and the old one lives on.",
     world_with(
         SessionConfig::default(),
-        StoreConfig {
+        StoreSettings {
             max_sessions_per_user: Some(1),
             limit_policy: LimitPolicy::RejectNew,
-            ..StoreConfig::default()
+            ..StoreSettings::default()
         }
     ),
     |w| {
@@ -1589,14 +1589,125 @@ spec!(
     },
 );
 
+/// `alice_live` on a named node of a two-node world.
+fn alice_live_on(w: &mut World, conn: &str, node: &str) {
+    let t = token(
+        w,
+        "alice, 1h, channels general team:*",
+        "alice",
+        3600,
+        json!({"jti": "t-alice-1", "channels": ["general", "team:*"]}),
+    );
+    w.open_on(conn, node);
+    auth(w, conn, 1, &t);
+}
+
+spec!(
+    resume_on_the_other_node,
+    "A session outlives its node's socket: after a drop on node-1 the client resumes on node-2, which shares the store, and gets what it missed in order, then live messages.",
+    |w| {
+        alice_live_on(&mut w, "A", "node-1");
+        w.send("A", r#"{"type":"join","id":2,"channel":"general"}"#);
+        w.publish_external("general", "bob", r#"{"text":"one"}"#);
+        w.peer_close("A", PeerClose::Lost);
+        w.publish_external("general", "bob", r#"{"text":"two"}"#);
+        w.open_on("B", "node-2");
+        w.send(
+            "B",
+            r#"{"type":"resume","id":1,"session_id":"s_1","resume_token":"r_2","last_seq":1}"#,
+        );
+        w.publish_external("general", "bob", r#"{"text":"three"}"#);
+    },
+    sees: {
+        "A" => [authenticated().id(1), message().seq(1)],
+        "B" => [resumed().id(1).replayed(1).gap(false), message().seq(2), message().seq(3)],
+    },
+    never: { "B" => [message().seq(1)] },
+    ends: {
+        "A" => lost().resumable(),
+        "B" => live().channels(["general"]),
+    },
+);
+
+spec!(
+    takeover_from_the_other_node,
+    "A half-open socket on node-1 is taken over by a resume on node-2: the store tells node-1, whose socket is closed SESSION_REPLACED (4409), and the session lives on node-2.",
+    |w| {
+        alice_live_on(&mut w, "A", "node-1");
+        w.note("node-1 still holds A's socket: the client cannot tell it is gone");
+        w.open_on("B", "node-2");
+        w.send(
+            "B",
+            r#"{"type":"resume","id":1,"session_id":"s_1","resume_token":"r_2","last_seq":0}"#,
+        );
+    },
+    sees: {
+        "A" => [authenticated().id(1), error("SESSION_REPLACED").no_id().fatal("none")],
+        "B" => [resumed().id(1).replayed(0)],
+    },
+    ends: {
+        "A" => closed(4409, "SESSION_REPLACED").taken_over(),
+        "B" => live(),
+    },
+);
+
+spec!(
+    revocation_from_the_other_node,
+    "A user revoked through node-2's admin API is closed TOKEN_REVOKED (4403) on node-1 at once, and the session can be resumed on no node.",
+    |w| {
+        alice_live_on(&mut w, "A", "node-1");
+        w.note("the operator calls POST /admin/revoke on node-2");
+        w.revoke(Revocation::Subject {
+            sub: "alice".into(),
+            at_s: T0_S,
+        });
+        w.open_on("B", "node-2");
+        w.send(
+            "B",
+            r#"{"type":"resume","id":1,"session_id":"s_1","resume_token":"r_2","last_seq":0}"#,
+        );
+    },
+    sees: {
+        "A" => [authenticated().id(1), error("TOKEN_REVOKED").no_id().fatal("none")],
+        "B" => [error("SESSION_NOT_FOUND").id(1).fatal("reauth")],
+    },
+    never: { "B" => [resumed()] },
+    ends: {
+        "A" => closed(4403, "TOKEN_REVOKED").ended(),
+        "B" => closed(4401, "SESSION_NOT_FOUND").no_session(),
+    },
+);
+
+spec!(
+    notices_lost_close_resumably,
+    "A node that may have missed store notices (its stream was trimmed or wiped) closes its sockets INTERNAL (1011) with the session resumable: the client resumes elsewhere and is checked again.",
+    |w| {
+        alice_live_on(&mut w, "A", "node-1");
+        w.lose_notices("node-1");
+        w.open_on("B", "node-2");
+        w.send(
+            "B",
+            r#"{"type":"resume","id":1,"session_id":"s_1","resume_token":"r_2","last_seq":0}"#,
+        );
+    },
+    sees: {
+        "A" => [authenticated().id(1), error("INTERNAL").no_id().fatal("reconnect")],
+        "B" => [resumed().id(1)],
+    },
+    ends: {
+        "A" => closed(1011, "INTERNAL").resumable(),
+        "B" => live(),
+    },
+);
+
 spec!(
     resume_with_gap,
     "When more messages were missed than the buffer keeps (resume_buffer = 2 here), the oldest are gone and `gap` is true.",
     world_with(
         SessionConfig::default(),
-        StoreConfig {
+        StoreSettings {
             resume_buffer: 2,
-            ..StoreConfig::default()
+            ..StoreSettings::default()
         }
     ),
     |w| {

@@ -1,3 +1,3 @@
 #![no_main]
 //! The state machine driven by arbitrary inputs, invariants checked after every step.
-libfuzzer_sys::fuzz_target!(|data: &[u8]| wsauth_core::fuzzing::machine(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| wsauth_sim::fuzzing::machine(data));

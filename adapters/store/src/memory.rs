@@ -17,6 +17,7 @@ use crate::{
     StoreStats,
 };
 
+#[derive(Clone)]
 struct Session {
     claims: Arc<Claims>,
     token_hash: [u8; 32],
@@ -59,7 +60,44 @@ impl Session {
     }
 }
 
-#[derive(Default)]
+/// Where session ids and resume tokens come from.
+#[derive(Clone, Default)]
+enum Ids {
+    /// Random (≥ 128 and ≥ 256 bits): the only kind a deployment ever uses.
+    #[default]
+    Random,
+    /// `s_1`, `r_2`, … from one counter, so that a simulation's transcripts and
+    /// explored states are the same on every run. Never for a deployment: anyone
+    /// could guess a resume token.
+    #[cfg(feature = "simulation")]
+    Counted(u64),
+}
+
+impl Ids {
+    fn session_id(&mut self) -> String {
+        match self {
+            Ids::Random => new_session_id(),
+            #[cfg(feature = "simulation")]
+            Ids::Counted(n) => {
+                *n += 1;
+                format!("s_{n}")
+            }
+        }
+    }
+
+    fn resume_token(&mut self) -> Secret {
+        match self {
+            Ids::Random => new_resume_token(),
+            #[cfg(feature = "simulation")]
+            Ids::Counted(n) => {
+                *n += 1;
+                Secret::new(format!("r_{n}"))
+            }
+        }
+    }
+}
+
+#[derive(Clone, Default)]
 struct State {
     sessions: HashMap<String, Session>,
     /// sub → session ids, oldest first by creation order.
@@ -72,6 +110,7 @@ struct State {
     revoked_subs: HashMap<String, SubEntry>,
     next_epoch: u64,
     next_order: u64,
+    ids: Ids,
 }
 
 type Notices = Vec<(String, u64, Notice)>;
@@ -172,6 +211,32 @@ impl MemoryStore {
         }
     }
 
+    /// A store for simulations: ids and resume tokens are counted (`s_1`, `r_2`, …)
+    /// instead of random, so that the same inputs give the same transcript.
+    #[cfg(feature = "simulation")]
+    pub fn simulated(settings: StoreSettings, notify: Arc<dyn Notify>) -> Self {
+        let store = MemoryStore::new(settings, notify);
+        lock(&store.state).ids = Ids::Counted(0);
+        store
+    }
+
+    /// An independent copy of this store's whole state, reaching its connections
+    /// through `notify`: a simulation explores several futures from one state.
+    #[cfg(feature = "simulation")]
+    pub fn fork(&self, notify: Arc<dyn Notify>) -> Self {
+        MemoryStore {
+            settings: self.settings.clone(),
+            state: Mutex::new(lock(&self.state).clone()),
+            dispatch: Mutex::new(()),
+            notify,
+        }
+    }
+
+    /// The settings it was made with.
+    pub fn settings(&self) -> &StoreSettings {
+        &self.settings
+    }
+
     fn send(&self, notices: Notices) {
         for (session_id, epoch, notice) in notices {
             self.notify.notify(&session_id, epoch, notice);
@@ -209,8 +274,8 @@ impl MemoryStore {
                     }
                 }
             }
-            let session_id = new_session_id();
-            let resume_token = new_resume_token();
+            let session_id = st.ids.session_id();
+            let resume_token = st.ids.resume_token();
             st.next_epoch += 1;
             st.next_order += 1;
             let (epoch, order) = (st.next_epoch, st.next_order);
@@ -270,7 +335,7 @@ impl MemoryStore {
                 Some(true) => {
                     st.next_epoch += 1;
                     let epoch = st.next_epoch;
-                    let new_token = new_resume_token();
+                    let new_token = st.ids.resume_token();
                     let s = st.sessions.get_mut(session_id)?;
                     if s.attached() {
                         notices.push((session_id.to_owned(), s.epoch, Notice::Replaced));
