@@ -45,8 +45,9 @@ impl Scratch {
         write_script(&self.dir.path().join("bin").join(program), version);
     }
 
-    /// Runs the set-up with only the scratch `bin/` on `PATH`; its exit status and output.
-    fn setup(&self, extra: &[&str]) -> (bool, String) {
+    /// Runs the set-up with only the scratch `bin/` on `PATH`, asserts that it succeeded
+    /// (a missing tool is never a failure), and returns its output.
+    fn setup(&self, extra: &[&str]) -> String {
         let out = Command::new(env!("CARGO_BIN_EXE_xtask"))
             .args(["test", "--setup-only", "--root"])
             .arg(self.root())
@@ -55,9 +56,10 @@ impl Scratch {
             .env("PATH", self.dir.path().join("bin"))
             .output()
             .expect("the xtask runs");
-        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+        let output = String::from_utf8_lossy(&out.stdout).into_owned()
             + &String::from_utf8_lossy(&out.stderr);
-        (out.status.success(), text)
+        assert!(out.status.success(), "the set-up failed:\n{output}");
+        output
     }
 }
 
@@ -74,8 +76,8 @@ fn on_path(program: &str) -> Option<PathBuf> {
         .find(|candidate| candidate.is_file())
 }
 
-/// The one line the set-up printed for `piece`.
-fn line_of<'a>(output: &'a str, piece: &str) -> &'a str {
+/// Asserts that the set-up printed exactly one line for `piece` and that it says `expected`.
+fn assert_reported(output: &str, piece: &str, expected: &str) {
     let lines: Vec<&str> = output
         .lines()
         .filter(|line| {
@@ -84,20 +86,19 @@ fn line_of<'a>(output: &'a str, piece: &str) -> &'a str {
         })
         .collect();
     assert_eq!(lines.len(), 1, "one line for {piece} in:\n{output}");
-    lines[0]
+    assert!(
+        lines[0].contains(expected),
+        "{piece}: `{expected}` expected in:\n{output}"
+    );
 }
 
 #[test]
 fn with_no_tools_and_no_installing_every_piece_is_reported_missing_and_setup_succeeds() {
     let scratch = Scratch::new();
-    let (ok, output) = scratch.setup(&["--no-install"]);
-    assert!(ok, "the set-up failed:\n{output}");
+    let output = scratch.setup(&["--no-install"]);
     for piece in PIECES {
-        let line = line_of(&output, piece);
-        assert!(
-            line.contains("MISSING") && line.contains("will skip"),
-            "{line}"
-        );
+        assert_reported(&output, piece, "MISSING");
+        assert_reported(&output, piece, "will skip");
     }
     assert!(
         !scratch.root().join(".venv").exists(),
@@ -108,16 +109,11 @@ fn with_no_tools_and_no_installing_every_piece_is_reported_missing_and_setup_suc
 #[test]
 fn with_no_tools_and_no_apt_get_installing_reports_each_piece_it_could_not_install() {
     let scratch = Scratch::new();
-    let (ok, output) = scratch.setup(&[]);
-    assert!(ok, "the set-up failed:\n{output}");
+    let output = scratch.setup(&[]);
     for piece in PIECES {
-        let line = line_of(&output, piece);
-        assert!(line.contains("MISSING"), "{line}");
+        assert_reported(&output, piece, "MISSING");
     }
-    assert!(
-        line_of(&output, "redis-server").contains("no apt-get"),
-        "{output}"
-    );
+    assert_reported(&output, "redis-server", "no apt-get");
 }
 
 #[test]
@@ -136,34 +132,17 @@ fn pieces_that_are_there_are_reported_found_with_their_version() {
     )
     .unwrap();
 
-    let (ok, output) = scratch.setup(&["--no-install"]);
-    assert!(ok, "the set-up failed:\n{output}");
-    assert!(
-        line_of(&output, "redis-server").contains("found: Redis server v=9.9.9"),
-        "{output}"
-    );
-    assert!(
-        line_of(&output, "chromium").contains("found: Chromium 999.0"),
-        "{output}"
-    );
-    assert!(
-        line_of(&output, "python venv").contains("found: .venv/ with websockets=="),
-        "{output}"
-    );
-    assert!(
-        line_of(&output, "node clients").contains("found: npm 99.1.0"),
-        "{output}"
-    );
+    let output = scratch.setup(&["--no-install"]);
+    assert_reported(&output, "redis-server", "found: Redis server v=9.9.9");
+    assert_reported(&output, "chromium", "found: Chromium 999.0");
+    assert_reported(&output, "python venv", "found: .venv/ with websockets==");
+    assert_reported(&output, "node clients", "found: npm 99.1.0");
 }
 
 #[test]
 fn a_workspace_without_node_clients_needs_no_npm() {
     let scratch = Scratch::new();
     std::fs::remove_dir_all(scratch.root().join("clients")).unwrap();
-    let (ok, output) = scratch.setup(&["--no-install"]);
-    assert!(ok, "the set-up failed:\n{output}");
-    assert!(
-        line_of(&output, "node clients").contains("not needed"),
-        "{output}"
-    );
+    let output = scratch.setup(&["--no-install"]);
+    assert_reported(&output, "node clients", "not needed");
 }
