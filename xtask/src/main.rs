@@ -18,6 +18,10 @@ usage: cargo xtask test [--setup-only] [--no-install] [--root DIR]
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.is_empty() || matches!(args[0].as_str(), "help" | "--help" | "-h") {
+        println!("{USAGE}");
+        return ExitCode::SUCCESS;
+    }
     match parse(&args) {
         Ok(options) => run(&options),
         Err(message) => {
@@ -37,8 +41,7 @@ fn parse(args: &[String]) -> Result<Options, String> {
     let mut args = args.iter();
     match args.next().map(String::as_str) {
         Some("test") => {}
-        Some("help" | "--help" | "-h") | None => return Err("cargo xtask".into()),
-        Some(other) => return Err(format!("unknown task `{other}`")),
+        other => return Err(format!("unknown task `{}`", other.unwrap_or_default())),
     }
     let mut options = Options {
         setup_only: false,

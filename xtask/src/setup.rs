@@ -125,10 +125,8 @@ impl Setup {
         if !self.may_install {
             return Status::Missing(format!("{VENV_DIR}/ is not set up (--no-install)"));
         }
-        if !runs {
-            if let Err(why) = self.create_venv(&venv) {
-                return Status::Missing(why);
-            }
+        if !runs && let Err(why) = self.create_venv(&venv) {
+            return Status::Missing(why);
         }
         let pip = Command::new(&python)
             .args([
