@@ -61,7 +61,8 @@ pub async fn server(config: Config) -> ServerHandle {
 pub async fn server_on_redis(mut config: Config) -> ServerHandle {
     use std::sync::atomic::{AtomicU64, Ordering};
     static PREFIXES: AtomicU64 = AtomicU64::new(0);
-    if wsauth_store_redis::testing::available("the Redis run of the server suite") {
+    let test = format!("{} on Redis", wsauth_test_support::current_test());
+    if wsauth_store_redis::testing::available(&test) {
         let redis = wsauth_store_redis::testing::RedisServer::shared();
         config.store.kind = wsauth_server::config::StoreKind::Redis;
         config.store.url = Some(redis.url());

@@ -2,45 +2,40 @@
 //! `tests/browser/dashboard_check.py` drives Debian's headless Chromium through
 //! Playwright against it while WebSocket clients authenticate (and one fails).
 //!
-//! Skipped (with a printed reason) when `/usr/bin/chromium` or the Python
+//! Skipped (with a visible `WSAUTH-SKIPPED` line) when `/usr/bin/chromium` or the Python
 //! `playwright` module is missing, unless `WSAUTH_REQUIRE_BROWSER` is set (CI sets it).
+//! `cargo xtask test` installs both.
 
 #[path = "../../../tests/common/mod.rs"]
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 
 use common::{ADMIN_KEY, now_s, server, test_config, token};
 use serde_json::json;
+use wsauth_test_support::{python, python_has, skip};
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 
-/// Whether the browser and Playwright are installed; prints why the test is skipped
-/// when not. With `WSAUTH_REQUIRE_BROWSER` set, a missing one is a failure.
+/// Whether the browser and Playwright are installed; reports the test as skipped when
+/// not. With `WSAUTH_REQUIRE_BROWSER` set, a missing one is a failure.
 fn browser_available() -> bool {
     let missing = if !Path::new(CHROMIUM).exists() {
         Some(format!(
             "{CHROMIUM} is not installed (`apt-get install chromium`)"
         ))
-    } else if !Command::new("python3")
-        .args(["-c", "import playwright.async_api, websockets"])
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-    {
-        Some("python3 with `playwright` and `websockets` is not installed (`pip install playwright websockets`)".to_owned())
+    } else if !python_has(&["playwright.async_api", "websockets"]) {
+        Some(format!(
+            "{} cannot import `playwright` and `websockets` (tests/requirements.txt)",
+            python().display()
+        ))
     } else {
         None
     };
     match missing {
         None => true,
         Some(why) => {
-            assert!(
-                std::env::var_os("WSAUTH_REQUIRE_BROWSER").is_none(),
-                "dashboard test: {why}, and WSAUTH_REQUIRE_BROWSER is set"
-            );
-            println!("SKIPPED the dashboard browser test: {why}");
+            skip("the dashboard browser test", &why, "WSAUTH_REQUIRE_BROWSER");
             false
         }
     }
@@ -90,14 +85,14 @@ async fn the_dashboard_shows_live_figures_in_a_browser() {
     args.extend(tokens);
     let out = tokio::time::timeout(
         std::time::Duration::from_secs(90),
-        tokio::process::Command::new("python3")
+        tokio::process::Command::new(python())
             .args(&args)
             .kill_on_drop(true)
             .output(),
     )
     .await
     .expect("the dashboard check ends within 90 s")
-    .expect("python3 runs");
+    .expect("python runs");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     println!("{stdout}");
