@@ -77,7 +77,7 @@ impl Connection {
                 self.continue_create(now, id, claims, reply)
             }
             (AuthStep::Resume { id, last_seq }, Reply::Resumed { session, epoch }) => {
-                self.resumed(now, id, last_seq, *session, epoch);
+                self.handed_over(now, id, last_seq, *session, epoch);
             }
             (AuthStep::Resume { id, .. }, Reply::NotFound | Reply::Revoked) => {
                 self.resume_failed(id, ErrorCode::SessionNotFound);
@@ -168,7 +168,9 @@ impl Connection {
         self.outputs.event(Event::Authenticated { method, user });
     }
 
-    fn resumed(
+    /// The store handed the session over. A resume is a full re-authorization: the
+    /// token must still be valid (the store has checked revocation).
+    fn handed_over(
         &mut self,
         now: u64,
         id: Option<u64>,
@@ -180,13 +182,22 @@ impl Connection {
             session_id: session.session_id.clone(),
             epoch,
         };
-        // A resume is a full re-authorization: the token must still be valid (the
-        // store has checked revocation).
         if now >= session.claims.exp_ms.saturating_add(self.config.leeway_ms) {
             self.outputs.store(StoreRequest::EndSession { attachment });
             self.resume_failed(id, ErrorCode::SessionNotFound);
-            return;
+        } else {
+            self.resumed(now, id, last_seq, session, attachment);
         }
+    }
+
+    fn resumed(
+        &mut self,
+        now: u64,
+        id: Option<u64>,
+        last_seq: u64,
+        session: ResumedSession,
+        attachment: Attachment,
+    ) {
         let ResumedSession {
             session_id,
             resume_token,
@@ -197,16 +208,7 @@ impl Connection {
             buffered,
             last_seq: last_assigned,
         } = session;
-        let (kept, dropped): (Vec<String>, Vec<String>) = channels
-            .into_iter()
-            .partition(|c| channel_allowed(claims.channels.as_deref(), &claims.sub, c));
-        for channel in &dropped {
-            let unsubscribe = StoreRequest::Unsubscribe {
-                attachment: attachment.clone(),
-                channel: channel.clone(),
-            };
-            self.outputs.store(unsubscribe);
-        }
+        let (kept, dropped) = self.keep_allowed_channels(&attachment, &claims, channels);
         let joined: BTreeSet<String> = kept.iter().cloned().collect();
         // The gap is judged on everything still buffered, before dropping the messages
         // of channels that are no longer allowed.
@@ -238,6 +240,26 @@ impl Connection {
         self.arm_expiry_timers(now, Some(authorized_at_ms));
         // A notice whose time passed while detached follows `resumed` at once.
         self.run_timers(now);
+    }
+
+    /// Splits a resumed session's channels into those its token still allows and
+    /// the others, which the store is told to unsubscribe.
+    fn keep_allowed_channels(
+        &mut self,
+        attachment: &Attachment,
+        claims: &Claims,
+        channels: Vec<String>,
+    ) -> (Vec<String>, Vec<String>) {
+        let (kept, dropped): (Vec<String>, Vec<String>) = channels
+            .into_iter()
+            .partition(|c| channel_allowed(claims.channels.as_deref(), &claims.sub, c));
+        for channel in &dropped {
+            self.outputs.store(StoreRequest::Unsubscribe {
+                attachment: attachment.clone(),
+                channel: channel.clone(),
+            });
+        }
+        (kept, dropped)
     }
 
     fn auth_failed(&mut self, id: Option<u64>, code: ErrorCode) {
