@@ -17,6 +17,7 @@ pub enum AuthMethod {
 
 /// Why a connection's socket is gone, as the driver saw it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub enum PeerClose {
     /// The client sent a close frame with this code (`None`: no code).
     Closed(Option<u16>),
@@ -41,6 +42,7 @@ pub enum Frame<'a> {
 /// ([`Connection::handle`]). No input carries an error code: the machine picks
 /// every code itself from what happened.
 #[derive(Clone, Debug, PartialEq)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub enum Input<'a> {
     /// A data frame arrived.
     Frame(Frame<'a>),

@@ -203,6 +203,7 @@ impl StoreRequest {
 
 /// The driver's answer to a [`StoreRequest`] or a [`Output::Verify`].
 #[derive(Clone, Debug, PartialEq)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub enum Reply {
     /// The token verified.
     Verified(Arc<Claims>),
