@@ -1,6 +1,8 @@
 //! What can happen to a connection: the one way in.
 
 use super::requests::{Delivery, Reply, RequestId, Revocation};
+#[cfg(doc)]
+use super::{Connection, Output, StoreRequest};
 
 /// Where a connection's token came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -2,6 +2,8 @@
 
 use super::input::AuthMethod;
 use super::requests::{Attachment, RequestId, StoreRequest};
+#[cfg(doc)]
+use super::{Connection, Reply};
 use crate::error::{CloseCode, ErrorCode};
 use crate::protocol::{ErrorBody, Secret, ServerMessage};
 

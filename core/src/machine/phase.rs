@@ -1,8 +1,6 @@
 //! The phases of a connection, each a type owning exactly the state valid in it.
-//! A transition consumes the old phase (see [`Connection::close`] and the moves to
-//! [`Live`]), so nothing outlives its phase and nothing is reset by hand.
-//!
-//! [`Connection::close`]: super::Connection
+//! A transition consumes the old phase (`enter_live` in `awaiting.rs`, `close` in
+//! `ending.rs`), so nothing outlives its phase and nothing is reset by hand.
 
 use std::collections::{BTreeSet, VecDeque};
 use std::sync::Arc;

@@ -3,6 +3,8 @@
 
 use std::sync::Arc;
 
+#[cfg(doc)]
+use super::Output;
 use crate::jwt::{Claims, TokenError};
 use crate::protocol::{Payload, Secret};
 
