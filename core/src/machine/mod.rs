@@ -2,7 +2,7 @@
 //!
 //! See [`Connection`] for the driving loop. The connection is in one of three
 //! phases (awaiting authentication, live, closed), each a type that owns exactly
-//! the state valid in it; the files split the machine by phase:
+//! the state valid in it (`phase.rs`); the other files split the machine by phase:
 //! `awaiting.rs` (auth and resume), `live.rs` (refresh, expiry, channels),
 //! `ending.rs` (every way a connection closes), `frames.rs` (frames, the request
 //! queue, replies), `timers.rs`, and the public types in `config.rs`, `input.rs`,
