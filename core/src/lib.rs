@@ -15,6 +15,8 @@ pub mod error;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
 pub mod jwt;
+#[cfg(feature = "arbitrary")]
+mod plausible;
 
 pub use error::{CloseCode, ErrorCode, ErrorSpec, Retry};
 pub mod channels;

@@ -294,6 +294,24 @@ pub fn decode_client_message(text: &str, max_bytes: usize) -> Result<ClientMessa
             reason: Cow::Borrowed("message is larger than the size limit"),
         });
     }
+    let raw = parse_fields(text)?;
+    let id = match raw.id {
+        None => None,
+        Some(v) => Some(
+            serde_json::from_str::<u64>(v.get())
+                .map_err(|_| DecodeError::bad(None, "`id` must be an unsigned integer"))?,
+        ),
+    };
+    let kind = raw
+        .kind
+        .ok_or_else(|| DecodeError::bad(id, "missing field `type`"))?;
+    let kind: Cow<'_, str> = serde_json::from_str(kind.get())
+        .map_err(|_| DecodeError::bad(id, "`type` must be a string"))?;
+    Fields { raw, id }.message(&kind)
+}
+
+/// The first pass: a JSON object, its known fields kept raw.
+fn parse_fields(text: &str) -> Result<RawFields<'_>, DecodeError> {
     // A derived struct would also accept a JSON array, taking fields by position.
     if !text
         .trim_start_matches([' ', '\t', '\n', '\r'])
@@ -305,7 +323,7 @@ pub fn decode_client_message(text: &str, max_bytes: usize) -> Result<ClientMessa
         };
         return Err(DecodeError::bad(None, reason));
     }
-    let raw: RawFields<'_> = serde_json::from_str(text).map_err(|e| {
+    serde_json::from_str(text).map_err(|e| {
         let reason: Cow<'static, str> = match e.classify() {
             serde_json::error::Category::Data => {
                 let text = e.to_string();
@@ -321,22 +339,65 @@ pub fn decode_client_message(text: &str, max_bytes: usize) -> Result<ClientMessa
             _ => Cow::Borrowed("not valid JSON"),
         };
         DecodeError::bad(None, reason)
-    })?;
+    })
+}
 
-    let id = match raw.id {
-        None => None,
-        Some(v) => Some(
-            serde_json::from_str::<u64>(v.get())
-                .map_err(|_| DecodeError::bad(None, "`id` must be an unsigned integer"))?,
-        ),
-    };
-    let kind = raw
-        .kind
-        .ok_or_else(|| DecodeError::bad(id, "missing field `type`"))?;
-    let kind: Cow<'_, str> = serde_json::from_str(kind.get())
-        .map_err(|_| DecodeError::bad(id, "`type` must be a string"))?;
+/// The second pass: a message's fields checked one by one, in a fixed order, so
+/// the first wrong one is the one reported.
+struct Fields<'a> {
+    raw: RawFields<'a>,
+    id: Option<u64>,
+}
 
-    let string = |field: Option<&RawValue>, name: &'static str, max: usize| {
+impl Fields<'_> {
+    fn message(&self, kind: &str) -> Result<ClientMessage, DecodeError> {
+        let id = self.id;
+        let raw = &self.raw;
+        match kind {
+            "auth" => Ok(ClientMessage::Auth {
+                id,
+                token: Secret(self.string(raw.token, "token", usize::MAX)?),
+                user_id: self.user_id()?,
+            }),
+            "resume" => Ok(ClientMessage::Resume {
+                id,
+                session_id: self.string(raw.session_id, "session_id", MAX_ID_BYTES)?,
+                resume_token: Secret(self.string(
+                    raw.resume_token,
+                    "resume_token",
+                    MAX_ID_BYTES,
+                )?),
+                last_seq: self.last_seq()?,
+            }),
+            "refresh" => Ok(ClientMessage::Refresh {
+                id,
+                token: Secret(self.string(raw.token, "token", usize::MAX)?),
+            }),
+            "logout" => Ok(ClientMessage::Logout { id }),
+            "join" => Ok(ClientMessage::Join {
+                id,
+                channel: self.channel()?,
+            }),
+            "leave" => Ok(ClientMessage::Leave {
+                id,
+                channel: self.channel()?,
+            }),
+            "publish" => Ok(ClientMessage::Publish {
+                id,
+                channel: self.channel()?,
+                data: self.data()?,
+            }),
+            _ => Err(DecodeError::bad(id, "unknown message type")),
+        }
+    }
+
+    fn string(
+        &self,
+        field: Option<&RawValue>,
+        name: &'static str,
+        max: usize,
+    ) -> Result<String, DecodeError> {
+        let id = self.id;
         let v = field.ok_or_else(|| DecodeError::bad(id, format!("missing field `{name}`")))?;
         let s: String = serde_json::from_str(v.get())
             .map_err(|_| DecodeError::bad(id, format!("`{name}` must be a string")))?;
@@ -344,81 +405,51 @@ pub fn decode_client_message(text: &str, max_bytes: usize) -> Result<ClientMessa
             return Err(DecodeError::bad(id, format!("`{name}` is too long")));
         }
         Ok(s)
-    };
-    let channel = |field: Option<&RawValue>| {
-        let c = string(field, "channel", MAX_CHANNEL_BYTES)?;
+    }
+
+    fn channel(&self) -> Result<String, DecodeError> {
+        let c = self.string(self.raw.channel, "channel", MAX_CHANNEL_BYTES)?;
         if c.is_empty() || c.chars().any(char::is_control) {
             return Err(DecodeError::bad(
-                id,
+                self.id,
                 "`channel` must be a non-empty name without control characters",
             ));
         }
         Ok(c)
-    };
+    }
 
-    match kind.as_ref() {
-        "auth" => {
-            let token = string(raw.token, "token", usize::MAX)?;
-            let user_id = match (raw.user_id, raw.user_id_alias) {
-                (None, None) => None,
-                (Some(a), None) | (None, Some(a)) => {
-                    Some(string(Some(a), "user_id", MAX_USER_ID_BYTES)?)
+    /// `user_id`, or its alias `userId`; both must then agree.
+    fn user_id(&self) -> Result<Option<String>, DecodeError> {
+        match (self.raw.user_id, self.raw.user_id_alias) {
+            (None, None) => Ok(None),
+            (Some(a), None) | (None, Some(a)) => {
+                Ok(Some(self.string(Some(a), "user_id", MAX_USER_ID_BYTES)?))
+            }
+            (Some(a), Some(b)) => {
+                let a = self.string(Some(a), "user_id", MAX_USER_ID_BYTES)?;
+                let b = self.string(Some(b), "userId", MAX_USER_ID_BYTES)?;
+                if a != b {
+                    return Err(DecodeError::bad(self.id, "`user_id` and `userId` differ"));
                 }
-                (Some(a), Some(b)) => {
-                    let a = string(Some(a), "user_id", MAX_USER_ID_BYTES)?;
-                    let b = string(Some(b), "userId", MAX_USER_ID_BYTES)?;
-                    if a != b {
-                        return Err(DecodeError::bad(id, "`user_id` and `userId` differ"));
-                    }
-                    Some(a)
-                }
-            };
-            Ok(ClientMessage::Auth {
-                id,
-                token: Secret(token),
-                user_id,
-            })
+                Ok(Some(a))
+            }
         }
-        "resume" => {
-            let session_id = string(raw.session_id, "session_id", MAX_ID_BYTES)?;
-            let resume_token = string(raw.resume_token, "resume_token", MAX_ID_BYTES)?;
-            let last_seq = match raw.last_seq {
-                None => 0,
-                Some(v) => serde_json::from_str::<u64>(v.get())
-                    .map_err(|_| DecodeError::bad(id, "`last_seq` must be an unsigned integer"))?,
-            };
-            Ok(ClientMessage::Resume {
-                id,
-                session_id,
-                resume_token: Secret(resume_token),
-                last_seq,
-            })
-        }
-        "refresh" => Ok(ClientMessage::Refresh {
-            id,
-            token: Secret(string(raw.token, "token", usize::MAX)?),
-        }),
-        "logout" => Ok(ClientMessage::Logout { id }),
-        "join" => Ok(ClientMessage::Join {
-            id,
-            channel: channel(raw.channel)?,
-        }),
-        "leave" => Ok(ClientMessage::Leave {
-            id,
-            channel: channel(raw.channel)?,
-        }),
-        "publish" => {
-            let channel = channel(raw.channel)?;
-            let data = raw
-                .data
-                .ok_or_else(|| DecodeError::bad(id, "missing field `data`"))?;
-            Ok(ClientMessage::Publish {
-                id,
-                channel,
-                data: Payload(Arc::from(data.to_owned())),
-            })
-        }
-        _ => Err(DecodeError::bad(id, "unknown message type")),
+    }
+
+    fn last_seq(&self) -> Result<u64, DecodeError> {
+        let Some(v) = self.raw.last_seq else {
+            return Ok(0);
+        };
+        serde_json::from_str::<u64>(v.get())
+            .map_err(|_| DecodeError::bad(self.id, "`last_seq` must be an unsigned integer"))
+    }
+
+    fn data(&self) -> Result<Payload, DecodeError> {
+        let data = self
+            .raw
+            .data
+            .ok_or_else(|| DecodeError::bad(self.id, "missing field `data`"))?;
+        Ok(Payload(Arc::from(data.to_owned())))
     }
 }
 

@@ -1,7 +1,8 @@
 use std::fmt;
 
 use jsonwebtoken::jwk::{
-    AlgorithmParameters, EllipticCurve, JwkSet, KeyAlgorithm, KeyOperations, PublicKeyUse,
+    AlgorithmParameters, EllipticCurve, Jwk, JwkSet, KeyAlgorithm, KeyOperations,
+    OctetKeyPairParameters, PublicKeyUse,
 };
 use jsonwebtoken::{Algorithm, DecodingKey, DecodingKeyKind};
 
@@ -209,69 +210,8 @@ impl KeySet {
         let set: JwkSet =
             serde_json::from_str(json).map_err(|e| KeyError::BadJwks(e.classify_name()))?;
         let mut added = 0;
-        for jwk in &set.keys {
-            if matches!(jwk.common.public_key_use, Some(PublicKeyUse::Encryption)) {
-                continue;
-            }
-            if let Some(ops) = &jwk.common.key_operations
-                && !ops.iter().any(|op| matches!(op, KeyOperations::Verify))
-            {
-                continue;
-            }
-            let kid = jwk.common.key_id.as_deref();
-            let (family, key): (Vec<Algorithm>, DecodingKey) = match &jwk.algorithm {
-                AlgorithmParameters::OctetKey(p) => {
-                    let secret = super::b64::decode(&p.value)
-                        .map_err(|_| KeyError::BadJwks("bad oct key".into()))?;
-                    if secret.len() < 32 {
-                        return Err(KeyError::ShortSecret(secret.len()));
-                    }
-                    let key =
-                        DecodingKey::from_secret(&secret).map_err(|_| KeyError::ShortSecret(0))?;
-                    (HMAC.to_vec(), key)
-                }
-                AlgorithmParameters::RSA(_) => (
-                    RSA.to_vec(),
-                    checked_rsa(
-                        DecodingKey::from_jwk(jwk)
-                            .map_err(|_| KeyError::BadJwks("bad RSA key".into()))?,
-                    )?,
-                ),
-                AlgorithmParameters::EllipticCurve(p) => {
-                    let alg = match p.curve {
-                        EllipticCurve::P256 => Algorithm::ES256,
-                        EllipticCurve::P384 => Algorithm::ES384,
-                        _ => {
-                            return Err(KeyError::Unsupported(
-                                "EC curve other than P-256 or P-384",
-                            ));
-                        }
-                    };
-                    (
-                        vec![alg],
-                        DecodingKey::from_jwk(jwk)
-                            .map_err(|_| KeyError::BadJwks("bad EC key".into()))?,
-                    )
-                }
-                AlgorithmParameters::OctetKeyPair(p) => {
-                    if p.curve != EllipticCurve::Ed25519 {
-                        return Err(KeyError::Unsupported("OKP curve other than Ed25519"));
-                    }
-                    // A public key of another length would only fail (or worse) at
-                    // verification time: refuse it while loading.
-                    let x = super::b64::decode(&p.x)
-                        .map_err(|_| KeyError::BadJwks("bad OKP key".into()))?;
-                    if x.len() != 32 {
-                        return Err(KeyError::BadJwks("an Ed25519 key is 32 bytes".into()));
-                    }
-                    (
-                        vec![Algorithm::EdDSA],
-                        DecodingKey::from_jwk(jwk)
-                            .map_err(|_| KeyError::BadJwks("bad OKP key".into()))?,
-                    )
-                }
-                _ => return Err(KeyError::Unsupported("unknown JWK key type")),
-            };
+        for jwk in set.keys.iter().filter(|jwk| verifies_signatures(jwk)) {
+            let (family, key) = jwk_key(jwk)?;
             let algorithms = match jwk.common.key_algorithm {
                 None => family,
                 Some(ka) => {
@@ -284,11 +224,70 @@ impl KeySet {
                     vec![alg]
                 }
             };
-            self.push(kid, algorithms, key)?;
+            self.push(jwk.common.key_id.as_deref(), algorithms, key)?;
             added += 1;
         }
         Ok(added)
     }
+}
+
+/// Whether a JWK may verify signatures: not `use: enc`, and `verify` among its
+/// `key_ops` when it lists any.
+fn verifies_signatures(jwk: &Jwk) -> bool {
+    if matches!(jwk.common.public_key_use, Some(PublicKeyUse::Encryption)) {
+        return false;
+    }
+    match &jwk.common.key_operations {
+        Some(ops) => ops.iter().any(|op| matches!(op, KeyOperations::Verify)),
+        None => true,
+    }
+}
+
+/// A JWK's key and the algorithms of its family.
+fn jwk_key(jwk: &Jwk) -> Result<(Vec<Algorithm>, DecodingKey), KeyError> {
+    match &jwk.algorithm {
+        AlgorithmParameters::OctetKey(p) => {
+            let secret = super::b64::decode(&p.value)
+                .map_err(|_| KeyError::BadJwks("bad oct key".into()))?;
+            if secret.len() < 32 {
+                return Err(KeyError::ShortSecret(secret.len()));
+            }
+            let key = DecodingKey::from_secret(&secret).map_err(|_| KeyError::ShortSecret(0))?;
+            Ok((HMAC.to_vec(), key))
+        }
+        AlgorithmParameters::RSA(_) => {
+            let key =
+                DecodingKey::from_jwk(jwk).map_err(|_| KeyError::BadJwks("bad RSA key".into()))?;
+            Ok((RSA.to_vec(), checked_rsa(key)?))
+        }
+        AlgorithmParameters::EllipticCurve(p) => {
+            let alg = match p.curve {
+                EllipticCurve::P256 => Algorithm::ES256,
+                EllipticCurve::P384 => Algorithm::ES384,
+                _ => {
+                    return Err(KeyError::Unsupported("EC curve other than P-256 or P-384"));
+                }
+            };
+            let key =
+                DecodingKey::from_jwk(jwk).map_err(|_| KeyError::BadJwks("bad EC key".into()))?;
+            Ok((vec![alg], key))
+        }
+        AlgorithmParameters::OctetKeyPair(p) => Ok((vec![Algorithm::EdDSA], okp_key(jwk, p)?)),
+        _ => Err(KeyError::Unsupported("unknown JWK key type")),
+    }
+}
+
+fn okp_key(jwk: &Jwk, p: &OctetKeyPairParameters) -> Result<DecodingKey, KeyError> {
+    if p.curve != EllipticCurve::Ed25519 {
+        return Err(KeyError::Unsupported("OKP curve other than Ed25519"));
+    }
+    // A public key of another length would only fail (or worse) at verification
+    // time: refuse it while loading.
+    let x = super::b64::decode(&p.x).map_err(|_| KeyError::BadJwks("bad OKP key".into()))?;
+    if x.len() != 32 {
+        return Err(KeyError::BadJwks("an Ed25519 key is 32 bytes".into()));
+    }
+    DecodingKey::from_jwk(jwk).map_err(|_| KeyError::BadJwks("bad OKP key".into()))
 }
 
 fn key_algorithm(ka: KeyAlgorithm) -> Option<Algorithm> {

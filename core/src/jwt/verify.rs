@@ -250,77 +250,82 @@ impl Verifier {
     }
 
     fn check_claims(&self, raw: RawClaims, now_ms: u64) -> Result<Claims, TokenError> {
-        let exp_ms = numeric_date(raw.exp, "exp")?.ok_or(TokenError::MissingClaim("exp"))?;
-        let sub = match raw.sub {
-            None => return Err(TokenError::MissingClaim("sub")),
-            Some(Value::String(s)) if !s.is_empty() => s,
-            Some(_) => return Err(TokenError::WrongClaimType("sub")),
-        };
-        let nbf_ms = numeric_date(raw.nbf, "nbf")?;
-        let iat_ms = numeric_date(raw.iat, "iat")?;
-        let jti = optional_string(raw.jti, "jti")?;
-        let iss = optional_string(raw.iss, "iss")?;
-        let aud = match raw.aud {
-            None => Vec::new(),
-            Some(Value::String(a)) => vec![a],
-            Some(Value::Array(list)) => list
-                .into_iter()
-                .map(|v| match v {
-                    Value::String(s) => Ok(s),
-                    _ => Err(TokenError::WrongClaimType("aud")),
-                })
-                .collect::<Result<_, _>>()?,
-            Some(_) => return Err(TokenError::WrongClaimType("aud")),
-        };
-        let channels = match raw.channels {
-            None => None,
-            Some(Value::Array(list)) => Some(
-                list.into_iter()
-                    .map(|v| match v {
-                        Value::String(s) => Ok(s),
-                        _ => Err(TokenError::WrongClaimType("channels")),
-                    })
-                    .collect::<Result<Vec<_>, _>>()?,
-            ),
-            Some(_) => return Err(TokenError::WrongClaimType("channels")),
-        };
+        let claims = parse_claims(raw)?;
         if let Some(expected) = &self.config.issuer {
-            match &iss {
+            match &claims.iss {
                 None => return Err(TokenError::MissingClaim("iss")),
                 Some(i) if i != expected => return Err(TokenError::WrongIssuer),
                 Some(_) => {}
             }
         }
         if !self.config.audience.is_empty() {
-            if aud.is_empty() {
+            if claims.aud.is_empty() {
                 return Err(TokenError::MissingClaim("aud"));
             }
-            if !aud.iter().any(|a| self.config.audience.contains(a)) {
+            if !claims.aud.iter().any(|a| self.config.audience.contains(a)) {
                 return Err(TokenError::WrongAudience);
             }
         }
         let leeway_ms = self.config.leeway_s.saturating_mul(1000);
-        if now_ms >= exp_ms.saturating_add(leeway_ms) {
+        if now_ms >= claims.exp_ms.saturating_add(leeway_ms) {
             return Err(TokenError::Expired);
         }
-        if nbf_ms.is_some_and(|nbf| nbf > now_ms.saturating_add(leeway_ms)) {
+        let in_future = |at: Option<u64>| at.is_some_and(|t| t > now_ms.saturating_add(leeway_ms));
+        if in_future(claims.nbf_ms) {
             return Err(TokenError::NotYetValid);
         }
-        if iat_ms.is_some_and(|iat| iat > now_ms.saturating_add(leeway_ms)) {
+        if in_future(claims.iat_ms) {
             return Err(TokenError::IssuedInFuture);
         }
-        Ok(Claims {
-            sub,
-            exp_ms,
-            nbf_ms,
-            iat_ms,
-            jti,
-            iss,
-            aud,
-            channels,
-            extra: raw.rest,
-        })
+        Ok(claims)
     }
+}
+
+/// Each claim checked for its type, in a fixed order, so the first wrong one is
+/// the one reported.
+fn parse_claims(raw: RawClaims) -> Result<Claims, TokenError> {
+    let exp_ms = numeric_date(raw.exp, "exp")?.ok_or(TokenError::MissingClaim("exp"))?;
+    let sub = match raw.sub {
+        None => return Err(TokenError::MissingClaim("sub")),
+        Some(Value::String(s)) if !s.is_empty() => s,
+        Some(_) => return Err(TokenError::WrongClaimType("sub")),
+    };
+    let nbf_ms = numeric_date(raw.nbf, "nbf")?;
+    let iat_ms = numeric_date(raw.iat, "iat")?;
+    let jti = optional_string(raw.jti, "jti")?;
+    let iss = optional_string(raw.iss, "iss")?;
+    let aud = match raw.aud {
+        None => Vec::new(),
+        Some(Value::String(a)) => vec![a],
+        Some(Value::Array(list)) => strings(list, "aud")?,
+        Some(_) => return Err(TokenError::WrongClaimType("aud")),
+    };
+    let channels = match raw.channels {
+        None => None,
+        Some(Value::Array(list)) => Some(strings(list, "channels")?),
+        Some(_) => return Err(TokenError::WrongClaimType("channels")),
+    };
+    Ok(Claims {
+        sub,
+        exp_ms,
+        nbf_ms,
+        iat_ms,
+        jti,
+        iss,
+        aud,
+        channels,
+        extra: raw.rest,
+    })
+}
+
+/// A list claim whose every element must be a string.
+fn strings(list: Vec<Value>, name: &'static str) -> Result<Vec<String>, TokenError> {
+    list.into_iter()
+        .map(|v| match v {
+            Value::String(s) => Ok(s),
+            _ => Err(TokenError::WrongClaimType(name)),
+        })
+        .collect()
 }
 
 /// A NumericDate in ms: a JSON number of seconds (fractions kept to the ms);

@@ -1,0 +1,45 @@
+//! A connection's timings and limits.
+
+/// Timings and limits of one connection (PROTOCOL §1–§4), in milliseconds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SessionConfig {
+    /// Time allowed from the upgrade to a completed `auth` or `resume` [5000].
+    pub auth_timeout_ms: u64,
+    /// Interval of the server's WebSocket pings [25000].
+    pub heartbeat_ms: u64,
+    /// A connection that sends nothing for this long is closed [60000].
+    pub idle_timeout_ms: u64,
+    /// Longest lead of the `expiring` notice [60000].
+    pub refresh_notice_ms: u64,
+    /// Clock leeway; a session lives until `exp` plus this [30000].
+    pub leeway_ms: u64,
+    /// Largest message accepted, in bytes [65536].
+    pub max_message_bytes: usize,
+    /// Sustained data frames per second [100].
+    pub rate_per_sec: u32,
+    /// Burst of data frames [200].
+    pub rate_burst: u32,
+    /// Requests a client may pipeline while one is being answered [64]; more is
+    /// `RATE_LIMITED`.
+    pub max_queued_requests: usize,
+    /// Channels one session may join at once [256]; a join over it is refused with
+    /// a non-fatal `FORBIDDEN`.
+    pub max_channels: usize,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        SessionConfig {
+            auth_timeout_ms: 5_000,
+            heartbeat_ms: 25_000,
+            idle_timeout_ms: 60_000,
+            refresh_notice_ms: 60_000,
+            leeway_ms: 30_000,
+            max_message_bytes: 64 * 1024,
+            rate_per_sec: 100,
+            rate_burst: 200,
+            max_queued_requests: 64,
+            max_channels: 256,
+        }
+    }
+}

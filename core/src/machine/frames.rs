@@ -1,0 +1,113 @@
+//! Frames in, the queue of messages behind the request being answered, and the
+//! replies that answer it.
+
+use super::phase::{Phase, Queued};
+use super::{Connection, Event, Frame, Reply, RequestId};
+use crate::error::{CloseCode, ErrorCode};
+use crate::protocol::{DecodeError, decode_client_message};
+
+impl Connection {
+    pub(super) fn on_frame(&mut self, now: u64, frame: Frame<'_>) {
+        self.note_activity(now);
+        let Some(open) = self.phase.open_mut() else {
+            return;
+        };
+        if !open.rate.try_take(now) {
+            self.outputs.event(Event::RateLimited);
+            self.fail(None, ErrorCode::RateLimited);
+            return;
+        }
+        let decoded = match frame {
+            Frame::Text(text) => decode_client_message(text, self.config.max_message_bytes),
+            Frame::TooLarge(_) => Err(DecodeError {
+                code: ErrorCode::MessageTooLarge,
+                id: None,
+                reason: "message is larger than the size limit".into(),
+            }),
+            Frame::Binary(_) => Err(DecodeError {
+                code: ErrorCode::BadRequest,
+                id: None,
+                reason: "binary frames are not part of the protocol".into(),
+            }),
+            Frame::InvalidUtf8 => {
+                self.fail_with_close(
+                    None,
+                    ErrorCode::BadRequest,
+                    "text frame is not valid UTF-8".into(),
+                    CloseCode::INVALID_PAYLOAD,
+                );
+                return;
+            }
+        };
+        self.enqueue(decoded);
+    }
+
+    /// Processes a message at once when no request is pending, else queues it
+    /// behind the pending one (up to `max_queued_requests`).
+    fn enqueue(&mut self, decoded: Queued) {
+        if !self.phase.is_busy() {
+            self.process(decoded);
+            self.drain_queue();
+            return;
+        }
+        let Some(open) = self.phase.open_mut() else {
+            return;
+        };
+        if open.queue.len() >= self.config.max_queued_requests {
+            self.outputs.event(Event::RateLimited);
+            self.fail(None, ErrorCode::RateLimited);
+        } else {
+            open.queue.push_back(decoded);
+        }
+    }
+
+    /// Continues the pending request with its reply; a reply to anything else (a
+    /// late one, say) is ignored.
+    pub(super) fn on_reply(&mut self, now: u64, request: RequestId, reply: Reply) {
+        match &mut self.phase {
+            Phase::AwaitingAuth(awaiting) => {
+                let Some((_, step)) = awaiting.pending.take_if(|(id, _)| *id == request) else {
+                    return;
+                };
+                self.continue_auth(now, step, reply);
+            }
+            Phase::Live(live) => {
+                let Some((_, step)) = live.pending.take_if(|(id, _)| *id == request) else {
+                    return;
+                };
+                self.continue_live(now, step, reply);
+            }
+            Phase::Closed => return,
+        }
+        self.drain_queue();
+    }
+
+    fn drain_queue(&mut self) {
+        while !self.phase.is_busy() {
+            let Some(next) = self
+                .phase
+                .open_mut()
+                .and_then(|open| open.queue.pop_front())
+            else {
+                return;
+            };
+            self.process(next);
+        }
+    }
+
+    fn process(&mut self, decoded: Queued) {
+        let msg = match decoded {
+            Ok(msg) => msg,
+            Err(e) => {
+                let close = e.code.close_code().unwrap_or(CloseCode::CLIENT_BUG);
+                self.fail_with_close(e.id, e.code, e.reason, close);
+                return;
+            }
+        };
+        match self.phase {
+            Phase::AwaitingAuth(_) => self.process_awaiting(msg),
+            Phase::Live(_) => self.process_live(msg),
+            Phase::Closed => {}
+        }
+    }
+}

@@ -1,0 +1,81 @@
+//! What can happen to a connection: the one way in.
+
+use super::requests::{Delivery, Reply, RequestId, Revocation};
+#[cfg(doc)]
+use super::{Connection, Output, StoreRequest};
+
+/// Where a connection's token came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum AuthMethod {
+    /// `Authorization: Bearer` on the upgrade request.
+    Header,
+    /// `?access_token=` on the upgrade request (when enabled).
+    Query,
+    /// The first message, `auth`.
+    Message,
+    /// A `resume` of an earlier session.
+    Resume,
+}
+
+/// Why a connection's socket is gone, as the driver saw it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+pub enum PeerClose {
+    /// The client sent a close frame with this code (`None`: no code).
+    Closed(Option<u16>),
+    /// The TCP connection was lost without a close frame.
+    Lost,
+}
+
+/// A data frame as the driver received it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Frame<'a> {
+    /// A text frame (already checked to be UTF-8).
+    Text(&'a str),
+    /// A text frame whose payload is not UTF-8.
+    InvalidUtf8,
+    /// A binary frame of this many bytes.
+    Binary(usize),
+    /// A message the transport refused for its size, of at least this many bytes.
+    TooLarge(usize),
+}
+
+/// Everything that can happen to a connection, as one value: the only way in
+/// ([`Connection::handle`]). No input carries an error code: the machine picks
+/// every code itself from what happened.
+#[derive(Clone, Debug, PartialEq)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+pub enum Input<'a> {
+    /// A data frame arrived.
+    Frame(Frame<'a>),
+    /// A control frame (ping or pong) arrived: activity, not counted against the rate.
+    Control,
+    /// The answer to an [`Output::Verify`] or a [`StoreRequest`]. Answers that match
+    /// no pending request (late ones, after a close) are ignored.
+    Reply(RequestId, Reply),
+    /// A channel message for this session (a store notice). Delivered when the
+    /// channel is joined and its `seq` is newer than the last one sent.
+    Deliver(Delivery),
+    /// An operator revocation reached this node (a store notice).
+    Revoked {
+        /// What was revoked.
+        revocation: Revocation,
+        /// When it was issued, in ms (for the propagation time).
+        issued_at_ms: u64,
+    },
+    /// The session was taken over (resume elsewhere) or evicted by the per-user
+    /// limit (a store notice).
+    Replaced,
+    /// The store may have lost notices meant for this node: a revocation may have
+    /// been missed.
+    NoticesLost,
+    /// The outbound queue is full, or deliveries were dropped for it: the client
+    /// does not read.
+    OutboundFull,
+    /// The server is shutting down.
+    Shutdown,
+    /// The socket is gone.
+    PeerClosed(PeerClose),
+    /// Time passed; run due timers.
+    Tick,
+}
