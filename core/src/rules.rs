@@ -13,6 +13,12 @@ use std::collections::BTreeSet;
 use crate::jwt::Claims;
 use crate::machine::{Delivery, Revocation};
 
+/// When a token of `exp_ms` stops being accepted: `exp` plus the clock leeway. A
+/// live session ends then (unless refreshed), and no resume revives it after.
+pub fn token_ends_at(exp_ms: u64, leeway_ms: u64) -> u64 {
+    exp_ms.saturating_add(leeway_ms)
+}
+
 /// When a session stops being alive: `exp` + leeway for its token, and, while no
 /// connection holds it (`detached_at_ms` is when the last one went), the end of
 /// its grace period, whichever comes first.
@@ -22,7 +28,7 @@ pub fn session_ends_at(
     resume_grace_ms: u64,
     leeway_ms: u64,
 ) -> u64 {
-    let token_end = exp_ms.saturating_add(leeway_ms);
+    let token_end = token_ends_at(exp_ms, leeway_ms);
     match detached_at_ms {
         None => token_end,
         Some(at) => token_end.min(at.saturating_add(resume_grace_ms)),

@@ -7,8 +7,8 @@ mod support;
 use std::collections::HashMap;
 
 use support::{sym, symbolic_world};
-use wsauth_sim::{InvariantChecker, StoreSettings, World};
 use wsauth_core::{PeerClose, SessionConfig};
+use wsauth_sim::{InvariantChecker, StoreSettings, World};
 
 #[derive(Clone, Copy, Debug)]
 enum Step {

@@ -40,5 +40,8 @@ fn jwt_verifier_corpus() {
 
 #[test]
 fn state_machine_corpus() {
-    println!("{} inputs", replay("state_machine", wsauth_sim::fuzzing::machine));
+    println!(
+        "{} inputs",
+        replay("state_machine", wsauth_sim::fuzzing::machine)
+    );
 }

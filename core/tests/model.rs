@@ -14,8 +14,8 @@ use std::collections::BTreeSet;
 use proptest::prelude::*;
 use proptest_state_machine::{ReferenceStateMachine, StateMachineTest, prop_state_machine};
 use support::{T0, sym, symbolic_world};
-use wsauth_sim::{InvariantChecker, StoreSettings, World};
 use wsauth_core::{ErrorCode, Frame, Output, PeerClose, Revocation, ServerMessage, SessionConfig};
+use wsauth_sim::{InvariantChecker, StoreSettings, World};
 
 const AUTH_TIMEOUT: i64 = 5_000;
 const IDLE: i64 = 60_000;

@@ -24,9 +24,9 @@ mod support;
 use serde_json::json;
 use support::{T0, T0_S};
 use wsauth_core::jwt::{KeySet, Verifier, VerifierConfig, sign_hs256};
-use wsauth_sim::{LimitPolicy, StoreSettings, World};
 use wsauth_core::upgrade::UpgradePolicy;
 use wsauth_core::{Frame, PeerClose, Revocation, SessionConfig};
+use wsauth_sim::{LimitPolicy, StoreSettings, World};
 
 const SECRET: &[u8] = b"transcripts-secret-at-least-32-bytes!";
 const OTHER_SECRET: &[u8] = b"someone-elses-secret-at-least-32-bytes";
@@ -144,9 +144,9 @@ mod expect {
     use std::ops::{Deref, DerefMut};
 
     use super::T0;
-    use wsauth_sim::World;
     use wsauth_core::upgrade::{UpgradeDecision, UpgradePolicy, inspect_upgrade};
     use wsauth_core::{ErrorCode, Event, Output, ServerMessage, SessionFate};
+    use wsauth_sim::World;
 
     /// A condition on one message, besides its type.
     #[derive(Clone, Debug, PartialEq)]

@@ -904,8 +904,7 @@ async fn one_log_line_per_connection_outcome_and_never_a_token() {
     // (bounded), not a fixed time: a loaded machine ends them later.
     let logs = || String::from_utf8(captured.0.lock().expect("lock").clone()).expect("utf8");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while logs().matches("connection closed").count() < 3
-        && tokio::time::Instant::now() < deadline
+    while logs().matches("connection closed").count() < 3 && tokio::time::Instant::now() < deadline
     {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

@@ -26,10 +26,11 @@ struct NoticeLog(Mutex<Vec<(String, u64, Notice)>>);
 
 impl Notify for NoticeLog {
     fn notify(&self, session_id: &str, epoch: u64, notice: Notice) {
-        self.0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push((session_id.to_owned(), epoch, notice));
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).push((
+            session_id.to_owned(),
+            epoch,
+            notice,
+        ));
     }
 }
 
@@ -224,7 +225,10 @@ impl World {
         let conn = Connection::new(self.config.clone(), self.now);
         self.conns.insert(name.to_owned(), conn);
         self.node_of.insert(name.to_owned(), node.to_owned());
-        self.line(name, format!("open on {node} (no token on the upgrade request)"));
+        self.line(
+            name,
+            format!("open on {node} (no token on the upgrade request)"),
+        );
         self.pump(name);
     }
 
@@ -555,7 +559,9 @@ impl World {
         let outcome = if self.store_available {
             ready(wsauth_store::execute(&self.store, request, self.now))
         } else {
-            Err(wsauth_store::StoreError::Unavailable("the store is down".into()))
+            Err(wsauth_store::StoreError::Unavailable(
+                "the store is down".into(),
+            ))
         };
         let reply = match outcome {
             Ok(reply) => reply,
@@ -597,7 +603,8 @@ impl World {
         let early = std::mem::take(&mut self.early);
         for (id, at, notice) in early {
             if id == session_id && at == epoch {
-                self.inbox.push_back((name.to_owned(), notice_input(notice)));
+                self.inbox
+                    .push_back((name.to_owned(), notice_input(notice)));
             } else if id != session_id || at > epoch {
                 self.early.push((id, at, notice));
             }
@@ -672,7 +679,10 @@ fn describe_request(request: &StoreRequest, grace_ms: u64) -> String {
         StoreRequest::Unsubscribe {
             attachment,
             channel,
-        } => format!("store: unsubscribe {} from {channel}", attachment.session_id),
+        } => format!(
+            "store: unsubscribe {} from {channel}",
+            attachment.session_id
+        ),
         StoreRequest::NoteExpiringSent { attachment } => format!(
             "store: note the expiring notice of {}",
             attachment.session_id
@@ -788,4 +798,3 @@ fn human_ms(ms: u64) -> String {
         format!("{ms}ms")
     }
 }
-

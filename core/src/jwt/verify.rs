@@ -101,7 +101,7 @@ impl Verifier {
         let claims = Arc::new(self.claims_of(&payload, now_ms)?);
         if !matches!(alg, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512) {
             let leeway_ms = self.config.leeway_s.saturating_mul(1000);
-            let until = claims.exp_ms.saturating_add(leeway_ms);
+            let until = crate::rules::token_ends_at(claims.exp_ms, leeway_ms);
             lock().insert(key, claims.clone(), until, now_ms);
         }
         Ok(claims)
@@ -267,7 +267,7 @@ impl Verifier {
             }
         }
         let leeway_ms = self.config.leeway_s.saturating_mul(1000);
-        if now_ms >= claims.exp_ms.saturating_add(leeway_ms) {
+        if now_ms >= crate::rules::token_ends_at(claims.exp_ms, leeway_ms) {
             return Err(TokenError::Expired);
         }
         let in_future = |at: Option<u64>| at.is_some_and(|t| t > now_ms.saturating_add(leeway_ms));

@@ -182,7 +182,7 @@ impl Connection {
             session_id: session.session_id.clone(),
             epoch,
         };
-        if now >= session.claims.exp_ms.saturating_add(self.config.leeway_ms) {
+        if now >= crate::rules::token_ends_at(session.claims.exp_ms, self.config.leeway_ms) {
             self.outputs.store(StoreRequest::EndSession { attachment });
             self.resume_failed(id, ErrorCode::SessionNotFound);
         } else {

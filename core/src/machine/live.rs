@@ -234,7 +234,10 @@ impl Connection {
             at = at.min(notice_at(earlier));
         }
         let timers = &mut live.open.timers;
-        timers.set(Timer::Expiry, exp.saturating_add(self.config.leeway_ms));
+        timers.set(
+            Timer::Expiry,
+            crate::rules::token_ends_at(exp, self.config.leeway_ms),
+        );
         if live.expiring_sent_for == Some(exp) {
             timers.stop(Timer::Expiring);
         } else {

@@ -211,7 +211,7 @@ impl Connection {
     pub fn expiry_deadline(&self) -> Option<u64> {
         self.phase
             .live()
-            .map(|l| l.claims.exp_ms.saturating_add(self.config.leeway_ms))
+            .map(|l| crate::rules::token_ends_at(l.claims.exp_ms, self.config.leeway_ms))
     }
 
     /// The highest `seq` sent to the client.
