@@ -264,6 +264,9 @@ impl Connection {
             Input::PeerClosed(how) => self.on_peer_closed(how),
             Input::Tick => {}
         }
+        // A reply can arm a timer that is already due (a token that expired while
+        // the store answered): it fires now, not at the next input.
+        self.run_timers(now);
     }
 
     fn note_activity(&mut self, now: u64) {

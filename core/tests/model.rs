@@ -449,6 +449,9 @@ impl ReferenceStateMachine for ProtocolModel {
 
     fn apply(mut state: Model, t: &Transition) -> Model {
         state.step(t);
+        // The machine fires what its own step made due (a token already past its
+        // notice time when it was accepted) before it rests.
+        state.run_timers(state.now);
         state.next_id += 1;
         state.next_jti += 1;
         state

@@ -926,6 +926,40 @@ spec!(
 );
 
 spec!(
+    verification_that_answers_too_late,
+    "A verifier that answers after the token's end (exp + leeway) is not believed: an `auth` fails TOKEN_EXPIRED, a `refresh` fails TOKEN_EXPIRED without harming the session.",
+    |w| {
+        let almost = token(&mut w, "alice, expired 29s ago", "alice", -29, json!({}));
+        w.open("A");
+        w.note("the verifier is slow (a token introspection service, say)");
+        w.hold_replies = true;
+        auth(&mut w, "A", 1, &almost);
+        w.advance(2_000);
+        w.hold_replies = false;
+        w.release();
+        alice_live(&mut w, "B");
+        let refresh_token = token(&mut w, "alice, expired 27s ago", "alice", -27, json!({}));
+        w.hold_replies = true;
+        w.send(
+            "B",
+            &format!(r#"{{"type":"refresh","id":2,"token":"{refresh_token}"}}"#),
+        );
+        w.advance(2_000);
+        w.hold_replies = false;
+        w.release();
+    },
+    sees: {
+        "A" => [error("TOKEN_EXPIRED").id(1).fatal("reauth")],
+        "B" => [authenticated().id(1), error("TOKEN_EXPIRED").id(2).not_fatal()],
+    },
+    never: { "A" => [authenticated()], "B" => [refreshed()] },
+    ends: {
+        "A" => closed(4401, "TOKEN_EXPIRED").no_session(),
+        "B" => live(),
+    },
+);
+
+spec!(
     error_token_expired,
     "TOKEN_EXPIRED: the token is past `exp` plus the leeway (30 s) when presented.",
     |w| {

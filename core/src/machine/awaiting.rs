@@ -61,6 +61,12 @@ impl Connection {
                     self.auth_failed(id, ErrorCode::AuthFailed);
                     return;
                 }
+                // A verifier that answered late (introspection, a slow JWKS fetch)
+                // may vouch for a token that has expired since.
+                if now >= crate::rules::token_ends_at(claims.exp_ms, self.config.leeway_ms) {
+                    self.auth_failed(id, ErrorCode::TokenExpired);
+                    return;
+                }
                 let create = AuthStep::Create {
                     id,
                     claims: claims.clone(),

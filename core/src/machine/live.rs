@@ -164,6 +164,10 @@ impl Connection {
             self.refresh_failed(id, ErrorCode::SubjectMismatch);
             return;
         }
+        if now >= crate::rules::token_ends_at(claims.exp_ms, self.config.leeway_ms) {
+            self.refresh_failed(id, ErrorCode::TokenExpired);
+            return;
+        }
         let attachment = live.attachment.clone();
         let store = LiveStep::RefreshStore {
             id,
