@@ -8,36 +8,26 @@ use std::sync::Arc;
 use arbitrary::{Arbitrary, Unstructured};
 use wsauth_core::fuzzing::FUZZ_NOW_S;
 use wsauth_core::jwt::{Claims, TokenError};
-use wsauth_core::{Frame, Input, PeerClose, Revocation, SessionConfig};
+use wsauth_core::{Frame, Input, Revocation, SessionConfig};
 use wsauth_store::{LimitPolicy, StoreSettings};
 
 use crate::{InvariantChecker, VerifyFn, World};
 
-/// One step of target 3, the state machine.
+/// One step of target 3, the state machine: a world event, or any [`Input`] fed
+/// straight through a connection's one door.
 #[derive(Debug, Arbitrary)]
-pub enum Op {
-    /// A connection opens (message auth).
-    Open(u8),
-    /// A text frame from a fixed set, with a variable id.
+pub enum Op<'a> {
+    /// A connection opens (message auth), on node-1 or node-2.
+    Open(u8, bool),
+    /// A well-formed client message from a fixed set, with a variable id.
     Send(u8, MsgKind, u8),
-    /// Arbitrary text.
-    Text(u8, String),
-    /// A binary frame.
-    Binary(u8),
-    /// Invalid UTF-8.
-    InvalidUtf8(u8),
-    /// A frame over the size limit.
-    TooLarge(u8),
-    /// A pong.
-    Pong(u8),
+    /// Any input at all: frames of any text, control frames, replies (fitting or
+    /// not), notices, transport events, ticks.
+    Input(u8, Input<'a>),
     /// Time passes (ms, up to ~65 s).
     Wait(u16),
     /// A long wait (seconds, up to ~4 min).
     WaitLong(u8),
-    /// The socket closes.
-    Close(u8, Option<u16>),
-    /// The TCP connection is lost.
-    Lose(u8),
     /// An operator revocation.
     Revoke(RevokeKind),
     /// A publish from elsewhere.
@@ -46,10 +36,8 @@ pub enum Op {
     Store(bool),
     /// Replies are held, or released.
     Hold(bool),
-    /// The server shuts down a connection.
-    Shutdown(u8),
-    /// The driver reports a slow consumer.
-    Slow(u8),
+    /// Node-1 or node-2 may have missed notices.
+    LoseNotices(bool),
 }
 
 /// Messages target 3 sends.
@@ -159,96 +147,11 @@ pub fn machine(data: &[u8]) {
     w.record_transcript = false;
     let mut checker = InvariantChecker::new();
     let mut next_id = 1u64;
-    let names = ["A", "B", "C"];
-    let Ok(ops) = Vec::<Op>::arbitrary(&mut u) else {
+    let Ok(ops) = Vec::<Op<'_>>::arbitrary(&mut u) else {
         return;
     };
     for op in ops.into_iter().take(200) {
-        let pick = |c: u8| names[usize::from(c) % names.len()];
-        let now_s = w.now() / 1000;
-        match op {
-            Op::Open(c) => {
-                if w.conn(pick(c)).is_none_or(|conn| conn.is_closed()) {
-                    // The name now stands for a new connection.
-                    checker.forget(pick(c));
-                    w.open(pick(c));
-                }
-            }
-            Op::Send(c, kind, id) => {
-                let name = pick(c);
-                if w.conn(name).is_none() {
-                    continue;
-                }
-                let id = u64::from(id) + next_id * 256;
-                next_id += 1;
-                let text = message(&w, kind, id, now_s);
-                checker.client_sent(name, &text);
-                w.send(name, &text);
-            }
-            Op::Text(c, t) => {
-                let name = pick(c);
-                if w.conn(name).is_some() {
-                    checker.client_sent(name, &t);
-                    w.send(name, &t);
-                }
-            }
-            Op::Binary(c) => feed_frame(&mut w, pick(c), Frame::Binary(3)),
-            Op::InvalidUtf8(c) => feed_frame(&mut w, pick(c), Frame::InvalidUtf8),
-            Op::TooLarge(c) => feed_frame(&mut w, pick(c), Frame::TooLarge(1 << 20)),
-            Op::Pong(c) => {
-                if w.conn(pick(c)).is_some() {
-                    w.pong(pick(c));
-                }
-            }
-            Op::Wait(ms) => w.advance(u64::from(ms)),
-            Op::WaitLong(s) => w.advance(u64::from(s) * 1000),
-            Op::Close(c, code) => {
-                if w.conn(pick(c)).is_some() {
-                    w.peer_close(pick(c), PeerClose::Closed(code));
-                }
-            }
-            Op::Lose(c) => {
-                if w.conn(pick(c)).is_some() {
-                    w.peer_close(pick(c), PeerClose::Lost);
-                }
-            }
-            Op::Revoke(kind) => {
-                let r = match kind {
-                    RevokeKind::Jti => Revocation::Token { jti: "j1".into() },
-                    RevokeKind::Sub => Revocation::Subject {
-                        sub: "alice".into(),
-                        at_s: now_s,
-                    },
-                    RevokeKind::Session => Revocation::Session {
-                        session_id: w
-                            .conn("A")
-                            .and_then(|c| c.session_id().map(str::to_owned))
-                            .unwrap_or_else(|| "s_0".into()),
-                    },
-                };
-                w.revoke(r);
-            }
-            Op::External(n) => w.publish_external("general", "bob", &n.to_string()),
-            Op::Store(up) => w.store_available = up,
-            Op::Hold(hold) => {
-                if hold {
-                    w.hold_replies = true;
-                } else {
-                    w.hold_replies = false;
-                    w.release();
-                }
-            }
-            Op::Shutdown(c) => {
-                if w.conn(pick(c)).is_some() {
-                    w.feed(pick(c), Input::Shutdown);
-                }
-            }
-            Op::Slow(c) => {
-                if w.conn(pick(c)).is_some() {
-                    w.feed(pick(c), Input::OutboundFull);
-                }
-            }
-        }
+        step(&mut w, &mut checker, &mut next_id, op);
         if let Err(v) = checker.check(&mut w) {
             panic!(
                 "invariant {} broken on {}: {}",
@@ -258,9 +161,68 @@ pub fn machine(data: &[u8]) {
     }
 }
 
-fn feed_frame(w: &mut World, name: &str, frame: Frame<'_>) {
-    if w.conn(name).is_some() {
-        w.send_frame(name, frame);
+fn node(second: bool) -> &'static str {
+    if second { "node-2" } else { "node-1" }
+}
+
+fn step(w: &mut World, checker: &mut InvariantChecker, next_id: &mut u64, op: Op<'_>) {
+    const NAMES: [&str; 3] = ["A", "B", "C"];
+    let pick = |c: u8| NAMES[usize::from(c) % NAMES.len()];
+    let now_s = w.now() / 1000;
+    match op {
+        Op::Open(c, second) => {
+            if w.conn(pick(c)).is_none_or(|conn| conn.is_closed()) {
+                // The name now stands for a new connection.
+                checker.forget(pick(c));
+                w.open_on(pick(c), node(second));
+            }
+        }
+        Op::Send(c, kind, id) => {
+            let name = pick(c);
+            if w.conn(name).is_some() {
+                let id = u64::from(id) + *next_id * 256;
+                *next_id += 1;
+                let text = message(w, kind, id, now_s);
+                checker.client_sent(name, &text);
+                w.send(name, &text);
+            }
+        }
+        Op::Input(c, input) => {
+            let name = pick(c);
+            if w.conn(name).is_some() {
+                if let Input::Frame(Frame::Text(text)) = &input {
+                    checker.client_sent(name, text);
+                }
+                w.feed(name, input);
+            }
+        }
+        Op::Wait(ms) => w.advance(u64::from(ms)),
+        Op::WaitLong(s) => w.advance(u64::from(s) * 1000),
+        Op::Revoke(kind) => {
+            let r = match kind {
+                RevokeKind::Jti => Revocation::Token { jti: "j1".into() },
+                RevokeKind::Sub => Revocation::Subject {
+                    sub: "alice".into(),
+                    at_s: now_s,
+                },
+                RevokeKind::Session => Revocation::Session {
+                    session_id: w
+                        .conn("A")
+                        .and_then(|c| c.session_id().map(str::to_owned))
+                        .unwrap_or_else(|| "s_0".into()),
+                },
+            };
+            w.revoke(r);
+        }
+        Op::External(n) => w.publish_external("general", "bob", &n.to_string()),
+        Op::Store(up) => w.store_available = up,
+        Op::Hold(hold) => {
+            w.hold_replies = hold;
+            if !hold {
+                w.release();
+            }
+        }
+        Op::LoseNotices(second) => w.lose_notices(node(second)),
     }
 }
 
