@@ -312,20 +312,32 @@ delegate! {
     fn stats(&self) -> wsauth_store::StoreStats;
 }
 
-/// Starts a server on a [`SwitchableStore`].
-pub async fn server_with_switchable_store(
-    config: Config,
-) -> (ServerHandle, std::sync::Arc<SwitchableStore>) {
+/// A [`SwitchableStore`] for `config` (validated), with its verifier and hub.
+pub fn switchable_store(
+    config: &Config,
+) -> (
+    wsauth_core::jwt::Verifier,
+    std::sync::Arc<wsauth_store::hub::Hub>,
+    std::sync::Arc<SwitchableStore>,
+) {
     config.validate(false).expect("valid test config");
-    let verifier = wsauth_server::server::build_verifier(&config, None).expect("verifier");
-    let hub = wsauth_server::hub::Hub::new(config.limits.outbound_queue);
+    let verifier = wsauth_server::server::build_verifier(config, None).expect("verifier");
+    let hub = wsauth_store::hub::Hub::new(config.limits.outbound_queue);
     let store = std::sync::Arc::new(SwitchableStore {
         inner: wsauth_store::MemoryStore::new(
-            wsauth_server::server::store_settings(&config),
+            wsauth_server::server::store_settings(config),
             hub.clone() as std::sync::Arc<dyn wsauth_store::Notify>,
         ),
         down: std::sync::atomic::AtomicBool::new(false),
     });
+    (verifier, hub, store)
+}
+
+/// Starts a server on a [`SwitchableStore`].
+pub async fn server_with_switchable_store(
+    config: Config,
+) -> (ServerHandle, std::sync::Arc<SwitchableStore>) {
+    let (verifier, hub, store) = switchable_store(&config);
     let handle = wsauth_server::server::start_with_store(config, verifier, hub, store.clone())
         .await
         .expect("server starts");
