@@ -55,10 +55,15 @@ pub async fn server(config: Config) -> ServerHandle {
     start(config, None).await.expect("server starts")
 }
 
-/// Starts a server with `config` on the Redis store: one `redis-server` for the
-/// whole test binary, a key prefix per server. Without `redis-server` installed
-/// (and `WSAUTH_REQUIRE_REDIS` unset) the server runs on the in-memory store and says so.
-pub async fn server_on_redis(mut config: Config) -> ServerHandle {
+/// Starts a server with `config` on the Redis store ([`on_redis`]).
+pub async fn server_on_redis(config: Config) -> ServerHandle {
+    server(on_redis(config)).await
+}
+
+/// `config` on the Redis store: one `redis-server` for the whole test binary, a
+/// key prefix per server. Without `redis-server` installed (and
+/// `WSAUTH_REQUIRE_REDIS` unset) it stays on the in-memory store and says so.
+pub fn on_redis(mut config: Config) -> Config {
     use std::sync::atomic::{AtomicU64, Ordering};
     static PREFIXES: AtomicU64 = AtomicU64::new(0);
     if wsauth_store_redis::testing::available("the Redis run of the server suite") {
@@ -67,7 +72,7 @@ pub async fn server_on_redis(mut config: Config) -> ServerHandle {
         config.store.url = Some(redis.url());
         config.store.key_prefix = format!("suite{}:", PREFIXES.fetch_add(1, Ordering::Relaxed));
     }
-    server(config).await
+    config
 }
 
 /// Mints an HS256 token with `claims` (merged over `sub` and a 1 h `exp`).

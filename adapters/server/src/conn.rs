@@ -1,6 +1,7 @@
 //! One task per accepted socket: it reads the upgrade request by hand, answers
 //! it, and hands the tokio-tungstenite WebSocket to the shared [`Driver`].
 
+use std::marker::PhantomData;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -79,13 +80,8 @@ where
         UpgradeDecision::Proceed { subprotocol, token } => (subprotocol, token),
     };
 
-    let mut driver = Driver::<S, WebSocketStream<IO>>::new(
-        shared.clone(),
-        peer,
-        started,
-        unauthenticated,
-        token,
-    );
+    let mut driver =
+        Driver::<S, Tungstenite<IO>>::new(shared.clone(), peer, started, unauthenticated, token);
     // Boxed: the pre-upgrade wait lives only for the handshake.
     if let Err(refusal) = Box::pin(driver.authenticate_before_upgrade()).await {
         if let Some((status, body)) = refusal {
@@ -120,10 +116,14 @@ async fn refuse<S: Store, IO: AsyncWrite + Unpin>(
     shared.metrics.upgrade_refused(refusal.code());
 }
 
-impl<IO> Transport for WebSocketStream<IO>
+/// The [`Transport`] of tokio-tungstenite over `IO` (TCP, or TLS over TCP).
+pub struct Tungstenite<IO>(PhantomData<fn() -> IO>);
+
+impl<IO> Transport for Tungstenite<IO>
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    type Socket = WebSocketStream<IO>;
     type Message = Message;
     type ReadError = WsError;
 

@@ -26,11 +26,17 @@ use crate::limits::IpGuard;
 use crate::outbound::Outbound;
 use crate::state::{Shared, now_ms};
 
-/// A WebSocket as the driver uses it: a stream of frames read and a sink of
-/// frames to write, in the library's own message type.
-pub trait Transport:
-    Stream<Item = Result<Self::Message, Self::ReadError>> + Sink<Self::Message> + Unpin + Send + 'static
-{
+/// A WebSocket library as the driver uses it: its socket, a stream of frames
+/// read and a sink of frames to write in the library's own message type, and
+/// what those frames are to the core. Implemented by a marker type of the
+/// adapter (the socket type is usually not the adapter's own).
+pub trait Transport: 'static {
+    /// The upgraded socket.
+    type Socket: Stream<Item = Result<Self::Message, Self::ReadError>>
+        + Sink<Self::Message>
+        + Unpin
+        + Send
+        + 'static;
     /// The library's message type.
     type Message: Send + 'static;
     /// Why a read failed.
@@ -183,7 +189,7 @@ impl<S: Store, T: Transport> Driver<S, T> {
     }
 
     /// Runs the connection on its upgraded socket until it ends.
-    pub async fn run(mut self, ws: T) {
+    pub async fn run(mut self, ws: T::Socket) {
         let (sink, mut stream) = ws.split();
         let writer = tokio::spawn(self.out.clone().run_writer(sink));
         let mut shutdown = self.shared.shutdown.clone();
