@@ -41,6 +41,7 @@ async fn main() -> std::io::Result<()> {
         .ok()
         .and_then(|a| a.parse().ok())
         .unwrap_or(([127, 0, 0, 1], 3000).into());
+    // An accept queue and TCP_NODELAY, as the server's listener (your own works too).
     let listener = wsauth_axum::listener(addr, 1024)?;
     let now_s = SystemTime::now()
         .duration_since(UNIX_EPOCH)

@@ -55,3 +55,23 @@ async fn the_example_serves_its_own_route_and_wsauth_beside_it() {
     }
     stopping.await.expect("shutdown");
 }
+
+/// `docs/architecture.md` shows the example's core lines: each is in the example.
+#[test]
+fn the_architecture_doc_shows_lines_of_the_example() {
+    let doc = include_str!("../../../docs/architecture.md");
+    let example = include_str!("../examples/embed.rs");
+    let section = doc
+        .split("## Embed wsauth in your axum app")
+        .nth(1)
+        .expect("the section");
+    let block = section
+        .split("```rust,ignore\n")
+        .nth(1)
+        .and_then(|b| b.split("```").next())
+        .expect("a code block");
+    let lines: Vec<&str> = example.lines().map(str::trim).collect();
+    for line in block.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        assert!(lines.contains(&line), "not in the example: {line}");
+    }
+}
