@@ -75,6 +75,29 @@ pub fn on_redis(mut config: Config) -> Config {
     config
 }
 
+/// Starts a server with `config` on a given store.
+pub async fn start_with_store<S: wsauth_store::Store>(
+    config: Config,
+    verifier: wsauth_core::jwt::Verifier,
+    hub: std::sync::Arc<wsauth_store::hub::Hub>,
+    store: std::sync::Arc<S>,
+) -> ServerHandle {
+    wsauth_server::server::start_with_store(config, verifier, hub, store)
+        .await
+        .expect("server starts")
+}
+
+/// The server suite's cases about the listener itself (`tests/suite/server.rs`):
+/// the tokio-tungstenite server owns its listener, so they all run.
+#[allow(unused_macros)]
+macro_rules! listener_case {
+    (why = $why:literal; $(#[$attr:meta])* async fn $name:ident() $body:block) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        $(#[$attr])*
+        async fn $name() $body
+    };
+}
+
 /// Mints an HS256 token with `claims` (merged over `sub` and a 1 h `exp`).
 pub fn token(sub: &str, extra: Value) -> String {
     let mut claims = json!({"sub": sub, "exp": now_s() + 3600, "iat": now_s()});
@@ -343,8 +366,8 @@ pub async fn server_with_switchable_store(
     config: Config,
 ) -> (ServerHandle, std::sync::Arc<SwitchableStore>) {
     let (verifier, hub, store) = switchable_store(&config);
-    let handle = wsauth_server::server::start_with_store(config, verifier, hub, store.clone())
-        .await
-        .expect("server starts");
-    (handle, store)
+    (
+        start_with_store(config, verifier, hub, store.clone()).await,
+        store,
+    )
 }
