@@ -201,7 +201,10 @@ impl<S: Store, T: Transport> Driver<S, T> {
                     let input = self.frame_input(&frame);
                     self.conn.handle(now_ms(), input);
                 }
-                event = recv_mailbox(&mut self.mailbox) => {
+                // A store call's reply goes in before the notices that came while
+                // it was under way, whichever store (Redis sends a publish's
+                // deliveries before its reply; the in-memory store, in order).
+                event = recv_mailbox(&mut self.mailbox), if self.store_calls.current.is_none() => {
                     match event {
                         Some(event) => self.conn.handle(now_ms(), notice_input(event)),
                         None => self.mailbox = None,
