@@ -30,7 +30,7 @@ use axum::Router;
 use axum::body::Bytes;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, FromRequestParts, Request, State};
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, any};
 use axum::serve::{ListenerExt, TapIo};
@@ -319,8 +319,9 @@ async fn upgrade<S: Store>(State(upgrades): State<Upgrades<S>>, request: Request
         .max_write_buffer_size(limits.max_write_buffer_size)
         .max_message_size(limits.max_message_size.unwrap_or(usize::MAX))
         .max_frame_size(limits.max_frame_size.unwrap_or(usize::MAX));
+    // inspect_upgrade found it among the client's offers (in any case).
     if let Some(protocol) = subprotocol {
-        ws = ws.protocols([protocol]);
+        ws.set_selected_protocol(HeaderValue::from_static(protocol));
     }
     // The driver goes to whichever callback axum calls: the socket's, or the
     // failure's (which still owes the store what a created session needs).
