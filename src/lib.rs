@@ -1,7 +1,26 @@
-//! `wsauth`: WebSocket authentication and sessions.
+//! `wsauth`: WebSocket authentication and sessions, the one crate an application
+//! depends on.
 //!
-//! This facade re-exports [`wsauth_core`], the I/O-free session state machine,
-//! protocol types and JWT verifier. The server lives under `adapters/`.
+//! | feature | what it brings | where |
+//! |---|---|---|
+//! | (always) | the sans-IO core: the session state machine, the protocol, the JWT verifier, the upgrade decisions | [`core`], and at the crate root |
+//! | `server` (default) | the tokio-tungstenite server library (its configuration, the shared connection driver, the admin routes), the store trait and the in-memory store | `server`, `store` |
+//! | `redis` | the Redis store | `store_redis` |
+//! | `axum` | wsauth on a route of an application's own `axum::Router` | `axum` |
+//!
+//! ```toml
+//! [dependencies]
+//! wsauth = { version = "0.1", features = ["axum", "redis"] }
+//! ```
 
 pub use wsauth_core as core;
 pub use wsauth_core::*;
+
+#[cfg(feature = "axum")]
+pub use wsauth_axum as axum;
+#[cfg(feature = "server")]
+pub use wsauth_server as server;
+#[cfg(feature = "server")]
+pub use wsauth_store as store;
+#[cfg(feature = "redis")]
+pub use wsauth_store_redis as store_redis;

@@ -1,5 +1,5 @@
-//! The facade crate re-exports the core: a client of `wsauth` can drive a
-//! connection without naming `wsauth-core`.
+//! The facade crate re-exports the core, and by default the server library and
+//! the stores: a client of `wsauth` names no other wsauth crate.
 
 use std::sync::Arc;
 
@@ -24,4 +24,14 @@ fn the_facade_drives_a_connection_to_its_auth_timeout() {
     });
     assert_eq!(error, Some((ErrorCode::NotAuthenticated, Some(1))));
     assert!(conn.is_closed());
+}
+
+/// With the default features, the server library and the stores come through
+/// the facade too.
+#[test]
+fn the_facade_reexports_the_server_and_the_stores() {
+    let config = wsauth::server::config::Config::default();
+    let settings = wsauth::server::server::store_settings(&config);
+    let hub = wsauth::store::hub::Hub::new(config.limits.outbound_queue);
+    let _store = wsauth::store::MemoryStore::new(settings, hub as Arc<dyn wsauth::store::Notify>);
 }

@@ -2,10 +2,10 @@
 //! its error table, with the close code checked on the wire. Sessions live in the
 //! in-memory store; `server_redis.rs` runs the same suite on Redis.
 
+#[macro_use]
 mod common;
-#[path = "suite/server.rs"]
-mod suite;
 
+use common::start_with_store;
 use wsauth_server::ServerHandle;
 use wsauth_server::config::Config;
 
@@ -13,3 +13,6 @@ use wsauth_server::config::Config;
 async fn server(config: Config) -> ServerHandle {
     common::server(config).await
 }
+
+#[path = "suite/server.rs"]
+mod suite;

@@ -2,10 +2,10 @@
 //! throwaway `redis-server`, a key prefix per server): the protocol behaves the same
 //! whichever store holds the sessions.
 
+#[macro_use]
 mod common;
-#[path = "suite/server.rs"]
-mod suite;
 
+use common::start_with_store;
 use wsauth_server::ServerHandle;
 use wsauth_server::config::Config;
 
@@ -13,3 +13,6 @@ use wsauth_server::config::Config;
 async fn server(config: Config) -> ServerHandle {
     common::server_on_redis(config).await
 }
+
+#[path = "suite/server.rs"]
+mod suite;

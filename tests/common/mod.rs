@@ -55,10 +55,15 @@ pub async fn server(config: Config) -> ServerHandle {
     start(config, None).await.expect("server starts")
 }
 
-/// Starts a server with `config` on the Redis store: one `redis-server` for the
-/// whole test binary, a key prefix per server. Without `redis-server` installed
-/// (and `WSAUTH_REQUIRE_REDIS` unset) the server runs on the in-memory store and says so.
-pub async fn server_on_redis(mut config: Config) -> ServerHandle {
+/// Starts a server with `config` on the Redis store ([`on_redis`]).
+pub async fn server_on_redis(config: Config) -> ServerHandle {
+    server(on_redis(config)).await
+}
+
+/// `config` on the Redis store: one `redis-server` for the whole test binary, a
+/// key prefix per server. Without `redis-server` installed (and
+/// `WSAUTH_REQUIRE_REDIS` unset) it stays on the in-memory store and says so.
+pub fn on_redis(mut config: Config) -> Config {
     use std::sync::atomic::{AtomicU64, Ordering};
     static PREFIXES: AtomicU64 = AtomicU64::new(0);
     let test = format!("{} on Redis", wsauth_test_support::current_test());
@@ -68,7 +73,30 @@ pub async fn server_on_redis(mut config: Config) -> ServerHandle {
         config.store.url = Some(redis.url());
         config.store.key_prefix = format!("suite{}:", PREFIXES.fetch_add(1, Ordering::Relaxed));
     }
-    server(config).await
+    config
+}
+
+/// Starts a server with `config` on a given store.
+pub async fn start_with_store<S: wsauth_store::Store>(
+    config: Config,
+    verifier: wsauth_core::jwt::Verifier,
+    hub: std::sync::Arc<wsauth_store::hub::Hub>,
+    store: std::sync::Arc<S>,
+) -> ServerHandle {
+    wsauth_server::server::start_with_store(config, verifier, hub, store)
+        .await
+        .expect("server starts")
+}
+
+/// The server suite's cases about the listener itself (`tests/suite/server.rs`):
+/// the tokio-tungstenite server owns its listener, so they all run.
+#[allow(unused_macros)]
+macro_rules! listener_case {
+    (why = $why:literal; $(#[$attr:meta])* async fn $name:ident() $body:block) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        $(#[$attr])*
+        async fn $name() $body
+    };
 }
 
 /// Mints an HS256 token with `claims` (merged over `sub` and a 1 h `exp`).
@@ -313,22 +341,34 @@ delegate! {
     fn stats(&self) -> wsauth_store::StoreStats;
 }
 
-/// Starts a server on a [`SwitchableStore`].
-pub async fn server_with_switchable_store(
-    config: Config,
-) -> (ServerHandle, std::sync::Arc<SwitchableStore>) {
+/// A [`SwitchableStore`] for `config` (validated), with its verifier and hub.
+pub fn switchable_store(
+    config: &Config,
+) -> (
+    wsauth_core::jwt::Verifier,
+    std::sync::Arc<wsauth_store::hub::Hub>,
+    std::sync::Arc<SwitchableStore>,
+) {
     config.validate(false).expect("valid test config");
-    let verifier = wsauth_server::server::build_verifier(&config, None).expect("verifier");
-    let hub = wsauth_server::hub::Hub::new(config.limits.outbound_queue);
+    let verifier = wsauth_server::server::build_verifier(config, None).expect("verifier");
+    let hub = wsauth_store::hub::Hub::new(config.limits.outbound_queue);
     let store = std::sync::Arc::new(SwitchableStore {
         inner: wsauth_store::MemoryStore::new(
-            wsauth_server::server::store_settings(&config),
+            wsauth_server::server::store_settings(config),
             hub.clone() as std::sync::Arc<dyn wsauth_store::Notify>,
         ),
         down: std::sync::atomic::AtomicBool::new(false),
     });
-    let handle = wsauth_server::server::start_with_store(config, verifier, hub, store.clone())
-        .await
-        .expect("server starts");
-    (handle, store)
+    (verifier, hub, store)
+}
+
+/// Starts a server on a [`SwitchableStore`].
+pub async fn server_with_switchable_store(
+    config: Config,
+) -> (ServerHandle, std::sync::Arc<SwitchableStore>) {
+    let (verifier, hub, store) = switchable_store(&config);
+    (
+        start_with_store(config, verifier, hub, store.clone()).await,
+        store,
+    )
 }

@@ -1,11 +1,18 @@
-// The server suite: compiled into `tests/server.rs` (in-memory store) and
-// `tests/server_redis.rs` (Redis store), each of which defines `server`.
+// The server suite: compiled into `tests/server.rs` (in-memory store),
+// `tests/server_redis.rs` (Redis store) and `adapters/axum/tests/suite.rs` (the
+// axum route), each of which defines how a server is started:
+// - `server(config)`, a server on the store of that file;
+// - `start_with_store(config, verifier, hub, store)`, a server on a given store;
+// - `listener_case!`, which runs a case about the listener itself (the head's
+//   deadline, TLS), or marks it ignored, with the case's reason, where the
+//   application owns the listener.
+// Each returns a handle with `ws_addr`, `admin_addr`, `metrics` and `shutdown()`.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::common::*;
-use crate::server;
+use crate::{server, start_with_store};
 use futures_util::SinkExt;
 use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
@@ -490,19 +497,13 @@ async fn resume_after_the_grace_period_fails_and_takeover_replaces() {
 async fn graceful_shutdown_closes_1001_and_the_session_resumes_on_the_next_server() {
     let config = test_config();
     let verifier = wsauth_server::server::build_verifier(&config, None).expect("verifier");
-    let hub = wsauth_server::hub::Hub::new(16);
+    let hub = wsauth_store::hub::Hub::new(16);
     let store = Arc::new(wsauth_store::MemoryStore::new(
         wsauth_server::server::store_settings(&config),
         hub.clone() as Arc<dyn wsauth_store::Notify>,
     ));
-    let first = wsauth_server::server::start_with_store(
-        config.clone(),
-        verifier.clone(),
-        hub.clone(),
-        store.clone(),
-    )
-    .await
-    .expect("first server");
+    let first =
+        start_with_store(config.clone(), verifier.clone(), hub.clone(), store.clone()).await;
     let (mut c, reply) = Client::authed(first.ws_addr, &token("alice", json!({}))).await;
     let stopping = tokio::spawn(first.shutdown());
     let (_, ended) = c.until_closed().await;
@@ -511,9 +512,7 @@ async fn graceful_shutdown_closes_1001_and_the_session_resumes_on_the_next_serve
         .await
         .expect("shutdown ends in time")
         .expect("task");
-    let second = wsauth_server::server::start_with_store(config, verifier, hub, store)
-        .await
-        .expect("second server");
+    let second = start_with_store(config, verifier, hub, store).await;
     let mut c = Client::connect(second.ws_addr).await;
     c.send(json!({"type": "resume", "id": 1, "session_id": reply["session_id"], "resume_token": reply["resume_token"]})).await;
     assert_eq!(c.recv().await["type"], "resumed");
@@ -775,7 +774,8 @@ async fn unauthenticated_connections_per_ip_are_capped_with_429() {
     assert!(Client::connect_with(s.ws_addr, &[]).await.is_ok());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+listener_case! {
+why = "hyper reads the request head: its deadline is the application's server's";
 async fn a_slow_upgrade_request_is_dropped_at_the_handshake_timeout() {
     let mut config = test_config();
     config.limits.handshake_timeout_ms = 300;
@@ -797,10 +797,12 @@ async fn a_slow_upgrade_request_is_dropped_at_the_handshake_timeout() {
     assert_eq!(n, 0, "the server closes without answering");
     assert!(started.elapsed() >= Duration::from_millis(250));
 }
+}
 
 // ----- TLS ----------------------------------------------------------------------
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+listener_case! {
+why = "TLS is the application's listener's: `tls` in the configuration is not used";
 async fn wss_is_served_directly_with_the_configured_certificate() {
     use tokio_rustls::rustls::pki_types::pem::PemObject;
     use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
@@ -857,6 +859,7 @@ async fn wss_is_served_directly_with_the_configured_certificate() {
         matches!(plain, Ok(Err(_))),
         "plain ws:// must fail against wss://"
     );
+}
 }
 
 // ----- Logs ---------------------------------------------------------------------
@@ -946,7 +949,8 @@ async fn one_log_line_per_connection_outcome_and_never_a_token() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn store_down_fails_auth_with_internal_1011_but_live_sessions_go_on() {
     use std::sync::atomic::Ordering;
-    let (s, store) = server_with_switchable_store(test_config()).await;
+    let (verifier, hub, store) = switchable_store(&test_config());
+    let s = start_with_store(test_config(), verifier, hub, store.clone()).await;
     let (mut live, _) =
         Client::authed(s.ws_addr, &token("alice", json!({"channels": ["general"]}))).await;
     store.down.store(true, Ordering::SeqCst);

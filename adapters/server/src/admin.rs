@@ -21,7 +21,7 @@ use tracing::info;
 use wsauth_core::Revocation;
 use wsauth_store::Store;
 
-use crate::server::Shared;
+use crate::state::{Shared, now_ms};
 
 /// Every route the admin listener serves: (method, path), paths in OpenAPI style.
 /// `docs/openapi.json` describes exactly these (checked by a test).
@@ -39,7 +39,12 @@ pub const ROUTES: &[(&str, &str)] = &[
 
 /// Serves the admin listener until the task is aborted.
 pub async fn serve<S: Store>(listener: TcpListener, shared: Arc<Shared<S>>) {
-    let app = Router::new()
+    let _ = axum::serve(listener, router(shared)).await;
+}
+
+/// Every route of [`ROUTES`], for a listener of the application's choosing.
+pub fn router<S: Store>(shared: Arc<Shared<S>>) -> Router {
+    Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz::<S>))
         .route("/metrics", get(metrics::<S>))
@@ -49,8 +54,7 @@ pub async fn serve<S: Store>(listener: TcpListener, shared: Arc<Shared<S>>) {
         .route("/admin/sessions", get(sessions::<S>))
         .route("/admin/sessions/{session_id}", delete(end_session::<S>))
         .route("/admin/refusals", get(refusals::<S>))
-        .with_state(shared);
-    let _ = axum::serve(listener, app).await;
+        .with_state(shared)
 }
 
 /// Compares the presented key with the configured one without leaking, by timing,
@@ -73,20 +77,8 @@ fn unauthorized() -> Response {
     StatusCode::UNAUTHORIZED.into_response()
 }
 
-/// Pings the store, timed and counted like every store call, and records the
-/// answer in `wsauth_store_up`.
-pub async fn check_store<S: Store>(shared: &Shared<S>) -> bool {
-    let started = std::time::Instant::now();
-    let ok = tokio::time::timeout(shared.store_timeout, shared.store.ping())
-        .await
-        .is_ok_and(|r| r.is_ok());
-    shared.metrics.store_call("ping", started.elapsed(), ok);
-    shared.metrics.set_store_up(ok);
-    ok
-}
-
 async fn readyz<S: Store>(State(shared): State<Arc<Shared<S>>>) -> Response {
-    if check_store(&shared).await {
+    if shared.check_store().await {
         (StatusCode::OK, "ready\n").into_response()
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "store unreachable\n").into_response()
@@ -129,7 +121,7 @@ async fn stats<S: Store>(State(shared): State<Arc<Shared<S>>>, headers: HeaderMa
     if !authorized(&shared, &headers) {
         return unauthorized();
     }
-    let ready = check_store(&shared).await;
+    let ready = shared.check_store().await;
     let config = &shared.config;
     let mut body = shared.metrics.snapshot();
     let figures = body.as_object_mut().expect("the snapshot is an object");
@@ -137,7 +129,7 @@ async fn stats<S: Store>(State(shared): State<Arc<Shared<S>>>, headers: HeaderMa
     let store_errors = figures.remove("store_errors").unwrap_or_default();
     figures.insert("node".into(), json!(config.effective_node_id()));
     figures.insert("version".into(), json!(env!("CARGO_PKG_VERSION")));
-    figures.insert("time_ms".into(), json!(crate::conn::now_ms()));
+    figures.insert("time_ms".into(), json!(now_ms()));
     figures.insert(
         "features".into(),
         json!({
@@ -190,7 +182,7 @@ async fn end_session<S: Store>(
     if !authorized(&shared, &headers) {
         return unauthorized();
     }
-    let now = crate::conn::now_ms();
+    let now = now_ms();
     let known = match shared.store.session(&session_id).await {
         Ok(info) => info.is_some(),
         Err(_) => return store_unreachable(),
@@ -246,7 +238,7 @@ async fn revoke<S: Store>(
     let Ok(body) = serde_json::from_slice::<RevokeBody>(&body) else {
         return bad("expected {\"jti\":…}, {\"sub\":…} or {\"session_id\":…}");
     };
-    let now = crate::conn::now_ms();
+    let now = now_ms();
     let revocation = match (body.jti, body.sub, body.session_id) {
         (Some(jti), None, None) if !jti.is_empty() => Revocation::Token { jti },
         (None, Some(sub), None) if !sub.is_empty() => Revocation::Subject {

@@ -6,14 +6,15 @@ pub mod admin;
 pub mod config;
 pub mod conn;
 pub mod dev;
+pub mod driver;
 pub mod fdlimit;
 pub mod handshake;
-pub mod hub;
 pub mod limits;
 pub mod logging;
 pub mod metrics;
 pub mod outbound;
 pub mod server;
+pub mod state;
 pub mod tls;
 
 pub use server::{ServerHandle, StartError, start};

@@ -539,7 +539,7 @@ impl Metrics {
             Event::Refused { user, jti } => self.refused(user, jti.as_deref()),
             Event::Evicted { sessions } => self.evicted(*sessions),
             Event::RevocationApplied { issued_at_ms } => {
-                self.revocation_closed(*issued_at_ms, crate::conn::now_ms());
+                self.revocation_closed(*issued_at_ms, crate::state::now_ms());
             }
             Event::RateLimited => {
                 self.rate_limited.inc();

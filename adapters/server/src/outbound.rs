@@ -7,28 +7,36 @@ use std::time::Duration;
 
 use futures_util::{Sink, SinkExt};
 use tokio::sync::Notify;
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsCloseCode;
 
-#[derive(Default)]
-struct State {
-    queue: VecDeque<Message>,
-    close: Option<(u16, &'static str)>,
+/// The queue's contents, in the transport's message type `M`.
+struct State<M> {
+    queue: VecDeque<M>,
+    /// The close frame, written after the queue.
+    close: Option<M>,
     /// The connection is over without a close frame of ours to send (the peer
     /// closed first, or the socket is gone): write what is queued and stop.
     finished: bool,
 }
 
+impl<M> Default for State<M> {
+    fn default() -> Self {
+        State {
+            queue: VecDeque::new(),
+            close: None,
+            finished: false,
+        }
+    }
+}
+
 /// The queue. `push` refuses past the capacity; `push_final` never does (used for the
 /// error and close that end a connection, which are bounded by that end).
-pub struct Outbound {
-    state: Mutex<State>,
+pub struct Outbound<M> {
+    state: Mutex<State<M>>,
     wake: Notify,
     capacity: usize,
 }
 
-impl Outbound {
+impl<M> Outbound<M> {
     /// A queue holding at most `capacity` messages.
     pub fn new(capacity: usize) -> Arc<Self> {
         Arc::new(Outbound {
@@ -38,12 +46,12 @@ impl Outbound {
         })
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State<M>> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Queues a message; `false` when the queue is full.
-    pub fn push(&self, msg: Message) -> bool {
+    pub fn push(&self, msg: M) -> bool {
         let mut s = self.lock();
         if s.queue.len() >= self.capacity {
             return false;
@@ -55,14 +63,14 @@ impl Outbound {
     }
 
     /// Queues a message whatever the queue's length.
-    pub fn push_final(&self, msg: Message) {
+    pub fn push_final(&self, msg: M) {
         self.lock().queue.push_back(msg);
         self.wake.notify_one();
     }
 
-    /// Queues the close frame; the writer stops after it.
-    pub fn close(&self, code: u16, reason: &'static str) {
-        self.lock().close.get_or_insert((code, reason));
+    /// Queues the close frame (the first one only); the writer stops after it.
+    pub fn close(&self, frame: M) {
+        self.lock().close.get_or_insert(frame);
         self.wake.notify_one();
     }
 
@@ -77,24 +85,23 @@ impl Outbound {
     /// fails). Returns when done.
     pub async fn run_writer<S>(self: Arc<Self>, mut sink: S)
     where
-        S: Sink<Message> + Unpin,
+        S: Sink<M> + Unpin,
     {
         loop {
             let (batch, close, finished) = {
                 let mut s = self.lock();
-                (std::mem::take(&mut s.queue), s.close, s.finished)
+                let batch = std::mem::take(&mut s.queue);
+                // The close goes out only once everything before it has.
+                let close = if batch.is_empty() {
+                    s.close.take()
+                } else {
+                    None
+                };
+                (batch, close, s.finished)
             };
             if batch.is_empty() {
-                if let Some((code, reason)) = close {
-                    let frame = CloseFrame {
-                        code: WsCloseCode::from(code),
-                        reason: reason.into(),
-                    };
-                    let _ = tokio::time::timeout(
-                        Duration::from_secs(2),
-                        sink.send(Message::Close(Some(frame))),
-                    )
-                    .await;
+                if let Some(frame) = close {
+                    let _ = tokio::time::timeout(Duration::from_secs(2), sink.send(frame)).await;
                     return;
                 }
                 if finished {

@@ -1,7 +1,9 @@
 //! Starting and stopping the server: listeners, TLS, the shared state every
 //! connection task uses, graceful shutdown.
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,41 +17,14 @@ use wsauth_core::SessionConfig;
 use wsauth_core::jwt::{KeySet, Verifier, VerifierConfig};
 use wsauth_core::upgrade::AcceptRefusal;
 use wsauth_core::upgrade::UpgradePolicy;
+use wsauth_store::hub::Hub;
 use wsauth_store::{MemoryStore, Notify, Store, StoreSettings};
 use wsauth_store_redis::{RedisConfig, RedisStore};
 
 use crate::config::{Config, StoreKind};
-use crate::hub::Hub;
 use crate::limits::IpLimiter;
 use crate::metrics::Metrics;
-
-/// What every connection task shares.
-pub struct Shared<S: Store> {
-    /// The configuration.
-    pub config: Arc<Config>,
-    /// The core's settings, derived from the configuration.
-    pub session_config: Arc<SessionConfig>,
-    /// The token verifier.
-    pub verifier: Verifier,
-    /// Tokens verified with asymmetric keys, until their `exp`.
-    pub verify_cache: std::sync::Mutex<wsauth_core::jwt::VerifyCache>,
-    /// The session store.
-    pub store: Arc<S>,
-    /// Live sessions on this node.
-    pub hub: Arc<Hub>,
-    /// Origin, subprotocol and query-token policy.
-    pub upgrade_policy: UpgradePolicy,
-    /// Unauthenticated connections per IP.
-    pub ip_limiter: Arc<IpLimiter>,
-    /// Counters.
-    pub metrics: Arc<Metrics>,
-    /// Flips to `true` at shutdown.
-    pub shutdown: watch::Receiver<bool>,
-    /// tungstenite's limits.
-    pub ws_config: WebSocketConfig,
-    /// Longest wait on one store call.
-    pub store_timeout: Duration,
-}
+use crate::state::{HOUSEKEEPING_EVERY, Shared};
 
 /// Why the server did not start.
 #[derive(Debug, thiserror::Error)]
@@ -228,13 +203,73 @@ pub fn store_settings(config: &Config) -> StoreSettings {
     }
 }
 
-/// Starts the server with `config` (already validated). `dev_secret` is the
-/// generated development key, when in development mode.
-pub async fn start(
+impl<S: Store> Shared<S> {
+    /// The state for `config` (already validated) on `store`, with `hub` routing
+    /// its notices; connections close when `shutdown` flips to `true`.
+    pub fn new(
+        config: Arc<Config>,
+        verifier: Verifier,
+        hub: Arc<Hub>,
+        store: Arc<S>,
+        shutdown: watch::Receiver<bool>,
+    ) -> Shared<S> {
+        if config.allowed_origins.is_empty() {
+            warn!("allowed_origins is empty: browsers from any origin may connect");
+        }
+        let limits = &config.limits;
+        let ws_config = WebSocketConfig::default()
+            .max_message_size(Some(limits.max_message_bytes))
+            .max_frame_size(Some(limits.max_frame_bytes))
+            .read_buffer_size(1024)
+            .write_buffer_size(0)
+            .max_write_buffer_size(limits.max_message_bytes * 2 + 64 * 1024);
+        Shared {
+            session_config: Arc::new(session_config(&config)),
+            verify_cache: std::sync::Mutex::new(wsauth_core::jwt::VerifyCache::new(
+                config.jwt.verify_cache_entries,
+            )),
+            verifier,
+            store,
+            hub,
+            upgrade_policy: UpgradePolicy {
+                allowed_origins: config.allowed_origins.clone(),
+                allow_query_token: config.allow_query_token,
+            },
+            ip_limiter: IpLimiter::new(limits.max_unauthenticated_per_ip),
+            connection_slots: Arc::new(Semaphore::new(limits.max_connections)),
+            metrics: Arc::new(Metrics::default()),
+            shutdown,
+            ws_config,
+            store_timeout: Duration::from_secs(5),
+            config,
+        }
+    }
+}
+
+/// What to build on the store the configuration chose: its type depends on
+/// `store.kind`, so the caller says once, for any store, what to do with it.
+pub trait OnStore {
+    /// What it builds.
+    type Output;
+    /// Builds it on `store`, with the node's `hub` routing the store's notices.
+    fn on<S: Store>(
+        self,
+        config: Config,
+        verifier: Verifier,
+        hub: Arc<Hub>,
+        store: Arc<S>,
+    ) -> Self::Output;
+}
+
+/// Builds the verifier, the hub and the store `config` (already validated) chooses
+/// (in memory, or Redis at `store.url`), and hands them to `then`. `dev_secret` is
+/// the generated development key, when in development mode.
+pub async fn with_configured_store<T: OnStore>(
     config: Config,
-    dev_secret: Option<Vec<u8>>,
-) -> Result<ServerHandle, StartError> {
-    let verifier = build_verifier(&config, dev_secret.as_deref())?;
+    dev_secret: Option<&[u8]>,
+    then: T,
+) -> Result<T::Output, StartError> {
+    let verifier = build_verifier(&config, dev_secret)?;
     let hub = Hub::new(config.limits.outbound_queue);
     match config.store.kind {
         StoreKind::Memory => {
@@ -242,7 +277,7 @@ pub async fn start(
                 store_settings(&config),
                 hub.clone() as Arc<dyn Notify>,
             ));
-            start_with_store(config, verifier, hub, store).await
+            Ok(then.on(config, verifier, hub, store))
         }
         StoreKind::Redis => {
             let url = config.store.url.clone().ok_or_else(|| {
@@ -258,9 +293,37 @@ pub async fn start(
             .await
             .map_err(|e| StartError::Store(format!("cannot use Redis at store.url: {e}")))?;
             info!(prefix = %config.store.key_prefix, "sessions are kept in Redis");
-            start_with_store(config, verifier, hub, Arc::new(store)).await
+            Ok(then.on(config, verifier, hub, Arc::new(store)))
         }
     }
+}
+
+/// [`start_with_store`] as an [`OnStore`].
+struct Start;
+
+impl OnStore for Start {
+    type Output = Pin<Box<dyn Future<Output = Result<ServerHandle, StartError>> + Send>>;
+
+    fn on<S: Store>(
+        self,
+        config: Config,
+        verifier: Verifier,
+        hub: Arc<Hub>,
+        store: Arc<S>,
+    ) -> Self::Output {
+        Box::pin(start_with_store(config, verifier, hub, store))
+    }
+}
+
+/// Starts the server with `config` (already validated). `dev_secret` is the
+/// generated development key, when in development mode.
+pub async fn start(
+    config: Config,
+    dev_secret: Option<Vec<u8>>,
+) -> Result<ServerHandle, StartError> {
+    with_configured_store(config, dev_secret.as_deref(), Start)
+        .await?
+        .await
 }
 
 /// A listening socket with an accept queue of `backlog` (tokio's `bind` uses 128,
@@ -310,37 +373,15 @@ pub async fn start_with_store<S: Store>(
         Some(tls) => Some(crate::tls::acceptor(&tls.cert_file, &tls.key_file)?),
         None => None,
     };
-    if config.allowed_origins.is_empty() {
-        warn!("allowed_origins is empty: browsers from any origin may connect");
-    }
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let limits = &config.limits;
-    let ws_config = WebSocketConfig::default()
-        .max_message_size(Some(limits.max_message_bytes))
-        .max_frame_size(Some(limits.max_frame_bytes))
-        .read_buffer_size(1024)
-        .write_buffer_size(0)
-        .max_write_buffer_size(limits.max_message_bytes * 2 + 64 * 1024);
-    let metrics = Arc::new(Metrics::default());
-    let shared = Arc::new(Shared {
-        session_config: Arc::new(session_config(&config)),
-        verify_cache: std::sync::Mutex::new(wsauth_core::jwt::VerifyCache::new(
-            config.jwt.verify_cache_entries,
-        )),
+    let shared = Arc::new(Shared::new(
+        config.clone(),
         verifier,
-        store,
         hub,
-        upgrade_policy: UpgradePolicy {
-            allowed_origins: config.allowed_origins.clone(),
-            allow_query_token: config.allow_query_token,
-        },
-        ip_limiter: IpLimiter::new(config.limits.max_unauthenticated_per_ip),
-        metrics: metrics.clone(),
-        shutdown: shutdown_rx.clone(),
-        ws_config,
-        store_timeout: Duration::from_secs(5),
-        config: config.clone(),
-    });
+        store,
+        shutdown_rx.clone(),
+    ));
+    let metrics = shared.metrics.clone();
     let admin_task = tokio::spawn(crate::admin::serve(admin_listener, shared.clone()));
     let task = tokio::spawn(accept_loop(listener, shared, tls, shutdown_rx));
     info!(ws = %ws_addr, admin = %admin_addr, path = %config.path, "listening");
@@ -361,10 +402,8 @@ async fn accept_loop<S: Store>(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let tracker = TaskTracker::new();
-    let slots = Arc::new(Semaphore::new(shared.config.limits.max_connections));
-    let purge_every = Duration::from_secs(5);
-    let mut purge = tokio::time::interval(purge_every);
-    crate::admin::check_store(&shared).await;
+    let mut purge = tokio::time::interval(HOUSEKEEPING_EVERY);
+    shared.check_store().await;
     loop {
         tokio::select! {
             accepted = listener.accept() => {
@@ -377,7 +416,7 @@ async fn accept_loop<S: Store>(
                     }
                 };
                 let _ = tcp.set_nodelay(true);
-                let Ok(slot) = slots.clone().try_acquire_owned() else {
+                let Ok(slot) = shared.connection_slots.clone().try_acquire_owned() else {
                     tracker.spawn(async move {
                         let mut tcp = tcp;
                         if let Some((status, body)) = AcceptRefusal::ServerFull.response() {
@@ -409,8 +448,7 @@ async fn accept_loop<S: Store>(
             }
             _ = purge.tick() => {
                 // The purge doubles as the periodic store check behind wsauth_store_up.
-                let _ = shared.store.purge_expired(crate::conn::now_ms()).await;
-                crate::admin::check_store(&shared).await;
+                shared.housekeeping().await;
             }
             _ = shutdown.changed() => break,
         }

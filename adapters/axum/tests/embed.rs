@@ -1,0 +1,77 @@
+//! The `embed` example's application, served: its own route answers, and wsauth
+//! beside it authenticates by header and by message, and closes with 1001 at
+//! shutdown.
+
+#[path = "../../../tests/common/mod.rs"]
+mod common;
+#[path = "../examples/embed.rs"]
+#[allow(dead_code)]
+mod embed;
+
+use std::net::SocketAddr;
+
+use common::{Client, Ended, http, now_s};
+use serde_json::json;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_example_serves_its_own_route_and_wsauth_beside_it() {
+    let (wsauth, secret) = embed::dev_wsauth().await;
+    let listener =
+        wsauth_axum::listener("127.0.0.1:0".parse().expect("addr"), 128).expect("listen");
+    let addr = axum::serve::Listener::local_addr(&listener).expect("addr");
+    let service = embed::app(&wsauth).into_make_service_with_connect_info::<SocketAddr>();
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, service).await;
+    });
+
+    let (status, body) = http(addr, "GET", "/", None, None).await;
+    assert_eq!(
+        (status, body.as_str()),
+        (200, "hello from the application\n")
+    );
+
+    let claims = json!({"sub": "alice", "exp": now_s() + 60, "channels": ["general"]});
+    let token = wsauth_core::jwt::sign_hs256(secret.as_bytes(), &claims);
+    let (mut by_message, reply) = Client::authed(addr, &token).await;
+    assert_eq!(reply["user_id"], "alice");
+    let bearer = format!("Bearer {token}");
+    let mut by_header = Client::connect_with(addr, &[("Authorization", &bearer)])
+        .await
+        .expect("upgrade accepted");
+    assert_eq!(by_header.recv().await["type"], "authenticated");
+    by_message
+        .send(json!({"type": "join", "id": 2, "channel": "general"}))
+        .await;
+    assert_eq!(by_message.recv().await["type"], "joined");
+
+    // The application's route still answers while wsauth holds connections.
+    let (status, _) = http(addr, "GET", "/", None, None).await;
+    assert_eq!(status, 200);
+
+    let stopping = tokio::spawn(wsauth.shutdown());
+    for client in [&mut by_message, &mut by_header] {
+        let (_, ended) = client.until_closed().await;
+        assert_eq!(ended, Ended::Close(1001));
+    }
+    stopping.await.expect("shutdown");
+}
+
+/// `docs/architecture.md` shows the example's core lines: each is in the example.
+#[test]
+fn the_architecture_doc_shows_lines_of_the_example() {
+    let doc = include_str!("../../../docs/architecture.md");
+    let example = include_str!("../examples/embed.rs");
+    let section = doc
+        .split("## Embed wsauth in your axum app")
+        .nth(1)
+        .expect("the section");
+    let block = section
+        .split("```rust,ignore\n")
+        .nth(1)
+        .and_then(|b| b.split("```").next())
+        .expect("a code block");
+    let lines: Vec<&str> = example.lines().map(str::trim).collect();
+    for line in block.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        assert!(lines.contains(&line), "not in the example: {line}");
+    }
+}

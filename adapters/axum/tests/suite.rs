@@ -1,0 +1,21 @@
+//! The server suite of the tokio-tungstenite server (`tests/suite/server.rs`),
+//! run against wsauth on a route of an axum application, sessions in the
+//! in-memory store; `suite_redis.rs` runs it on Redis.
+
+#[path = "../../../tests/common/mod.rs"]
+mod common;
+#[macro_use]
+mod app;
+
+use app::Handle;
+use wsauth_server::config::Config;
+
+/// The application for the suite, on the in-memory store.
+async fn server(config: Config) -> Handle {
+    app::app(config).await
+}
+
+use app::app_with_store as start_with_store;
+
+#[path = "../../../tests/suite/server.rs"]
+mod suite;

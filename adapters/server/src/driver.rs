@@ -1,0 +1,492 @@
+//! The connection driver both transports share: one task per WebSocket that feeds
+//! the core's [`Connection`] with frames, store replies, notices, timers and the
+//! shutdown, and carries out what the core decides. No protocol decision is taken
+//! here, and nothing here knows which WebSocket library moves the frames: a
+//! [`Transport`] says what a frame is to the core and how to make the three kinds
+//! of frame the core sends.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::{Duration, Instant};
+
+use futures_util::{Sink, Stream, StreamExt};
+use tracing::{debug, info};
+use wsauth_core::{
+    AuthMethod, CloseCode, Connection, ErrorBody, ErrorCode, Event, Frame, Input, Output,
+    PeerClose, Reply, RequestId, Secret, SessionFate, StoreRequest, VerifyPurpose,
+};
+use wsauth_store::Store;
+use wsauth_store::hub::{ConnEvent, Mailbox};
+
+use crate::limits::IpGuard;
+use crate::outbound::Outbound;
+use crate::state::{Shared, now_ms};
+
+/// A WebSocket library as the driver uses it: its socket, a stream of frames
+/// read and a sink of frames to write in the library's own message type, and
+/// what those frames are to the core. Implemented by a marker type of the
+/// adapter (the socket type is usually not the adapter's own).
+pub trait Transport: 'static {
+    /// The upgraded socket.
+    type Socket: Stream<Item = Result<Self::Message, Self::ReadError>>
+        + Sink<Self::Message>
+        + Unpin
+        + Send
+        + 'static;
+    /// The library's message type.
+    type Message: Send + 'static;
+    /// Why a read failed.
+    type ReadError: std::fmt::Display;
+
+    /// A text frame carrying `json`.
+    fn text(json: String) -> Self::Message;
+    /// A ping.
+    fn ping() -> Self::Message;
+    /// A close frame.
+    fn close(code: u16, reason: &'static str) -> Self::Message;
+    /// What a frame read (or a read failure) is to the core; `Err` when the
+    /// socket failed (logged, then fed as a lost connection).
+    fn input(frame: &Result<Self::Message, Self::ReadError>)
+    -> Result<Input<'_>, &Self::ReadError>;
+}
+
+/// Why the upgrade is refused: the HTTP status and JSON body to answer with, or
+/// `None` when the connection is only dropped.
+pub type Refusal = Option<(u16, ErrorBody)>;
+
+/// A store call under way: the request it answers, if any, and its reply.
+type StoreCall = Pin<Box<dyn Future<Output = Option<(RequestId, Reply)>> + Send>>;
+
+/// The connection's store calls, carried out one at a time in the order the core
+/// asked for them, while the connection keeps reading frames and timers.
+#[derive(Default)]
+struct StoreCalls {
+    waiting: VecDeque<StoreRequest>,
+    current: Option<StoreCall>,
+}
+
+/// One connection, from its upgrade request to its end.
+pub struct Driver<S: Store, T: Transport> {
+    shared: Arc<Shared<S>>,
+    peer: SocketAddr,
+    started: Instant,
+    conn: Connection,
+    out: Arc<Outbound<T::Message>>,
+    mailbox: Option<Mailbox>,
+    unauthenticated: Option<IpGuard>,
+    /// A header or query token is verified before the upgrade completes.
+    authenticates_before_upgrade: bool,
+    store_calls: StoreCalls,
+    /// When the verification of a refresh started, for its round-trip metric.
+    refresh_started: Option<Instant>,
+}
+
+impl<S: Store, T: Transport> Driver<S, T> {
+    /// The driver of a connection from `peer`, accepted at `started`, counted in
+    /// the per-IP cap until it authenticates; `token` is the upgrade's header or
+    /// query token, if any (as `inspect_upgrade` found it).
+    pub fn new(
+        shared: Arc<Shared<S>>,
+        peer: SocketAddr,
+        started: Instant,
+        unauthenticated: IpGuard,
+        token: Option<(AuthMethod, Secret)>,
+    ) -> Self {
+        let config = shared.session_config.clone();
+        let authenticates_before_upgrade = token.is_some();
+        let conn = match token {
+            Some((method, token)) => {
+                Connection::with_upgrade_token(config, method, token, now_ms())
+            }
+            None => Connection::new(config, now_ms()),
+        };
+        Driver {
+            out: Outbound::new(shared.config.limits.outbound_queue),
+            shared,
+            peer,
+            started,
+            conn,
+            mailbox: None,
+            unauthenticated: Some(unauthenticated),
+            authenticates_before_upgrade,
+            store_calls: StoreCalls::default(),
+            refresh_started: None,
+        }
+    }
+
+    /// With a header or query token: verifies it and creates the session before
+    /// the `101` (what is sent then goes out first once the socket exists).
+    /// Without one, `Ok` at once.
+    pub async fn authenticate_before_upgrade(&mut self) -> Result<(), Refusal> {
+        if !self.authenticates_before_upgrade {
+            return Ok(());
+        }
+        loop {
+            if let Some(output) = self.conn.poll_output() {
+                match output {
+                    Output::AcceptUpgrade => return Ok(()),
+                    Output::RejectUpgrade { status, body } => {
+                        self.shared.metrics.upgrade_refused(body.code);
+                        self.finish_events();
+                        return Err(Some((status, body)));
+                    }
+                    Output::Send(msg) => self.out.push_final(T::text(msg.to_json())),
+                    other => self.carry_out(other),
+                }
+                continue;
+            }
+            if self.has_store_calls() {
+                self.finish_store_calls().await;
+                continue;
+            }
+            // Waiting on nothing: only a timer can move the machine now.
+            match self.conn.poll_timeout() {
+                Some(at) => {
+                    sleep_until_ms(at).await;
+                    self.conn.handle(now_ms(), Input::Tick);
+                }
+                None => return Err(None),
+            }
+        }
+    }
+
+    /// The upgrade could not be completed: what the connection owes the store
+    /// (a session created before the upgrade) is carried out.
+    pub async fn socket_lost(mut self) {
+        self.conn
+            .handle(now_ms(), Input::PeerClosed(PeerClose::Lost));
+        self.drain_without_socket().await;
+    }
+
+    /// Logs the remaining events of a connection that never got a socket.
+    fn finish_events(&mut self) {
+        while let Some(output) = self.conn.poll_output() {
+            if let Output::Event(e) = output {
+                self.event(e);
+            }
+        }
+    }
+
+    /// Carries out what a connection that lost its socket still owes the store.
+    async fn drain_without_socket(&mut self) {
+        loop {
+            while let Some(output) = self.conn.poll_output() {
+                match output {
+                    Output::Store(req) => self.store_calls.waiting.push_back(req),
+                    Output::Event(e) => self.event(e),
+                    _ => {}
+                }
+            }
+            if !self.has_store_calls() {
+                return;
+            }
+            self.finish_store_calls().await;
+        }
+    }
+
+    /// Runs the connection on its upgraded socket until it ends.
+    pub async fn run(mut self, ws: T::Socket) {
+        let (sink, mut stream) = ws.split();
+        let writer = tokio::spawn(self.out.clone().run_writer(sink));
+        let mut shutdown = self.shared.shutdown.clone();
+        self.pump().await;
+        while !self.conn.is_closed() {
+            let deadline = self.conn.poll_timeout();
+            tokio::select! {
+                frame = stream.next() => {
+                    let input = self.frame_input(&frame);
+                    self.conn.handle(now_ms(), input);
+                }
+                // A store call's reply goes in before the notices that came while
+                // it was under way, whichever store (Redis sends a publish's
+                // deliveries before its reply; the in-memory store, in order).
+                event = recv_mailbox(&mut self.mailbox), if self.store_calls.current.is_none() => {
+                    match event {
+                        Some(event) => self.conn.handle(now_ms(), notice_input(event)),
+                        None => self.mailbox = None,
+                    }
+                }
+                answer = next_answer(&mut self.store_calls.current) => {
+                    self.store_calls.current = None;
+                    if let Some((request, reply)) = answer {
+                        self.conn.handle(now_ms(), Input::Reply(request, reply));
+                    }
+                }
+                () = sleep_until_opt(deadline) => self.conn.handle(now_ms(), Input::Tick),
+                _ = shutdown.changed() => self.conn.handle(now_ms(), Input::Shutdown),
+            }
+            self.pump().await;
+        }
+        self.mailbox = None;
+        self.out.finish();
+        // What the session still owes the store (detach, end) is done before the
+        // task ends, so a resume elsewhere finds the session in its final state.
+        self.drain_without_socket().await;
+        // Let the writer send what is queued and the close frame; a client that does
+        // not read does not hold the task for long.
+        let mut writer = writer;
+        if tokio::time::timeout(Duration::from_secs(2), &mut writer)
+            .await
+            .is_err()
+        {
+            writer.abort();
+        }
+        // Give the client a moment to answer the close, then drop the socket.
+        let _ = tokio::time::timeout(Duration::from_millis(500), async {
+            while let Some(Ok(_)) = stream.next().await {}
+        })
+        .await;
+    }
+
+    /// What a frame (or its absence) from the socket is to the core.
+    fn frame_input<'f>(&self, frame: &'f Option<Result<T::Message, T::ReadError>>) -> Input<'f> {
+        let Some(frame) = frame else {
+            return Input::PeerClosed(PeerClose::Lost);
+        };
+        match T::input(frame) {
+            Ok(input) => {
+                if let Input::Frame(Frame::Text(_) | Frame::Binary(_)) = input {
+                    self.shared.metrics.message_in();
+                }
+                input
+            }
+            Err(e) => {
+                debug!(peer = %self.peer, error = %e, "socket error");
+                Input::PeerClosed(PeerClose::Lost)
+            }
+        }
+    }
+
+    /// Carries out every output the core has, starting store calls as they come;
+    /// a store that answers at once (the in-memory one) is answered here, without
+    /// a turn of the event loop.
+    async fn pump(&mut self) {
+        loop {
+            while let Some(output) = self.conn.poll_output() {
+                self.carry_out(output);
+            }
+            if !self.start_store_call().await {
+                return;
+            }
+        }
+    }
+
+    /// Starts the next store call if none is under way. `true` when it finished at
+    /// once and its reply was fed to the core (which may have more outputs).
+    async fn start_store_call(&mut self) -> bool {
+        if self.store_calls.current.is_some() {
+            return false;
+        }
+        let Some(request) = self.store_calls.waiting.pop_front() else {
+            return false;
+        };
+        let mut call = self.store_call(request);
+        let polled = std::future::poll_fn(|cx| Poll::Ready(call.as_mut().poll(cx))).await;
+        match polled {
+            Poll::Ready(answer) => {
+                if let Some((request, reply)) = answer {
+                    self.conn.handle(now_ms(), Input::Reply(request, reply));
+                }
+                true
+            }
+            Poll::Pending => {
+                self.store_calls.current = Some(call);
+                false
+            }
+        }
+    }
+
+    fn has_store_calls(&self) -> bool {
+        self.store_calls.current.is_some() || !self.store_calls.waiting.is_empty()
+    }
+
+    /// Waits for every store call asked for so far, feeding the replies.
+    async fn finish_store_calls(&mut self) {
+        while self.has_store_calls() {
+            let call = match self.store_calls.current.take() {
+                Some(call) => call,
+                None => match self.store_calls.waiting.pop_front() {
+                    Some(request) => self.store_call(request),
+                    None => return,
+                },
+            };
+            if let Some((request, reply)) = call.await {
+                self.conn.handle(now_ms(), Input::Reply(request, reply));
+            }
+        }
+    }
+
+    /// One store call with its deadline, log line and metrics; a failure or a
+    /// timeout answers `Unavailable` (the core then fails closed).
+    fn store_call(&self, request: StoreRequest) -> StoreCall {
+        let shared = self.shared.clone();
+        Box::pin(async move {
+            let op = request.name();
+            let reply_to = request.reply_to();
+            let started = Instant::now();
+            let executed = tokio::time::timeout(
+                shared.store_timeout,
+                wsauth_store::execute(&*shared.store, request, now_ms()),
+            )
+            .await;
+            let ok = matches!(executed, Ok(Ok(_)));
+            let reply = match executed {
+                Ok(Ok(reply)) => reply,
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, op, "store unavailable");
+                    None
+                }
+                Err(_) => {
+                    tracing::warn!(op, "store call timed out");
+                    None
+                }
+            };
+            shared.metrics.store_call(op, started.elapsed(), ok);
+            reply_to.map(|request| (request, reply.unwrap_or(Reply::Unavailable)))
+        })
+    }
+
+    /// Carries out one output, except the store calls, which are queued.
+    fn carry_out(&mut self, output: Output) {
+        match output {
+            Output::Send(msg) => {
+                self.shared.metrics.message_out();
+                let frame = T::text(msg.to_json());
+                if self.conn.is_closed() {
+                    // The error and close that end a connection are bounded by that end.
+                    self.out.push_final(frame);
+                } else if !self.out.push(frame) {
+                    self.conn.handle(now_ms(), Input::OutboundFull);
+                }
+            }
+            Output::Ping => {
+                self.out.push_final(T::ping());
+            }
+            Output::Close { code, reason } => self.out.close(T::close(code.0, reason)),
+            Output::Verify {
+                request,
+                token,
+                purpose,
+            } => {
+                let started = Instant::now();
+                if purpose == VerifyPurpose::Refresh {
+                    self.refresh_started = Some(started);
+                }
+                let verified = self.shared.verifier.verify_cached(
+                    token.expose(),
+                    now_ms(),
+                    &self.shared.verify_cache,
+                );
+                let reply = match verified {
+                    Ok(claims) => Reply::Verified(claims),
+                    Err(e) => Reply::NotVerified(e),
+                };
+                self.shared.metrics.verified(started.elapsed());
+                self.conn.handle(now_ms(), Input::Reply(request, reply));
+            }
+            Output::Store(request) => self.store_calls.waiting.push_back(request),
+            Output::Listen(attachment) => {
+                self.mailbox = Some(
+                    self.shared
+                        .hub
+                        .register(&attachment.session_id, attachment.epoch),
+                );
+                // Authenticated: no longer counted against the per-IP cap.
+                self.unauthenticated = None;
+            }
+            Output::Event(e) => self.event(e),
+            Output::AcceptUpgrade | Output::RejectUpgrade { .. } => {}
+        }
+    }
+
+    fn event(&mut self, event: Event) {
+        let metrics = &self.shared.metrics;
+        metrics.event(&event, self.started.elapsed());
+        match event {
+            Event::Refreshed { .. } | Event::RefreshFailed { .. } => {
+                if let Some(started) = self.refresh_started.take() {
+                    metrics.refresh_answered(started.elapsed());
+                }
+            }
+            Event::Authenticated { method, user } => {
+                debug!(peer = %self.peer, %user, ?method, "authenticated");
+            }
+            Event::Closed {
+                code,
+                error,
+                session,
+                user,
+                session_id,
+            } => {
+                info!(
+                    peer = %self.peer,
+                    user = user.as_deref().unwrap_or("-"),
+                    session = session_id.as_deref().unwrap_or("-"),
+                    close = code.map_or(0, |c: CloseCode| c.0),
+                    code = error.map_or("-", ErrorCode::as_str),
+                    fate = fate_name(session),
+                    duration_ms = self.started.elapsed().as_millis() as u64,
+                    "connection closed"
+                );
+            }
+            _ => {}
+        }
+    }
+}
+
+/// What a store notice, routed by the hub, is to the core.
+fn notice_input(event: ConnEvent) -> Input<'static> {
+    match event {
+        ConnEvent::Deliver(d) => Input::Deliver(*d),
+        ConnEvent::Replaced => Input::Replaced,
+        ConnEvent::Revoked(revoked) => {
+            let (revocation, issued_at_ms) = *revoked;
+            Input::Revoked {
+                revocation,
+                issued_at_ms,
+            }
+        }
+        ConnEvent::Overflow => Input::OutboundFull,
+        ConnEvent::NoticesLost => Input::NoticesLost,
+    }
+}
+
+/// The reply of the store call under way; never, when none is.
+async fn next_answer(current: &mut Option<StoreCall>) -> Option<(RequestId, Reply)> {
+    match current {
+        Some(call) => call.await,
+        None => std::future::pending().await,
+    }
+}
+
+fn fate_name(fate: SessionFate) -> &'static str {
+    match fate {
+        SessionFate::None => "none",
+        SessionFate::Detached => "resumable",
+        SessionFate::Ended => "ended",
+        SessionFate::Replaced => "replaced",
+    }
+}
+
+async fn recv_mailbox(mailbox: &mut Option<Mailbox>) -> Option<ConnEvent> {
+    match mailbox {
+        Some(m) => m.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_until_ms(at_ms: u64) {
+    let wait = at_ms.saturating_sub(now_ms());
+    tokio::time::sleep(Duration::from_millis(wait)).await;
+}
+
+async fn sleep_until_opt(at_ms: Option<u64>) {
+    match at_ms {
+        Some(at) => sleep_until_ms(at).await,
+        None => std::future::pending().await,
+    }
+}
