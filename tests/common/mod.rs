@@ -291,13 +291,22 @@ pub async fn http(
 }
 
 /// A store that can be switched off: the in-memory store, or `Unavailable` for every
-/// call while `down` is set. For the `INTERNAL` paths and readiness.
+/// call while `down` is set. For the `INTERNAL` paths and readiness. With
+/// `slow_joins_ms` set, every `subscribe` answers that much later (a slow Redis).
 pub struct SwitchableStore {
     pub inner: wsauth_store::MemoryStore,
     pub down: std::sync::atomic::AtomicBool,
+    pub slow_joins_ms: std::sync::atomic::AtomicU64,
 }
 
 impl SwitchableStore {
+    async fn pause(&self, operation: &str) {
+        let ms = self.slow_joins_ms.load(std::sync::atomic::Ordering::SeqCst);
+        if operation == "subscribe" && ms > 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+        }
+    }
+
     fn check(&self) -> Result<(), wsauth_store::StoreError> {
         if self.down.load(std::sync::atomic::Ordering::SeqCst) {
             Err(wsauth_store::StoreError::Unavailable(
@@ -315,6 +324,7 @@ macro_rules! delegate {
             $(
                 async fn $name(&self $(, $arg: $ty)*) -> Result<$out, wsauth_store::StoreError> {
                     self.check()?;
+                    self.pause(stringify!($name)).await;
                     self.inner.$name($($arg),*).await
                 }
             )*
@@ -358,6 +368,7 @@ pub fn switchable_store(
             hub.clone() as std::sync::Arc<dyn wsauth_store::Notify>,
         ),
         down: std::sync::atomic::AtomicBool::new(false),
+        slow_joins_ms: std::sync::atomic::AtomicU64::new(0),
     });
     (verifier, hub, store)
 }

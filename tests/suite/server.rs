@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use crate::common::*;
 use crate::{server, start_with_store};
-use futures_util::SinkExt;
+use futures_util::{SinkExt, StreamExt};
 use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::Frame;
@@ -945,6 +945,52 @@ async fn one_log_line_per_connection_outcome_and_never_a_token() {
 }
 
 // ----- Store faults -------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_store_call_holds_up_neither_frames_nor_a_revocation() {
+    use std::sync::atomic::Ordering;
+    let (verifier, hub, store) = switchable_store(&test_config());
+    let s = start_with_store(test_config(), verifier, hub, store.clone()).await;
+    let (mut c, _) =
+        Client::authed(s.ws_addr, &token("alice", json!({"channels": ["general"]}))).await;
+    store.slow_joins_ms.store(3_000, Ordering::SeqCst);
+    c.send(json!({"type": "join", "id": 2, "channel": "general"}))
+        .await;
+    // While the join waits on the store, the connection still reads: a ping is
+    // answered at once...
+    let started = Instant::now();
+    c.ws.send(Message::Ping(b"still there?".to_vec().into()))
+        .await
+        .expect("ping");
+    loop {
+        let frame = tokio::time::timeout(Duration::from_secs(5), c.ws.next())
+            .await
+            .expect("a frame in time");
+        match frame {
+            Some(Ok(Message::Pong(payload))) => {
+                assert_eq!(&payload[..], b"still there?");
+                break;
+            }
+            Some(Ok(Message::Text(t))) => panic!("nothing else before the pong: {t}"),
+            Some(Ok(_)) => {}
+            other => panic!("the socket ended before the pong: {other:?}"),
+        }
+    }
+    assert!(
+        started.elapsed() < Duration::from_millis(1_500),
+        "the pong waited for the store: {:?}",
+        started.elapsed()
+    );
+    // ...and a revocation closes it without waiting for the store call.
+    let (status, _) = revoke(s.admin_addr, json!({"sub": "alice"})).await;
+    assert_eq!(status, 200);
+    c.expect_fatal("TOKEN_REVOKED", 4403).await;
+    assert!(
+        started.elapsed() < Duration::from_millis(2_500),
+        "the revocation waited for the store: {:?}",
+        started.elapsed()
+    );
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn store_down_fails_auth_with_internal_1011_but_live_sessions_go_on() {

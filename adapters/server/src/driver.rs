@@ -62,11 +62,16 @@ pub type Refusal = Option<(u16, ErrorBody)>;
 type StoreCall = Pin<Box<dyn Future<Output = Option<(RequestId, Reply)>> + Send>>;
 
 /// The connection's store calls, carried out one at a time in the order the core
-/// asked for them, while the connection keeps reading frames and timers.
+/// asked for them, while the connection keeps reading frames, timers and notices.
 #[derive(Default)]
 struct StoreCalls {
     waiting: VecDeque<StoreRequest>,
     current: Option<StoreCall>,
+    /// Deliveries that came while `current` was under way: they go in after its
+    /// reply. Redis sends a publish's own delivery (and a message on a channel
+    /// being joined) before the call's reply; fed first, it would overtake
+    /// `published`, or be dropped for a channel not joined yet.
+    held: VecDeque<wsauth_core::Delivery>,
 }
 
 /// One connection, from its upgrade request to its end.
@@ -201,20 +206,22 @@ impl<S: Store, T: Transport> Driver<S, T> {
                     let input = self.frame_input(&frame);
                     self.conn.handle(now_ms(), input);
                 }
-                // A store call's reply goes in before the notices that came while
-                // it was under way, whichever store (Redis sends a publish's
-                // deliveries before its reply; the in-memory store, in order).
-                event = recv_mailbox(&mut self.mailbox), if self.store_calls.current.is_none() => {
+                // Past the hub's bound, held deliveries wait in the mailbox, where
+                // the hub's overflow rule (SLOW_CONSUMER) applies.
+                event = recv_mailbox(&mut self.mailbox), if self.may_read_notices() => {
                     match event {
+                        Some(ConnEvent::Deliver(d)) if self.store_calls.current.is_some() => {
+                            self.store_calls.held.push_back(*d);
+                        }
+                        // Revocations, takeovers and lost notices act at once, even
+                        // while a store call waits.
                         Some(event) => self.conn.handle(now_ms(), notice_input(event)),
                         None => self.mailbox = None,
                     }
                 }
                 answer = next_answer(&mut self.store_calls.current) => {
                     self.store_calls.current = None;
-                    if let Some((request, reply)) = answer {
-                        self.conn.handle(now_ms(), Input::Reply(request, reply));
-                    }
+                    self.answered(answer);
                 }
                 () = sleep_until_opt(deadline) => self.conn.handle(now_ms(), Input::Tick),
                 _ = shutdown.changed() => self.conn.handle(now_ms(), Input::Shutdown),
@@ -288,15 +295,29 @@ impl<S: Store, T: Transport> Driver<S, T> {
         let polled = std::future::poll_fn(|cx| Poll::Ready(call.as_mut().poll(cx))).await;
         match polled {
             Poll::Ready(answer) => {
-                if let Some((request, reply)) = answer {
-                    self.conn.handle(now_ms(), Input::Reply(request, reply));
-                }
+                self.answered(answer);
                 true
             }
             Poll::Pending => {
                 self.store_calls.current = Some(call);
                 false
             }
+        }
+    }
+
+    fn may_read_notices(&self) -> bool {
+        self.store_calls.current.is_none()
+            || self.store_calls.held.len() < self.shared.config.limits.outbound_queue
+    }
+
+    /// Feeds a store call's reply, then the deliveries that came while it was
+    /// under way.
+    fn answered(&mut self, answer: Option<(RequestId, Reply)>) {
+        if let Some((request, reply)) = answer {
+            self.conn.handle(now_ms(), Input::Reply(request, reply));
+        }
+        while let Some(delivery) = self.store_calls.held.pop_front() {
+            self.conn.handle(now_ms(), Input::Deliver(delivery));
         }
     }
 
@@ -314,9 +335,8 @@ impl<S: Store, T: Transport> Driver<S, T> {
                     None => return,
                 },
             };
-            if let Some((request, reply)) = call.await {
-                self.conn.handle(now_ms(), Input::Reply(request, reply));
-            }
+            let answer = call.await;
+            self.answered(answer);
         }
     }
 
