@@ -184,6 +184,12 @@ impl Connection {
         matches!(self.phase, Phase::Live(_))
     }
 
+    /// Whether the WebSocket upgrade is held open until a header or query token's
+    /// outcome is known ([`Output::AcceptUpgrade`] or [`Output::RejectUpgrade`]).
+    pub fn awaits_upgrade(&self) -> bool {
+        self.phase.upgrade().is_some()
+    }
+
     /// The attached session's id.
     pub fn session_id(&self) -> Option<&str> {
         self.phase.live().map(|l| l.attachment.session_id.as_str())
@@ -273,5 +279,63 @@ impl Connection {
         if let Some(open) = self.phase.open_mut() {
             open.note_activity(&self.config, now);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::jwt::{Claims, TokenError};
+    use crate::protocol::Secret;
+
+    const NOW: u64 = 1_767_225_600_000;
+
+    fn with_header_token() -> (Connection, RequestId) {
+        let config = Arc::new(SessionConfig::default());
+        let mut conn =
+            Connection::with_upgrade_token(config, AuthMethod::Header, Secret::new("t"), NOW);
+        let Some(Output::Verify { request, .. }) = conn.poll_output() else {
+            panic!("a header token is verified first");
+        };
+        (conn, request)
+    }
+
+    #[test]
+    fn the_upgrade_is_awaited_only_until_the_tokens_outcome() {
+        let plain = Connection::new(Arc::new(SessionConfig::default()), NOW);
+        assert!(
+            !plain.awaits_upgrade(),
+            "no token: the upgrade completes at once"
+        );
+
+        let (mut refused, request) = with_header_token();
+        assert!(refused.awaits_upgrade());
+        refused.handle(
+            NOW,
+            Input::Reply(request, Reply::NotVerified(TokenError::Expired)),
+        );
+        assert!(!refused.awaits_upgrade());
+        assert!(refused.is_closed());
+
+        let (mut accepted, request) = with_header_token();
+        let claims = Arc::new(Claims::new("alice", NOW + 3_600_000));
+        accepted.handle(NOW, Input::Reply(request, Reply::Verified(claims)));
+        assert!(accepted.awaits_upgrade(), "still waiting for the store");
+        let Some(Output::Store(StoreRequest::CreateSession { request, .. })) =
+            accepted.poll_output()
+        else {
+            panic!("the session is created before the upgrade");
+        };
+        let created = Reply::Created {
+            attachment: Attachment {
+                session_id: "s_1".into(),
+                epoch: 1,
+            },
+            resume_token: Secret::new("r_1"),
+            evicted: 0,
+        };
+        accepted.handle(NOW, Input::Reply(request, created));
+        assert!(!accepted.awaits_upgrade());
+        assert!(accepted.is_authenticated());
     }
 }

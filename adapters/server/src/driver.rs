@@ -83,8 +83,6 @@ pub struct Driver<S: Store, T: Transport> {
     out: Arc<Outbound<T::Message>>,
     mailbox: Option<Mailbox>,
     unauthenticated: Option<IpGuard>,
-    /// A header or query token is verified before the upgrade completes.
-    authenticates_before_upgrade: bool,
     store_calls: StoreCalls,
     /// When the verification of a refresh started, for its round-trip metric.
     refresh_started: Option<Instant>,
@@ -102,7 +100,6 @@ impl<S: Store, T: Transport> Driver<S, T> {
         token: Option<(AuthMethod, Secret)>,
     ) -> Self {
         let config = shared.session_config.clone();
-        let authenticates_before_upgrade = token.is_some();
         let conn = match token {
             Some((method, token)) => {
                 Connection::with_upgrade_token(config, method, token, now_ms())
@@ -117,7 +114,6 @@ impl<S: Store, T: Transport> Driver<S, T> {
             conn,
             mailbox: None,
             unauthenticated: Some(unauthenticated),
-            authenticates_before_upgrade,
             store_calls: StoreCalls::default(),
             refresh_started: None,
         }
@@ -127,7 +123,7 @@ impl<S: Store, T: Transport> Driver<S, T> {
     /// the `101` (what is sent then goes out first once the socket exists).
     /// Without one, `Ok` at once.
     pub async fn authenticate_before_upgrade(&mut self) -> Result<(), Refusal> {
-        if !self.authenticates_before_upgrade {
+        if !self.conn.awaits_upgrade() {
             return Ok(());
         }
         loop {
