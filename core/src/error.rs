@@ -221,6 +221,22 @@ error_codes! {
     Internal => { name: "INTERNAL", when: "server fault (store unreachable …)",
         fatal: true, non_fatal_on_refresh: true, retry: Some(Retry::Reconnect),
         close: Some(CloseCode::INTERNAL_ERROR), http: 503, message: "internal server error" },
+    /// `rpc` for a method with no handler, or not in `app.rpc_methods`.
+    MethodNotFound => { name: "METHOD_NOT_FOUND", when: "`rpc` for a method with no handler, or not in `app.rpc_methods`",
+        fatal: false, non_fatal_on_refresh: false, retry: None,
+        close: None, http: 404, message: "method not found" },
+    /// The application's handler refused the call.
+    AppError => { name: "APP_ERROR", when: "the application's handler refused the call (its `message`, optional `details` ≤ 4 KiB)",
+        fatal: false, non_fatal_on_refresh: false, retry: None,
+        close: None, http: 422, message: "the application refused the call" },
+    /// The handler did not answer within `app.rpc_timeout_ms`, or its backend is unreachable.
+    Unavailable => { name: "UNAVAILABLE", when: "the handler did not answer within `app.rpc_timeout_ms`, or its backend is unreachable",
+        fatal: false, non_fatal_on_refresh: false, retry: None,
+        close: None, http: 503, message: "the application is unavailable" },
+    /// More than `app.max_rpc_in_flight` calls in flight.
+    Busy => { name: "BUSY", when: "more than `app.max_rpc_in_flight` calls in flight",
+        fatal: false, non_fatal_on_refresh: false, retry: None,
+        close: None, http: 429, message: "too many calls in flight" },
 }
 
 impl ErrorCode {

@@ -16,6 +16,7 @@ use crate::jwt::Claims;
 use crate::protocol::{Secret, ServerMessage};
 
 mod awaiting;
+mod calls;
 mod config;
 mod ending;
 mod frames;
@@ -30,7 +31,8 @@ pub use config::SessionConfig;
 pub use input::{AuthMethod, Frame, Input, PeerClose};
 pub use output::{Event, Output, SessionFate, VerifyPurpose};
 pub use requests::{
-    Attachment, Delivery, Reply, RequestId, ResumedSession, Revocation, StoreRequest,
+    Attachment, CallContext, CallResult, Delivery, Reply, RequestId, ResumedSession, Revocation,
+    StoreRequest,
 };
 
 use phase::{AuthStep, AwaitingAuth, Open, Phase};
@@ -55,7 +57,9 @@ use phase::{AuthStep, AwaitingAuth, Open, Phase};
 /// the driver only renders what comes out.
 ///
 /// Requests are answered in the order they arrive: while one waits for a reply, later
-/// ones queue (up to `max_queued_requests`). Channel deliveries never wait.
+/// ones queue (up to `max_queued_requests`). Channel deliveries never wait, and
+/// neither do application calls ([`Output::Call`]): up to `max_rpc_in_flight` run
+/// side by side, and their results may overtake each other and other requests.
 #[derive(Clone, Debug)]
 pub struct Connection {
     config: Arc<SessionConfig>,
@@ -225,9 +229,14 @@ impl Connection {
         self.phase.live().map(|l| l.last_seq)
     }
 
-    /// Whether a request is waiting for a reply.
+    /// Whether a request is waiting for a reply (application calls aside).
     pub fn is_busy(&self) -> bool {
         self.phase.is_busy()
+    }
+
+    /// How many application calls wait for their result.
+    pub fn calls_in_flight(&self) -> usize {
+        self.phase.live().map_or(0, |l| l.calls.len())
     }
 
     // ----- outputs -------------------------------------------------------------
@@ -258,6 +267,7 @@ impl Connection {
             Input::Frame(frame) => self.on_frame(now, frame),
             Input::Control => self.note_activity(now),
             Input::Reply(request, reply) => self.on_reply(now, request, reply),
+            Input::CallResult(request, result) => self.on_call_result(request, result),
             Input::Deliver(delivery) => self.on_delivery(delivery),
             Input::Revoked {
                 revocation,

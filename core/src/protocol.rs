@@ -23,6 +23,10 @@ pub const MAX_CHANNEL_BYTES: usize = 256;
 pub const MAX_ID_BYTES: usize = 256;
 /// Longest `user_id` accepted, in bytes.
 pub const MAX_USER_ID_BYTES: usize = 1024;
+/// Longest `rpc` method name accepted, in bytes (PROTOCOL §8).
+pub const MAX_METHOD_BYTES: usize = 128;
+/// Largest `details` of an `APP_ERROR` passed on to the client, in bytes of JSON.
+pub const MAX_DETAILS_BYTES: usize = 4096;
 
 /// A value that must never be printed: a token or a resume token.
 ///
@@ -65,6 +69,15 @@ impl Payload {
     /// The JSON text.
     pub fn get(&self) -> &str {
         self.0.get()
+    }
+
+    /// JSON `null`.
+    pub fn null() -> Payload {
+        Payload(Arc::from(RawValue::NULL.to_owned()))
+    }
+
+    fn from_raw(raw: &RawValue) -> Payload {
+        Payload(Arc::from(raw.to_owned()))
     }
 }
 
@@ -140,6 +153,15 @@ pub enum ClientMessage {
         /// The data, any JSON value.
         data: Payload,
     },
+    /// `rpc`: call an application method (PROTOCOL §8).
+    Rpc {
+        /// Request id to echo (required: results may come in any order).
+        id: u64,
+        /// The method: 1–128 of `A-Z a-z 0-9 . _ : / -`.
+        method: String,
+        /// The argument, any JSON value (`null` when absent).
+        data: Payload,
+    },
 }
 
 impl ClientMessage {
@@ -153,6 +175,7 @@ impl ClientMessage {
             | ClientMessage::Join { id, .. }
             | ClientMessage::Leave { id, .. }
             | ClientMessage::Publish { id, .. } => *id,
+            ClientMessage::Rpc { id, .. } => Some(*id),
         }
     }
 
@@ -166,6 +189,7 @@ impl ClientMessage {
             ClientMessage::Join { .. } => "join",
             ClientMessage::Leave { .. } => "leave",
             ClientMessage::Publish { .. } => "publish",
+            ClientMessage::Rpc { .. } => "rpc",
         }
     }
 
@@ -190,6 +214,8 @@ impl ClientMessage {
             #[serde(skip_serializing_if = "Option::is_none")]
             channel: Option<&'a str>,
             #[serde(skip_serializing_if = "Option::is_none")]
+            method: Option<&'a str>,
+            #[serde(skip_serializing_if = "Option::is_none")]
             data: Option<&'a RawValue>,
         }
         let mut out = Out {
@@ -201,6 +227,7 @@ impl ClientMessage {
             resume_token: None,
             last_seq: None,
             channel: None,
+            method: None,
             data: None,
         };
         match self {
@@ -225,6 +252,10 @@ impl ClientMessage {
             }
             ClientMessage::Publish { channel, data, .. } => {
                 out.channel = Some(channel);
+                out.data = Some(&data.0);
+            }
+            ClientMessage::Rpc { method, data, .. } => {
+                out.method = Some(method);
                 out.data = Some(&data.0);
             }
         }
@@ -277,6 +308,8 @@ struct RawFields<'a> {
     last_seq: Option<&'a RawValue>,
     #[serde(borrow, default)]
     channel: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    method: Option<&'a RawValue>,
     #[serde(borrow, default)]
     data: Option<&'a RawValue>,
 }
@@ -387,6 +420,11 @@ impl Fields<'_> {
                 channel: self.channel()?,
                 data: self.data()?,
             }),
+            "rpc" => Ok(ClientMessage::Rpc {
+                id: id.ok_or_else(|| DecodeError::bad(None, "missing field `id`"))?,
+                method: self.method()?,
+                data: self.raw.data.map_or_else(Payload::null, Payload::from_raw),
+            }),
             _ => Err(DecodeError::bad(id, "unknown message type")),
         }
     }
@@ -449,14 +487,26 @@ impl Fields<'_> {
             .raw
             .data
             .ok_or_else(|| DecodeError::bad(self.id, "missing field `data`"))?;
-        Ok(Payload(Arc::from(data.to_owned())))
+        Ok(Payload::from_raw(data))
+    }
+
+    fn method(&self) -> Result<String, DecodeError> {
+        let m = self.string(self.raw.method, "method", MAX_METHOD_BYTES)?;
+        let allowed = |c: char| c.is_ascii_alphanumeric() || ".:_/-".contains(c);
+        if m.is_empty() || !m.chars().all(allowed) {
+            return Err(DecodeError::bad(
+                self.id,
+                "`method` must be 1 to 128 of `A-Z a-z 0-9 . _ : / -`",
+            ));
+        }
+        Ok(m)
     }
 }
 
 /// Maps serde's field name back to the wire name, so a reason never carries text
 /// the client chose.
 fn field_name(serde_name: &str) -> &'static str {
-    const FIELDS: [&str; 10] = [
+    const FIELDS: [&str; 11] = [
         "type",
         "id",
         "token",
@@ -466,6 +516,7 @@ fn field_name(serde_name: &str) -> &'static str {
         "resume_token",
         "last_seq",
         "channel",
+        "method",
         "data",
     ];
     FIELDS
@@ -566,6 +617,13 @@ pub enum ServerMessage {
         /// The published data.
         data: Payload,
     },
+    /// The result of an `rpc` (PROTOCOL §8).
+    RpcResult {
+        /// The `rpc` request's id.
+        id: u64,
+        /// The handler's answer, any JSON value.
+        data: Payload,
+    },
     /// An error; fatal ones are followed by a close.
     Error {
         /// The id of the request that caused it.
@@ -580,6 +638,10 @@ pub enum ServerMessage {
         /// What to do next (fatal errors only).
         #[serde(skip_serializing_if = "Option::is_none")]
         retry: Option<Retry>,
+        /// The application's details of an `APP_ERROR` (a JSON object, at most
+        /// [`MAX_DETAILS_BYTES`]); absent otherwise.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        details: Option<Payload>,
     },
 }
 
@@ -592,6 +654,7 @@ impl ServerMessage {
             message: Cow::Borrowed(code.spec().message),
             fatal,
             retry: if fatal { code.retry() } else { None },
+            details: None,
         }
     }
 
@@ -612,6 +675,7 @@ impl ServerMessage {
             | ServerMessage::Left { id, .. }
             | ServerMessage::Published { id }
             | ServerMessage::Error { id, .. } => *id,
+            ServerMessage::RpcResult { id, .. } => Some(*id),
             ServerMessage::Expiring { .. } | ServerMessage::Message { .. } => None,
         }
     }

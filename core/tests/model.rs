@@ -478,6 +478,7 @@ fn observe(outputs: Vec<(String, Output)>) -> Vec<Obs> {
                 ServerMessage::Left { id, .. } => Obs::Reply("left", id),
                 ServerMessage::Published { id } => Obs::Reply("published", id),
                 ServerMessage::Resumed { id, .. } => Obs::Reply("resumed", id),
+                ServerMessage::RpcResult { id, .. } => Obs::Reply("rpc_result", Some(id)),
                 ServerMessage::Expiring { .. } => Obs::Expiring,
                 ServerMessage::Message { channel, .. } => Obs::Message(channel.to_string()),
                 ServerMessage::Error {

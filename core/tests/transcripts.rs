@@ -204,6 +204,9 @@ mod expect {
     pub fn message() -> Msg {
         msg("message")
     }
+    pub fn rpc_result() -> Msg {
+        msg("rpc_result")
+    }
     /// An error with this code (its wire name).
     pub fn error(code: &'static str) -> Msg {
         assert!(
@@ -364,6 +367,7 @@ mod expect {
             ServerMessage::Left { .. } => "left",
             ServerMessage::Published { .. } => "published",
             ServerMessage::Message { .. } => "message",
+            ServerMessage::RpcResult { .. } => "rpc_result",
             ServerMessage::Error { .. } => "error",
         }
     }
@@ -2288,6 +2292,225 @@ fn expectations_report_order_expiry_channels_fate_and_missing_ends() {
         assert!(got.starts_with(want), "{got}\ndoes not start with\n{want}");
     }
 }
+
+// ----- §8 Application calls ----------------------------------------------------
+
+/// The application of the §8 transcripts: `chat.send` answers with who called,
+/// `chat.delete` refuses with details, `report.huge` refuses with details over
+/// the bound, `billing.charge` finds its backend down, `slow.op` never answers in
+/// time (its result is held), and any other method is unknown.
+fn app() -> wsauth_sim::CallFn {
+    use wsauth_core::{CallResult, Payload};
+    std::sync::Arc::new(|method, data, ctx| {
+        let json = |v: serde_json::Value| Payload::from_json(&v.to_string()).expect("json");
+        match method {
+            "chat.send" => CallResult::Ok(json(json!({
+                "sent": serde_json::from_str::<serde_json::Value>(data.get()).ok(),
+                "by": ctx.sub,
+                "session": ctx.session_id,
+                "team": ctx.claims.extra.get("team"),
+            }))),
+            "chat.delete" => CallResult::AppError {
+                message: "not your message".into(),
+                details: Some(json(json!({"owner": "bob"}))),
+            },
+            "report.huge" => CallResult::AppError {
+                message: "report too large".into(),
+                details: Some(json(json!({"rows": "x".repeat(5000)}))),
+            },
+            "billing.charge" => CallResult::Unavailable,
+            _ => CallResult::NotFound,
+        }
+    })
+}
+
+fn world_with_app() -> World {
+    let mut w = world();
+    w.set_call_handler(app());
+    w
+}
+
+/// Opens `conn` as alice of team red (1 h token, jti `t-alice-rpc`).
+fn alice_with_team(w: &mut World, conn: &str) {
+    let t = token(
+        w,
+        "alice, 1h, team red",
+        "alice",
+        3600,
+        json!({"jti": "t-alice-rpc", "team": "red", "channels": ["general"]}),
+    );
+    w.open(conn);
+    auth(w, conn, 1, &t);
+}
+
+spec!(
+    rpc_success_with_context,
+    "An authenticated `rpc` reaches the application's handler with the session's context (`sub`, session id, verified claims, custom ones included); its answer comes back as `rpc_result` with the call's id. `data` absent is `null`.",
+    world_with_app(),
+    |w| {
+        alice_with_team(&mut w, "A");
+        w.send("A", r#"{"type":"rpc","id":5,"method":"chat.send","data":{"text":"hi"}}"#);
+        w.send("A", r#"{"type":"rpc","id":6,"method":"chat.send"}"#);
+    },
+    sees: { "A" => [authenticated().id(1), rpc_result().id(5), rpc_result().id(6)] },
+    never: { "A" => [error("METHOD_NOT_FOUND")] },
+    ends: { "A" => live() },
+);
+
+spec!(
+    error_rpc_bad_request,
+    "BAD_REQUEST for an `rpc`: a `method` outside `A-Z a-z 0-9 . _ : / -` (or over 128 bytes), or a missing `id`. Fatal, retry none, close 4400; the reason names the field, never the value.",
+    world_with_app(),
+    |w| {
+        alice_with_team(&mut w, "A");
+        w.send("A", r#"{"type":"rpc","id":5,"method":"chat send!","data":1}"#);
+        alice_with_team(&mut w, "B");
+        w.send("B", r#"{"type":"rpc","method":"chat.send","data":1}"#);
+    },
+    sees: {
+        "A" => [error("BAD_REQUEST").id(5).fatal("none")],
+        "B" => [error("BAD_REQUEST").no_id().fatal("none")],
+    },
+    never: { "A" => [rpc_result()], "B" => [rpc_result()] },
+    ends: {
+        "A" => closed(4400, "BAD_REQUEST").ended(),
+        "B" => closed(4400, "BAD_REQUEST").ended(),
+    },
+);
+
+spec!(
+    error_rpc_not_authenticated,
+    "NOT_AUTHENTICATED: an `rpc` before `auth`, like any request; the handler is never called. Fatal, retry none, close 4401.",
+    world_with_app(),
+    |w| {
+        w.open("A");
+        w.send("A", r#"{"type":"rpc","id":5,"method":"chat.send","data":{}}"#);
+    },
+    sees: { "A" => [error("NOT_AUTHENTICATED").id(5).fatal("none")] },
+    never: { "A" => [rpc_result()] },
+    ends: { "A" => closed(4401, "NOT_AUTHENTICATED").no_session() },
+);
+
+spec!(
+    error_rpc_method_not_found,
+    "METHOD_NOT_FOUND: no handler for the method (without any handler, every method). Not fatal: the session goes on.",
+    world_with_app(),
+    |w| {
+        alice_with_team(&mut w, "A");
+        w.send("A", r#"{"type":"rpc","id":5,"method":"chat.unknown","data":null}"#);
+        w.send("A", r#"{"type":"join","id":6,"channel":"general"}"#);
+    },
+    sees: { "A" => [error("METHOD_NOT_FOUND").id(5).not_fatal(), joined().id(6)] },
+    ends: { "A" => live().channels(["general"]) },
+);
+
+spec!(
+    error_rpc_app_error,
+    "APP_ERROR: the handler refused; `message` and `details` are the application's. Details over 4 KiB (or not an object) are dropped and the message kept. Not fatal.",
+    world_with_app(),
+    |w| {
+        alice_with_team(&mut w, "A");
+        w.send("A", r#"{"type":"rpc","id":5,"method":"chat.delete","data":{"msg":"m_9"}}"#);
+        w.send("A", r#"{"type":"rpc","id":6,"method":"report.huge","data":null}"#);
+    },
+    sees: { "A" => [error("APP_ERROR").id(5).not_fatal(), error("APP_ERROR").id(6).not_fatal()] },
+    ends: { "A" => live() },
+);
+
+spec!(
+    error_rpc_unavailable,
+    "UNAVAILABLE: the handler's backend is unreachable, or the handler did not answer within `rpc_timeout_ms` (5 s): the call is answered at its deadline and the late result is ignored. Not fatal.",
+    world_with_app(),
+    |w| {
+        alice_with_team(&mut w, "A");
+        w.send("A", r#"{"type":"rpc","id":5,"method":"billing.charge","data":{"cents":100}}"#);
+        w.hold_calls = true;
+        w.send("A", r#"{"type":"rpc","id":6,"method":"chat.send","data":"slow"}"#);
+        w.advance(5_000);
+        w.release_calls(false);
+    },
+    sees: { "A" => [error("UNAVAILABLE").id(5).not_fatal(), error("UNAVAILABLE").id(6).not_fatal()] },
+    never: { "A" => [rpc_result()] },
+    ends: { "A" => live() },
+);
+
+spec!(
+    error_rpc_busy,
+    "BUSY: one call more than `max_rpc_in_flight` (2 here) is refused at once; the calls in flight go on. Not fatal.",
+    {
+        let mut w = world_with(
+            SessionConfig {
+                max_rpc_in_flight: 2,
+                ..SessionConfig::default()
+            },
+            StoreSettings::default(),
+        );
+        w.set_call_handler(app());
+        w
+    },
+    |w| {
+        alice_with_team(&mut w, "A");
+        w.hold_calls = true;
+        w.send("A", r#"{"type":"rpc","id":5,"method":"chat.send","data":1}"#);
+        w.send("A", r#"{"type":"rpc","id":6,"method":"chat.send","data":2}"#);
+        w.send("A", r#"{"type":"rpc","id":7,"method":"chat.send","data":3}"#);
+        w.release_calls(false);
+    },
+    sees: { "A" => [error("BUSY").id(7).not_fatal(), rpc_result().id(5), rpc_result().id(6)] },
+    never: { "A" => [rpc_result().id(7)] },
+    ends: { "A" => live() },
+);
+
+spec!(
+    rpc_results_overtake,
+    "Calls run side by side: two results released in reverse order arrive in that order, matched by `id`; a `join` sent while both are pending is answered first, since calls do not take the request slot.",
+    world_with_app(),
+    |w| {
+        alice_with_team(&mut w, "A");
+        w.hold_calls = true;
+        w.send("A", r#"{"type":"rpc","id":5,"method":"chat.send","data":"first"}"#);
+        w.send("A", r#"{"type":"rpc","id":6,"method":"chat.send","data":"second"}"#);
+        w.send("A", r#"{"type":"join","id":7,"channel":"general"}"#);
+        w.release_calls(true);
+    },
+    sees: { "A" => [joined().id(7), rpc_result().id(6), rpc_result().id(5)] },
+    ends: { "A" => live().channels(["general"]) },
+);
+
+spec!(
+    rpc_result_after_expiry_is_dropped,
+    "A call still in flight when the session expires gets no result: the close wins, and the result the application computes later is dropped.",
+    world_with_app(),
+    |w| {
+        let t = token(&mut w, "alice, 10s", "alice", 10, json!({}));
+        w.open("A");
+        auth(&mut w, "A", 1, &t);
+        w.advance(38_000);
+        w.hold_calls = true;
+        w.send("A", r#"{"type":"rpc","id":5,"method":"chat.send","data":"late"}"#);
+        w.advance(2_500);
+        w.release_calls(false);
+    },
+    sees: { "A" => [error("SESSION_EXPIRED").fatal("reauth")] },
+    never: { "A" => [rpc_result(), error("UNAVAILABLE")] },
+    ends: { "A" => closed(4401, "SESSION_EXPIRED").ended() },
+);
+
+spec!(
+    rpc_in_flight_when_revoked,
+    "A call in flight when the session is revoked gets no result: the revocation closes the connection (4403) and the late result is dropped.",
+    world_with_app(),
+    |w| {
+        alice_with_team(&mut w, "A");
+        w.hold_calls = true;
+        w.send("A", r#"{"type":"rpc","id":5,"method":"chat.send","data":"x"}"#);
+        w.revoke(Revocation::Token { jti: "t-alice-rpc".into() });
+        w.release_calls(false);
+    },
+    sees: { "A" => [error("TOKEN_REVOKED").fatal("none")] },
+    never: { "A" => [rpc_result()] },
+    ends: { "A" => closed(4403, "TOKEN_REVOKED").ended() },
+);
 
 /// The specification covers every row of the error table.
 #[test]

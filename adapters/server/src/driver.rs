@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 use futures_util::{Sink, Stream, StreamExt};
 use tracing::{debug, info};
 use wsauth_core::{
-    AuthMethod, CloseCode, Connection, ErrorBody, ErrorCode, Event, Frame, Input, Output,
-    PeerClose, Reply, RequestId, Secret, SessionFate, StoreRequest, VerifyPurpose,
+    AuthMethod, CallResult, CloseCode, Connection, ErrorBody, ErrorCode, Event, Frame, Input,
+    Output, PeerClose, Reply, RequestId, Secret, SessionFate, StoreRequest, VerifyPurpose,
 };
 use wsauth_store::Store;
 use wsauth_store::hub::{ConnEvent, Mailbox};
@@ -413,6 +413,12 @@ impl<S: Store, T: Transport> Driver<S, T> {
                 );
                 // Authenticated: no longer counted against the per-IP cap.
                 self.unauthenticated = None;
+            }
+            // The application handler registry comes next; until then every call
+            // is answered at once, so a client gets METHOD_NOT_FOUND, never silence.
+            Output::Call { request, .. } => {
+                self.conn
+                    .handle(now_ms(), Input::CallResult(request, CallResult::NotFound));
             }
             Output::Event(e) => self.event(e),
             Output::AcceptUpgrade | Output::RejectUpgrade { .. } => {}

@@ -181,6 +181,7 @@ pub fn session_config(config: &Config) -> SessionConfig {
         rate_burst: l.message_burst,
         max_queued_requests: s.max_queued_requests,
         max_channels: s.max_channels,
+        ..SessionConfig::default()
     }
 }
 

@@ -19,5 +19,5 @@ pub mod fuzzing;
 mod world;
 
 pub use checker::{INVARIANTS, InvariantChecker, Violation};
-pub use world::{VerifyFn, World};
+pub use world::{CallFn, VerifyFn, World};
 pub use wsauth_store::{LimitPolicy, StoreSettings};

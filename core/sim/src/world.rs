@@ -11,14 +11,17 @@ use std::task::{Context, Poll, Waker};
 
 use wsauth_core::jwt::{Claims, TokenError};
 use wsauth_core::{
-    Attachment, AuthMethod, Connection, Event, Frame, Input, Output, PeerClose, Reply, RequestId,
-    Revocation, SessionConfig, SessionFate, StoreRequest,
+    Attachment, AuthMethod, CallContext, CallResult, Connection, Event, Frame, Input, Output,
+    PeerClose, Reply, RequestId, Revocation, SessionConfig, SessionFate, StoreRequest,
 };
 use wsauth_core::{Payload, Secret};
 use wsauth_store::{MemoryStore, Notice, Notify, Store, StoreSettings};
 
 /// Verifies a token at a time: the real [`wsauth_core::jwt::Verifier`] or a stand-in.
 pub type VerifyFn = Arc<dyn Fn(&str, u64) -> Result<Claims, TokenError> + Send + Sync>;
+
+/// The application's handler of `rpc` calls: method, argument, caller.
+pub type CallFn = Arc<dyn Fn(&str, &Payload, &CallContext) -> CallResult + Send + Sync>;
 
 /// The store's notices, kept until the world routes them to connections.
 #[derive(Default)]
@@ -61,6 +64,9 @@ pub struct World {
     resume_tokens: BTreeMap<String, String>,
     inbox: VecDeque<(String, Input<'static>)>,
     held: Vec<(String, RequestId, Reply)>,
+    /// The application's handler; without one every call is `NotFound`.
+    call_handler: Option<CallFn>,
+    held_calls: Vec<(String, RequestId, CallResult)>,
     labels: Vec<(String, String)>,
     lines: Vec<String>,
     last_deadline: BTreeMap<String, Option<u64>>,
@@ -68,6 +74,8 @@ pub struct World {
     pub store_available: bool,
     /// When true, replies are computed but held until [`World::release`].
     pub hold_replies: bool,
+    /// When true, call results are computed but held until [`World::release_calls`].
+    pub hold_calls: bool,
     /// When false, timer lines are left out of the transcript.
     pub show_timers: bool,
     /// When false, no transcript is kept (fast exploration).
@@ -94,11 +102,14 @@ impl Clone for World {
             resume_tokens: self.resume_tokens.clone(),
             inbox: self.inbox.clone(),
             held: self.held.clone(),
+            call_handler: self.call_handler.clone(),
+            held_calls: self.held_calls.clone(),
             labels: self.labels.clone(),
             lines: self.lines.clone(),
             last_deadline: self.last_deadline.clone(),
             store_available: self.store_available,
             hold_replies: self.hold_replies,
+            hold_calls: self.hold_calls,
             show_timers: self.show_timers,
             record_transcript: self.record_transcript,
             outputs: self.outputs.clone(),
@@ -134,11 +145,14 @@ impl World {
             resume_tokens: BTreeMap::new(),
             inbox: VecDeque::new(),
             held: Vec::new(),
+            call_handler: None,
+            held_calls: Vec::new(),
             labels: Vec::new(),
             lines: Vec::new(),
             last_deadline: BTreeMap::new(),
             store_available: true,
             hold_replies: false,
+            hold_calls: false,
             show_timers: true,
             record_transcript: true,
             outputs: Vec::new(),
@@ -448,6 +462,62 @@ impl World {
         self.run_inbox();
     }
 
+    /// Sets the application's handler of `rpc` calls.
+    pub fn set_call_handler(&mut self, handler: CallFn) {
+        self.call_handler = Some(handler);
+    }
+
+    /// Delivers the held call results, in the order the calls were made, or in
+    /// the reverse order (to show results overtaking each other).
+    pub fn release_calls(&mut self, reverse: bool) {
+        let mut held = std::mem::take(&mut self.held_calls);
+        if reverse {
+            held.reverse();
+        }
+        for (name, request, result) in held {
+            self.line(
+                &name,
+                format!(".. (late) call result: {}", describe_call(&result)),
+            );
+            if let Some(conn) = self.conns.get_mut(&name) {
+                conn.handle(self.now, Input::CallResult(request, result));
+            }
+            self.pump(&name);
+        }
+        self.run_inbox();
+    }
+
+    /// Runs the handler for a call, as a driver does (`NotFound` without one).
+    fn call(
+        &mut self,
+        name: &str,
+        request: RequestId,
+        method: &str,
+        data: &Payload,
+        context: &CallContext,
+    ) {
+        let result = match &self.call_handler {
+            Some(handler) => handler(method, data, context),
+            None => CallResult::NotFound,
+        };
+        let shown = format!(
+            ".. call {method}({}) for {} in {}: {}",
+            data.get(),
+            context.sub,
+            context.session_id,
+            describe_call(&result)
+        );
+        self.line(name, shown);
+        if self.hold_calls {
+            self.held_calls.push((name.to_owned(), request, result));
+            self.line(name, ".. (call result held)".to_owned());
+            return;
+        }
+        if let Some(conn) = self.conns.get_mut(name) {
+            conn.handle(self.now, Input::CallResult(request, result));
+        }
+    }
+
     fn run_inbox(&mut self) {
         while let Some((name, input)) = self.inbox.pop_front() {
             if let Some(conn) = self.conns.get_mut(&name) {
@@ -519,6 +589,12 @@ impl World {
                     self.answer(name, request, reply);
                 }
                 Output::Store(req) => self.store(name, req),
+                Output::Call {
+                    request,
+                    method,
+                    data,
+                    context,
+                } => self.call(name, request, &method, &data, &context),
                 // These repeat the failure or close line beside them, for operators'
                 // counters; the transcript shows that line only.
                 Output::Event(Event::Refused { .. } | Event::RevocationApplied { .. }) => {}
@@ -734,6 +810,24 @@ fn describe_reply(reply: &Reply) -> String {
         Reply::Subscribed => "ok".to_owned(),
         Reply::Published => "accepted".to_owned(),
         Reply::Unavailable => "unavailable".to_owned(),
+    }
+}
+
+fn describe_call(result: &CallResult) -> String {
+    match result {
+        CallResult::Ok(data) => format!("ok {}", data.get()),
+        CallResult::AppError { message, details } => {
+            // Long details are summarised: the transcript shows their size, not them.
+            let details = details
+                .as_ref()
+                .map_or_else(String::new, |d| match d.get() {
+                    json if json.len() <= 200 => format!(" details {json}"),
+                    json => format!(" details ({} bytes of JSON)", json.len()),
+                });
+            format!("refused {message:?}{details}")
+        }
+        CallResult::NotFound => "no such method".to_owned(),
+        CallResult::Unavailable => "unavailable".to_owned(),
     }
 }
 

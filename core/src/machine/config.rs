@@ -25,6 +25,11 @@ pub struct SessionConfig {
     /// Channels one session may join at once [256]; a join over it is refused with
     /// a non-fatal `FORBIDDEN`.
     pub max_channels: usize,
+    /// Application calls (`rpc`) one session may have in flight [16]; one more is
+    /// refused with a non-fatal `BUSY`.
+    pub max_rpc_in_flight: usize,
+    /// Time an application call may take before it is answered `UNAVAILABLE` [5000].
+    pub rpc_timeout_ms: u64,
 }
 
 impl Default for SessionConfig {
@@ -40,6 +45,8 @@ impl Default for SessionConfig {
             rate_burst: 200,
             max_queued_requests: 64,
             max_channels: 256,
+            max_rpc_in_flight: 16,
+            rpc_timeout_ms: 5_000,
         }
     }
 }

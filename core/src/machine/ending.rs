@@ -35,6 +35,7 @@ impl Connection {
             message,
             fatal: true,
             retry: code.retry(),
+            details: None,
         });
         let fate = match code {
             ErrorCode::SessionReplaced if self.is_authenticated() => SessionFate::Replaced,

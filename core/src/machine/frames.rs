@@ -4,7 +4,7 @@
 use super::phase::{Phase, Queued};
 use super::{Connection, Event, Frame, Reply, RequestId};
 use crate::error::{CloseCode, ErrorCode};
-use crate::protocol::{DecodeError, decode_client_message};
+use crate::protocol::{ClientMessage, DecodeError, decode_client_message};
 
 impl Connection {
     pub(super) fn on_frame(&mut self, now: u64, frame: Frame<'_>) {
@@ -39,15 +39,17 @@ impl Connection {
                 return;
             }
         };
-        self.enqueue(decoded);
+        self.enqueue(now, decoded);
     }
 
     /// Processes a message at once when no request is pending, else queues it
     /// behind the pending one (up to `max_queued_requests`).
-    fn enqueue(&mut self, decoded: Queued) {
-        if !self.phase.is_busy() {
-            self.process(decoded);
-            self.drain_queue();
+    fn enqueue(&mut self, now: u64, decoded: Queued) {
+        // A live session's calls do not wait behind the pending request.
+        let call = self.is_authenticated() && matches!(decoded, Ok(ClientMessage::Rpc { .. }));
+        if call || !self.phase.is_busy() {
+            self.process(now, decoded);
+            self.drain_queue(now);
             return;
         }
         let Some(open) = self.phase.open_mut() else {
@@ -79,10 +81,10 @@ impl Connection {
             }
             Phase::Closed => return,
         }
-        self.drain_queue();
+        self.drain_queue(now);
     }
 
-    fn drain_queue(&mut self) {
+    fn drain_queue(&mut self, now: u64) {
         while !self.phase.is_busy() {
             let Some(next) = self
                 .phase
@@ -91,11 +93,11 @@ impl Connection {
             else {
                 return;
             };
-            self.process(next);
+            self.process(now, next);
         }
     }
 
-    fn process(&mut self, decoded: Queued) {
+    fn process(&mut self, now: u64, decoded: Queued) {
         let msg = match decoded {
             Ok(msg) => msg,
             Err(e) => {
@@ -106,7 +108,7 @@ impl Connection {
         };
         match self.phase {
             Phase::AwaitingAuth(_) => self.process_awaiting(msg),
-            Phase::Live(_) => self.process_live(msg),
+            Phase::Live(_) => self.process_live(now, msg),
             Phase::Closed => {}
         }
     }

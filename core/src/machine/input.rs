@@ -1,6 +1,6 @@
 //! What can happen to a connection: the one way in.
 
-use super::requests::{Delivery, Reply, RequestId, Revocation};
+use super::requests::{CallResult, Delivery, Reply, RequestId, Revocation};
 #[cfg(doc)]
 use super::{Connection, Output, StoreRequest};
 
@@ -53,6 +53,10 @@ pub enum Input<'a> {
     /// The answer to an [`Output::Verify`] or a [`StoreRequest`]. Answers that match
     /// no pending request (late ones, after a close) are ignored.
     Reply(RequestId, Reply),
+    /// The application's answer to an [`Output::Call`]. Answers to unknown calls,
+    /// to calls already answered `UNAVAILABLE` at their deadline, or after the
+    /// close, are ignored.
+    CallResult(RequestId, CallResult),
     /// A channel message for this session (a store notice). Delivered when the
     /// channel is joined and its `seq` is newer than the last one sent.
     Deliver(Delivery),

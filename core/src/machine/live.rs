@@ -15,7 +15,7 @@ use crate::protocol::{ClientMessage, Payload, ServerMessage};
 
 impl Connection {
     /// A message from an authenticated client.
-    pub(super) fn process_live(&mut self, msg: ClientMessage) {
+    pub(super) fn process_live(&mut self, now: u64, msg: ClientMessage) {
         match msg {
             ClientMessage::Auth { id, .. } | ClientMessage::Resume { id, .. } => {
                 let already = ServerMessage::error(ErrorCode::AlreadyAuthenticated, id, false);
@@ -33,6 +33,7 @@ impl Connection {
             ClientMessage::Join { id, channel } => self.join(id, channel),
             ClientMessage::Leave { id, channel } => self.leave(id, channel),
             ClientMessage::Publish { id, channel, data } => self.publish(id, channel, data),
+            ClientMessage::Rpc { id, method, data } => self.call(now, id, method, data),
         }
     }
 
@@ -65,6 +66,7 @@ impl Connection {
                 message: "too many channels joined".into(),
                 fatal: false,
                 retry: None,
+                details: None,
             });
             return;
         }

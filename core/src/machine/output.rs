@@ -1,11 +1,11 @@
 //! What the machine asks its driver to do, and what it reports.
 
 use super::input::AuthMethod;
-use super::requests::{Attachment, RequestId, StoreRequest};
+use super::requests::{Attachment, CallContext, RequestId, StoreRequest};
 #[cfg(doc)]
 use super::{Connection, Reply};
 use crate::error::{CloseCode, ErrorCode};
-use crate::protocol::{ErrorBody, Secret, ServerMessage};
+use crate::protocol::{ErrorBody, Payload, Secret, ServerMessage};
 
 /// Countable and loggable happenings. Values here are safe to log: no token, no
 /// resume token. Metric labels should use the codes and kinds, never `user`.
@@ -143,6 +143,19 @@ pub enum Output {
     Listen(Attachment),
     /// Carry out a store or channel request.
     Store(StoreRequest),
+    /// Call the application's handler for `method` and answer with
+    /// [`Input::CallResult`](super::Input::CallResult). Calls run side by side:
+    /// another may be emitted before this one is answered.
+    Call {
+        /// Echo in the answer.
+        request: RequestId,
+        /// The method, already checked against the protocol's charset.
+        method: String,
+        /// The argument.
+        data: Payload,
+        /// Who calls.
+        context: CallContext,
+    },
     /// Count or log this.
     Event(Event),
 }

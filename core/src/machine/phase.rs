@@ -2,7 +2,7 @@
 //! A transition consumes the old phase (`enter_live` in `awaiting.rs`, `close` in
 //! `ending.rs`), so nothing outlives its phase and nothing is reset by hand.
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 
 use super::timers::{Timer, TimerTable};
@@ -15,6 +15,10 @@ use crate::rate::TokenBucket;
 pub(super) type Queued = Result<ClientMessage, DecodeError>;
 
 #[derive(Clone, Debug)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "every connection starts awaiting auth: boxing it would cost each one an allocation"
+)]
 pub(super) enum Phase {
     /// Waiting for `auth` or `resume` (or for a header token's outcome).
     AwaitingAuth(AwaitingAuth),
@@ -144,6 +148,17 @@ pub(super) struct Live {
     /// The highest `seq` sent to the client.
     pub(super) last_seq: u64,
     pub(super) pending: Option<(RequestId, LiveStep)>,
+    /// Application calls in flight, outside `pending`: they do not wait for each other.
+    pub(super) calls: BTreeMap<RequestId, PendingCall>,
+}
+
+/// An application call waiting for its result.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct PendingCall {
+    /// The client's `id`.
+    pub(super) id: u64,
+    /// When it is answered `UNAVAILABLE` unless its result came.
+    pub(super) deadline: u64,
 }
 
 impl Live {
@@ -163,6 +178,7 @@ impl Live {
             joined: BTreeSet::new(),
             last_seq: 0,
             pending: None,
+            calls: BTreeMap::new(),
         }
     }
 }

@@ -203,6 +203,39 @@ impl StoreRequest {
     }
 }
 
+/// Who makes an application call ([`Output::Call`]): the session's context, for
+/// the handler. The node's id is the driver's to add.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CallContext {
+    /// The session's user.
+    pub sub: String,
+    /// The session.
+    pub session_id: String,
+    /// The session's current verified claims, custom claims included.
+    pub claims: Arc<Claims>,
+}
+
+/// The application's answer to an [`Output::Call`], fed back with
+/// [`Input::CallResult`](super::Input::CallResult).
+#[derive(Clone, Debug, PartialEq)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+pub enum CallResult {
+    /// The handler answered with this value (`rpc_result`).
+    Ok(Payload),
+    /// The handler refused (`APP_ERROR`). `details` over 4 KiB, or not a JSON
+    /// object, is dropped; the message is kept.
+    AppError {
+        /// For people, from the application.
+        message: String,
+        /// For programs, from the application.
+        details: Option<Payload>,
+    },
+    /// No handler for the method, or the method is not allowed (`METHOD_NOT_FOUND`).
+    NotFound,
+    /// The handler's backend is unreachable (`UNAVAILABLE`).
+    Unavailable,
+}
+
 /// The driver's answer to a [`StoreRequest`] or a [`Output::Verify`].
 #[derive(Clone, Debug, PartialEq)]
 #[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]

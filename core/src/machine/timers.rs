@@ -17,15 +17,19 @@ pub(super) enum Timer {
     Expiring,
     /// The token's `exp` plus leeway.
     Expiry,
+    /// The earliest deadline of the application calls in flight (each call's own
+    /// deadline is kept with it in the live phase).
+    CallDeadline,
 }
 
-const TIMER_COUNT: usize = 5;
+const TIMER_COUNT: usize = 6;
 const TIMERS: [Timer; TIMER_COUNT] = [
     Timer::Auth,
     Timer::Idle,
     Timer::Heartbeat,
     Timer::Expiring,
     Timer::Expiry,
+    Timer::CallDeadline,
 ];
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -80,6 +84,7 @@ impl Connection {
                 }
                 Timer::Expiring => self.send_expiring(now),
                 Timer::Expiry => self.fail(None, ErrorCode::SessionExpired),
+                Timer::CallDeadline => self.calls_past_deadline(now),
             }
         }
     }

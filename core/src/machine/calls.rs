@@ -1,0 +1,108 @@
+//! Application calls (`rpc`, PROTOCOL §8): they run side by side, outside the one
+//! pending request, each with its own deadline; one timer slot is armed at the
+//! earliest of them.
+
+use std::borrow::Cow;
+
+use super::phase::{PendingCall, Phase};
+use super::timers::Timer;
+use super::{CallContext, CallResult, Connection, Output, RequestId};
+use crate::error::ErrorCode;
+use crate::protocol::{MAX_DETAILS_BYTES, Payload, ServerMessage};
+
+impl Connection {
+    /// An `rpc` from the live session: emitted at once, or refused `BUSY`.
+    pub(super) fn call(&mut self, now: u64, id: u64, method: String, data: Payload) {
+        let Phase::Live(live) = &mut self.phase else {
+            return;
+        };
+        if live.calls.len() >= self.config.max_rpc_in_flight {
+            let busy = ServerMessage::error(ErrorCode::Busy, Some(id), false);
+            self.outputs.send(busy);
+            return;
+        }
+        let request = self.request_ids.next();
+        let deadline = now.saturating_add(self.config.rpc_timeout_ms);
+        live.calls.insert(request, PendingCall { id, deadline });
+        let context = CallContext {
+            sub: live.claims.sub.clone(),
+            session_id: live.attachment.session_id.clone(),
+            claims: live.claims.clone(),
+        };
+        self.arm_call_deadline();
+        self.outputs.push(Output::Call {
+            request,
+            method,
+            data,
+            context,
+        });
+    }
+
+    /// A call's result; one for a call no longer in flight is ignored.
+    pub(super) fn on_call_result(&mut self, request: RequestId, result: CallResult) {
+        let Phase::Live(live) = &mut self.phase else {
+            return;
+        };
+        let Some(call) = live.calls.remove(&request) else {
+            return;
+        };
+        self.arm_call_deadline();
+        let reply = match result {
+            CallResult::Ok(data) => ServerMessage::RpcResult { id: call.id, data },
+            CallResult::AppError { message, details } => ServerMessage::Error {
+                id: Some(call.id),
+                code: ErrorCode::AppError,
+                message: Cow::Owned(message),
+                fatal: false,
+                retry: None,
+                details: details.filter(passable_details),
+            },
+            CallResult::NotFound => {
+                ServerMessage::error(ErrorCode::MethodNotFound, Some(call.id), false)
+            }
+            CallResult::Unavailable => {
+                ServerMessage::error(ErrorCode::Unavailable, Some(call.id), false)
+            }
+        };
+        self.outputs.send(reply);
+    }
+
+    /// The calls whose deadline passed are answered `UNAVAILABLE`, oldest first.
+    pub(super) fn calls_past_deadline(&mut self, now: u64) {
+        let Phase::Live(live) = &mut self.phase else {
+            return;
+        };
+        let late: Vec<RequestId> = live
+            .calls
+            .iter()
+            .filter(|(_, call)| call.deadline <= now)
+            .map(|(request, _)| *request)
+            .collect();
+        for request in late {
+            if let Some(call) = live.calls.remove(&request) {
+                let unavailable =
+                    ServerMessage::error(ErrorCode::Unavailable, Some(call.id), false);
+                self.outputs.send(unavailable);
+            }
+        }
+        self.arm_call_deadline();
+    }
+
+    /// The one call timer follows the earliest deadline in flight.
+    fn arm_call_deadline(&mut self) {
+        let Phase::Live(live) = &mut self.phase else {
+            return;
+        };
+        match live.calls.values().map(|call| call.deadline).min() {
+            Some(at) => live.open.timers.set(Timer::CallDeadline, at),
+            None => live.open.timers.stop(Timer::CallDeadline),
+        }
+    }
+}
+
+/// The application's `details` reach the client only as a JSON object of at most
+/// [`MAX_DETAILS_BYTES`]; otherwise they are dropped and the message kept.
+fn passable_details(details: &Payload) -> bool {
+    let json = details.get();
+    json.len() <= MAX_DETAILS_BYTES && json.trim_start().starts_with('{')
+}
