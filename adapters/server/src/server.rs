@@ -181,7 +181,8 @@ pub fn session_config(config: &Config) -> SessionConfig {
         rate_burst: l.message_burst,
         max_queued_requests: s.max_queued_requests,
         max_channels: s.max_channels,
-        ..SessionConfig::default()
+        max_rpc_in_flight: config.app.max_rpc_in_flight,
+        rpc_timeout_ms: config.app.rpc_timeout_ms,
     }
 }
 

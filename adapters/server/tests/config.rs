@@ -99,6 +99,8 @@ fn defaults_are_the_protocols_numbers() {
     assert_eq!(c.session.max_token_lifetime_s, 24 * 3600);
     assert_eq!(c.session.max_channels, 256);
     assert_eq!(c.session.max_queued_requests, 64);
+    assert_eq!(c.app.max_rpc_in_flight, 16);
+    assert_eq!(c.app.rpc_timeout_ms, 5_000);
 
     assert_eq!(c.limits.max_message_bytes, 64 * 1024);
     assert_eq!(c.limits.max_frame_bytes, 64 * 1024);
@@ -690,6 +692,16 @@ fn each_validation_error_names_its_key() {
             Box::new(|c| c.session.max_queued_requests = 0),
         ),
         (
+            "app.max_rpc_in_flight",
+            "greater than 0",
+            Box::new(|c| c.app.max_rpc_in_flight = 0),
+        ),
+        (
+            "app.rpc_timeout_ms",
+            "greater than 0",
+            Box::new(|c| c.app.rpc_timeout_ms = 0),
+        ),
+        (
             "limits.max_message_bytes",
             "greater than 0",
             Box::new(|c| c.limits.max_message_bytes = 0),
@@ -1174,4 +1186,14 @@ fn the_docs_example_file_is_a_valid_config() {
         .collect();
     assert!(errors.is_empty(), "{errors:?}");
     assert_ne!(config, Config::default());
+}
+
+#[test]
+fn app_limits_reach_the_core() {
+    let mut c = Config::default();
+    c.app.max_rpc_in_flight = 3;
+    c.app.rpc_timeout_ms = 750;
+    let session = wsauth_server::server::session_config(&c);
+    assert_eq!(session.max_rpc_in_flight, 3);
+    assert_eq!(session.rpc_timeout_ms, 750);
 }

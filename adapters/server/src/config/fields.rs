@@ -57,6 +57,8 @@ pub const FIELDS: &[(&str, &str, &str)] = &[
     ("features.session_limits", "WSAUTH_FEATURES__SESSION_LIMITS", "true"),
     ("features.resume", "WSAUTH_FEATURES__RESUME", "true"),
     ("features.dashboard", "WSAUTH_FEATURES__DASHBOARD", "true"),
+    ("app.max_rpc_in_flight", "WSAUTH_APP__MAX_RPC_IN_FLIGHT", "16"),
+    ("app.rpc_timeout_ms", "WSAUTH_APP__RPC_TIMEOUT_MS", "5000"),
 ];
 
 /// Keys whose values are never printed: not by `Debug`, not by `Serialize`, not in
@@ -105,7 +107,7 @@ mod tests {
         assert_eq!(
             all,
             [
-                "jwt", "session", "limits", "tls", "store", "log", "features"
+                "jwt", "session", "limits", "tls", "store", "log", "features", "app"
             ]
         );
     }

@@ -93,6 +93,8 @@ pub struct Config {
     pub log: LogConfig,
     /// Switches for rolling features out gradually.
     pub features: Features,
+    /// Application calls (`rpc`, PROTOCOL §8).
+    pub app: AppSettings,
 }
 
 impl Default for Config {
@@ -113,6 +115,7 @@ impl Default for Config {
             store: StoreConfig::default(),
             log: LogConfig::default(),
             features: Features::default(),
+            app: AppSettings::default(),
         }
     }
 }
@@ -135,6 +138,7 @@ impl fmt::Debug for Config {
             .field("store", &self.store)
             .field("log", &self.log)
             .field("features", &self.features)
+            .field("app", &self.app)
             .finish()
     }
 }
@@ -345,6 +349,25 @@ impl Default for SessionSettings {
             max_token_lifetime_s: 86_400,
             max_channels: 256,
             max_queued_requests: 64,
+        }
+    }
+}
+
+/// Application calls (`rpc`, PROTOCOL §8).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AppSettings {
+    /// Calls one session may have in flight [16]; one more is answered `BUSY`.
+    pub max_rpc_in_flight: usize,
+    /// Time a call may take before it is answered `UNAVAILABLE` [5000].
+    pub rpc_timeout_ms: u64,
+}
+
+impl Default for AppSettings {
+    fn default() -> Self {
+        AppSettings {
+            max_rpc_in_flight: 16,
+            rpc_timeout_ms: 5_000,
         }
     }
 }

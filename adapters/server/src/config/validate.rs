@@ -37,6 +37,8 @@ impl Config {
         if self.log.level.trim().is_empty() {
             v.push("log.level", "must not be empty (e.g. \"info\")");
         }
+        v.positive("app.max_rpc_in_flight", self.app.max_rpc_in_flight as u64);
+        v.positive("app.rpc_timeout_ms", self.app.rpc_timeout_ms);
         v.0
     }
 
