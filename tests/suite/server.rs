@@ -1046,3 +1046,28 @@ async fn store_down_fails_auth_with_internal_1011_but_live_sessions_go_on() {
     let (status, _) = http(s.admin_addr, "GET", "/readyz", None, None).await;
     assert_eq!(status, 200);
 }
+
+// ----- §8 Application calls -----------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rpc_without_a_handler_is_method_not_found_and_a_malformed_one_is_fatal() {
+    let s = server(test_config()).await;
+    let (mut c, _) = Client::authed(s.ws_addr, &token("alice", json!({}))).await;
+    c.send(json!({"type": "rpc", "id": 5, "method": "chat.send", "data": {"text": "hi"}}))
+        .await;
+    assert_eq!(
+        c.recv().await,
+        json!({"type": "error", "id": 5, "code": "METHOD_NOT_FOUND",
+               "message": "method not found", "fatal": false})
+    );
+    // Not fatal: the session goes on.
+    c.send(json!({"type": "join", "id": 6, "channel": "user:alice"}))
+        .await;
+    assert_eq!(
+        c.recv().await,
+        json!({"type": "joined", "id": 6, "channel": "user:alice"})
+    );
+    c.send(json!({"type": "rpc", "id": 7, "method": "chat send!"}))
+        .await;
+    assert_eq!(c.expect_fatal("BAD_REQUEST", 4400).await["id"], 7);
+}
