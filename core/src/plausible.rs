@@ -26,7 +26,7 @@ const CHANNELS: [&str; 5] = ["general", "team:red", "user:alice", "user:bob", "s
 const PAYLOADS: [&str; 5] = ["1", "\"hi\"", "{\"n\":1}", "[1,2]", "null"];
 
 /// One of each kind of client message, well formed.
-const MESSAGES: [&str; 8] = [
+const MESSAGES: [&str; 10] = [
     r#"{"type":"auth","id":1,"token":"t"}"#,
     r#"{"type":"auth","id":1,"token":"t","user_id":"alice"}"#,
     r#"{"type":"resume","id":1,"session_id":"s_1","resume_token":"r_1","last_seq":0}"#,
@@ -35,6 +35,8 @@ const MESSAGES: [&str; 8] = [
     r#"{"type":"leave","id":4,"channel":"general"}"#,
     r#"{"type":"publish","id":5,"channel":"general","data":{"n":1}}"#,
     r#"{"type":"logout"}"#,
+    r#"{"type":"rpc","id":6,"method":"chat.send","data":{"n":1}}"#,
+    r#"{"type":"rpc","id":7,"method":"chat.send"}"#,
 ];
 
 /// Every [`TokenError`]; `token_errors_are_all_drawn` keeps it complete.
@@ -190,7 +192,7 @@ impl<'a> Arbitrary<'a> for ResumedSession {
 mod tests {
     use super::*;
     use crate::machine::{
-        AuthMethod, Connection, Input, Output, Reply, SessionConfig, StoreRequest,
+        AuthMethod, CallResult, Connection, Input, Output, Reply, SessionConfig, StoreRequest,
     };
 
     /// Deterministic bytes for `Unstructured` (xorshift64).
@@ -251,9 +253,16 @@ mod tests {
     }
 
     /// Drains the outputs, answering each request at once as a driver would: half
-    /// the time with an arbitrary reply, else with one that fits the request.
+    /// the time with an arbitrary reply, else with one that fits the request. A
+    /// call is answered with an arbitrary result, or left unanswered.
     fn answer_requests(u: &mut Unstructured<'_>, conn: &mut Connection, now: u64) -> Result<()> {
         while let Some(output) = conn.poll_output() {
+            if let Output::Call { request, .. } = output {
+                if bool::arbitrary(u)? {
+                    conn.handle(now, Input::CallResult(request, CallResult::arbitrary(u)?));
+                }
+                continue;
+            }
             let request = match &output {
                 Output::Verify { request, .. } => *request,
                 Output::Store(store) => match store.reply_to() {

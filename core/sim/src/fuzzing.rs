@@ -8,7 +8,7 @@ use std::sync::Arc;
 use arbitrary::{Arbitrary, Unstructured};
 use wsauth_core::fuzzing::FUZZ_NOW_S;
 use wsauth_core::jwt::{Claims, TokenError};
-use wsauth_core::{Frame, Input, Revocation, SessionConfig};
+use wsauth_core::{CallResult, Frame, Input, Revocation, SessionConfig};
 use wsauth_store::{LimitPolicy, StoreSettings};
 
 use crate::{InvariantChecker, VerifyFn, World};
@@ -38,6 +38,8 @@ pub enum Op<'a> {
     Hold(bool),
     /// Node-1 or node-2 may have missed notices.
     LoseNotices(bool),
+    /// Call results are held, or released (in order, or in reverse).
+    HoldCalls(bool, bool),
 }
 
 /// Messages target 3 sends.
@@ -73,6 +75,12 @@ pub enum MsgKind {
     Publish,
     /// logout
     Logout,
+    /// rpc, answered
+    Rpc,
+    /// rpc, refused by the application
+    RpcFails,
+    /// rpc with a method outside the charset
+    RpcBadMethod,
 }
 
 /// Revocations target 3 issues.
@@ -145,6 +153,14 @@ pub fn machine(data: &[u8]) {
         symbolic_verifier(config.leeway_ms),
     );
     w.record_transcript = false;
+    w.set_call_handler(Arc::new(|method, data, _| match method {
+        "chat.send" => CallResult::Ok(data.clone()),
+        "chat.fail" => CallResult::AppError {
+            message: "refused".into(),
+            details: None,
+        },
+        _ => CallResult::NotFound,
+    }));
     let mut checker = InvariantChecker::new();
     let mut next_id = 1u64;
     let Ok(ops) = Vec::<Op<'_>>::arbitrary(&mut u) else {
@@ -223,6 +239,12 @@ fn step(w: &mut World, checker: &mut InvariantChecker, next_id: &mut u64, op: Op
             }
         }
         Op::LoseNotices(second) => w.lose_notices(node(second)),
+        Op::HoldCalls(hold, reverse) => {
+            w.hold_calls = hold;
+            if !hold {
+                w.release_calls(reverse);
+            }
+        }
     }
 }
 
@@ -258,5 +280,8 @@ fn message(w: &World, kind: MsgKind, id: u64, now_s: u64) -> String {
             format!(r#"{{"type":"publish","id":{id},"channel":"general","data":{id}}}"#)
         }
         MsgKind::Logout => r#"{"type":"logout"}"#.to_owned(),
+        MsgKind::Rpc => format!(r#"{{"type":"rpc","id":{id},"method":"chat.send","data":{id}}}"#),
+        MsgKind::RpcFails => format!(r#"{{"type":"rpc","id":{id},"method":"chat.fail"}}"#),
+        MsgKind::RpcBadMethod => format!(r#"{{"type":"rpc","id":{id},"method":"a b"}}"#),
     }
 }
