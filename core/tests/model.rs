@@ -1,4 +1,4 @@
-//! Model-based property test: a reference model of the protocol (PROTOCOL §2–§6,
+//! Model-based property test: a reference model of the protocol (PROTOCOL §2–§6, §8,
 //! restated here as simply as possible) and the real machine run side by side on
 //! generated sequences. After every step the messages the client sees must match the
 //! model's prediction, and the invariants of `wsauth_sim::INVARIANTS` must hold.
@@ -21,6 +21,8 @@ const AUTH_TIMEOUT: i64 = 5_000;
 const IDLE: i64 = 60_000;
 const NOTICE: i64 = 60_000;
 const LEEWAY: i64 = 30_000;
+const RPC_TIMEOUT: i64 = 5_000;
+const MAX_RPC_IN_FLIGHT: usize = 16;
 
 /// Channels and claim patterns the generator picks from.
 const CHANNELS: [&str; 4] = ["general", "team:1", "user:alice", "secret"];
@@ -45,6 +47,8 @@ struct LiveModel {
     patterns: usize,
     jti: String,
     joined: BTreeSet<&'static str>,
+    /// Application calls in flight: (id, deadline), oldest first.
+    calls: Vec<(u64, i64)>,
 }
 
 #[derive(Clone, Debug)]
@@ -136,6 +140,14 @@ enum Transition {
     RevokeCurrentToken,
     RevokeSession,
     RevokeUser,
+    /// An `rpc`; the harness holds every call's result.
+    Call {
+        id: u64,
+    },
+    /// The held call results are released, in call order or in reverse.
+    CallResults {
+        reverse: bool,
+    },
 }
 
 fn allowed(patterns: usize, channel: &str) -> bool {
@@ -179,6 +191,9 @@ impl Model {
                         due.push((l.exp - lead, 2));
                     }
                     due.push((l.exp + LEEWAY, 3));
+                    if let Some(first) = l.calls.iter().map(|(_, at)| *at).min() {
+                        due.push((first, 4));
+                    }
                 }
             }
             let Some(&(at, which)) = due.iter().filter(|(at, _)| *at <= until).min() else {
@@ -194,8 +209,22 @@ impl Model {
                     }
                     self.expect.push(Obs::Expiring);
                 }
-                _ => self.fatal(None, ErrorCode::SessionExpired, 4401),
+                3 => self.fatal(None, ErrorCode::SessionExpired, 4401),
+                _ => self.calls_past_deadline(at),
             }
+        }
+    }
+
+    /// Calls past their deadline are answered UNAVAILABLE, oldest first.
+    fn calls_past_deadline(&mut self, at: i64) {
+        let Phase::Live(l) = &mut self.phase else {
+            return;
+        };
+        let (late, pending): (Vec<_>, Vec<_>) = l.calls.iter().partition(|(_, d)| *d <= at);
+        l.calls = pending;
+        for (id, _) in late {
+            self.expect
+                .push(Obs::Error(ErrorCode::Unavailable, Some(id), false));
         }
     }
 
@@ -217,6 +246,7 @@ impl Model {
                 | Transition::RevokeCurrentToken
                 | Transition::RevokeSession
                 | Transition::RevokeUser
+                | Transition::CallResults { .. }
         );
         if is_frame {
             self.last_activity = self.now;
@@ -278,9 +308,34 @@ impl Model {
             | T::Join { id, .. }
             | T::Leave { id, .. }
             | T::Publish { id, .. }
+            | T::Call { id }
                 if !live =>
             {
                 self.fatal(Some(id), ErrorCode::NotAuthenticated, 4401)
+            }
+            T::Call { id } => {
+                let now = self.now;
+                let Phase::Live(l) = &mut self.phase else {
+                    return;
+                };
+                if l.calls.len() >= MAX_RPC_IN_FLIGHT {
+                    self.expect
+                        .push(Obs::Error(ErrorCode::Busy, Some(id), false));
+                } else {
+                    l.calls.push((id, now + RPC_TIMEOUT));
+                }
+            }
+            T::CallResults { reverse } => {
+                let Phase::Live(l) = &mut self.phase else {
+                    return;
+                };
+                let mut answered = std::mem::take(&mut l.calls);
+                if reverse {
+                    answered.reverse();
+                }
+                for (id, _) in answered {
+                    self.expect.push(Obs::Reply("rpc_result", Some(id)));
+                }
             }
             T::Logout => {
                 self.expect.push(Obs::Close(1000));
@@ -378,6 +433,7 @@ impl Model {
             patterns,
             jti,
             joined: BTreeSet::new(),
+            calls: Vec::new(),
         });
     }
 }
@@ -443,6 +499,8 @@ impl ReferenceStateMachine for ProtocolModel {
             1 => Just(Transition::RevokeCurrentToken),
             1 => Just(Transition::RevokeSession),
             1 => Just(Transition::RevokeUser),
+            10 => Just(Transition::Call { id }),
+            4 => any::<bool>().prop_map(|reverse| Transition::CallResults { reverse }),
         ]
         .boxed()
     }
@@ -497,6 +555,11 @@ impl StateMachineTest for Harness {
     fn init_test(_: &Model) -> Harness {
         let mut world = symbolic_world(SessionConfig::default(), StoreSettings::default());
         world.record_transcript = false;
+        // Every call succeeds, but only when `CallResults` releases it.
+        world.set_call_handler(std::sync::Arc::new(|_, data, _| {
+            wsauth_core::CallResult::Ok(data.clone())
+        }));
+        world.hold_calls = true;
         world.open("A");
         let _ = world.take_outputs();
         Harness {
@@ -630,6 +693,11 @@ impl StateMachineTest for Harness {
                     .unwrap_or_else(|| "s_none".to_owned());
                 h.world.revoke(Revocation::Session { session_id });
             }
+            T::Call { id } => send(
+                &mut h,
+                format!(r#"{{"type":"rpc","id":{id},"method":"chat.send","data":{id}}}"#),
+            ),
+            T::CallResults { reverse } => h.world.release_calls(reverse),
             T::RevokeUser => h.world.revoke(Revocation::Subject {
                 sub: "alice".to_owned(),
                 at_s: (h.world.now() / 1000),
@@ -674,6 +742,7 @@ impl StateMachineTest for Harness {
                     "expiry deadline"
                 );
                 assert_eq!(conn.user(), Some("alice"));
+                assert_eq!(conn.calls_in_flight(), l.calls.len(), "calls in flight");
             }
         }
     }
