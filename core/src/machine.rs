@@ -48,7 +48,8 @@ use phase::{AuthStep, AwaitingAuth, Open, Phase};
 ///    events and timeouts are all an [`Input`].
 /// 2. Drain [`poll_output`](Self::poll_output) until it returns `None`, carrying each
 ///    [`Output`] out in order. Requests ([`Output::Verify`], [`Output::Store`]) are
-///    answered later with an [`Input::Reply`].
+///    answered later with an [`Input::Reply`], application calls ([`Output::Call`])
+///    with an [`Input::CallResult`].
 /// 3. Sleep until [`poll_timeout`](Self::poll_timeout) or the next event, whichever
 ///    comes first; at the deadline feed [`Input::Tick`].
 ///
