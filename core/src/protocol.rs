@@ -708,3 +708,68 @@ impl ErrorBody {
         serde_json::to_string(self).unwrap_or_default()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rpc(fields: &str) -> Result<ClientMessage, DecodeError> {
+        decode_client_message(&format!(r#"{{"type":"rpc"{fields}}}"#), 64 * 1024)
+    }
+
+    #[test]
+    fn rpc_needs_an_id_and_a_method_and_defaults_data_to_null() {
+        let Ok(ClientMessage::Rpc { id, method, data }) = rpc(r#","id":5,"method":"chat.send""#)
+        else {
+            panic!("a well-formed rpc decodes");
+        };
+        assert_eq!((id, method.as_str(), data.get()), (5, "chat.send", "null"));
+
+        let no_id = rpc(r#","method":"chat.send","data":1"#).expect_err("id is required");
+        assert_eq!((no_id.code, no_id.id), (ErrorCode::BadRequest, None));
+        assert_eq!(no_id.reason, "missing field `id`");
+        let no_method = rpc(r#","id":5"#).expect_err("method is required");
+        assert_eq!(no_method.id, Some(5));
+        assert_eq!(no_method.reason, "missing field `method`");
+        let not_a_string = rpc(r#","id":5,"method":7"#).expect_err("method is a string");
+        assert_eq!(not_a_string.reason, "`method` must be a string");
+    }
+
+    #[test]
+    fn rpc_method_is_1_to_128_of_the_protocol_charset_and_never_quoted() {
+        let ok = "Aa0._:/-".repeat(16);
+        assert_eq!(ok.len(), MAX_METHOD_BYTES);
+        assert!(rpc(&format!(r#","id":1,"method":"{ok}""#)).is_ok());
+        for bad in ["", "chat send", "chat.sénd", "a\\u0000b", "x;y"] {
+            let e = rpc(&format!(r#","id":1,"method":"{bad}""#)).expect_err(bad);
+            assert_eq!((e.code, e.id), (ErrorCode::BadRequest, Some(1)), "{bad}");
+            if !bad.is_empty() {
+                assert!(!e.reason.contains(bad), "the reason quotes {bad}");
+            }
+        }
+        let long = format!("{ok}x");
+        let e = rpc(&format!(r#","id":1,"method":"{long}""#)).expect_err("129 bytes");
+        assert_eq!(e.reason, "`method` is too long");
+    }
+
+    #[test]
+    fn details_appear_only_when_present() {
+        let plain = ServerMessage::error(ErrorCode::AppError, Some(5), false);
+        assert_eq!(
+            plain.to_json(),
+            r#"{"type":"error","id":5,"code":"APP_ERROR","message":"the application refused the call","fatal":false}"#
+        );
+        let with = ServerMessage::Error {
+            id: Some(5),
+            code: ErrorCode::AppError,
+            message: "no".into(),
+            fatal: false,
+            retry: None,
+            details: Some(Payload::from_json(r#"{"a":1}"#).expect("json")),
+        };
+        assert!(
+            with.to_json()
+                .ends_with(r#","fatal":false,"details":{"a":1}}"#)
+        );
+    }
+}

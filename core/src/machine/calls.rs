@@ -106,3 +106,20 @@ fn passable_details(details: &Payload) -> bool {
     let json = details.get();
     json.len() <= MAX_DETAILS_BYTES && json.trim_start().starts_with('{')
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn details_pass_only_as_an_object_within_the_bound() {
+        let json = |text: &str| Payload::from_json(text).expect("json");
+        let pad = |n: usize| format!(r#"{{"x":"{}"}}"#, "a".repeat(n - 8));
+        assert!(passable_details(&json(r#"{"owner":"bob"}"#)));
+        assert!(passable_details(&json(&pad(MAX_DETAILS_BYTES))));
+        assert!(!passable_details(&json(&pad(MAX_DETAILS_BYTES + 1))));
+        for not_an_object in ["[1]", "\"text\"", "3", "null"] {
+            assert!(!passable_details(&json(not_an_object)), "{not_an_object}");
+        }
+    }
+}
