@@ -26,9 +26,9 @@ pub mod rate;
 pub mod rules;
 
 pub use machine::{
-    Attachment, AuthMethod, CallContext, CallResult, Connection, Delivery, Event, Frame, Input,
-    Output, PeerClose, Reply, RequestId, ResumedSession, Revocation, SessionConfig, SessionFate,
-    StoreRequest, VerifyPurpose,
+    Attachment, AuthMethod, CallContext, CallOutcome, CallResult, Connection, Delivery, Event,
+    Frame, Input, Output, PeerClose, Reply, RequestId, ResumedSession, Revocation, SessionConfig,
+    SessionFate, StoreRequest, VerifyPurpose,
 };
 pub use protocol::{
     ClientMessage, DecodeError, ErrorBody, PROTOCOL_VERSION, Payload, Secret, ServerMessage,

@@ -29,7 +29,7 @@ mod timers;
 
 pub use config::SessionConfig;
 pub use input::{AuthMethod, Frame, Input, PeerClose};
-pub use output::{Event, Output, SessionFate, VerifyPurpose};
+pub use output::{CallOutcome, Event, Output, SessionFate, VerifyPurpose};
 pub use requests::{
     Attachment, CallContext, CallResult, Delivery, Reply, RequestId, ResumedSession, Revocation,
     StoreRequest,

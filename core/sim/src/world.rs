@@ -849,6 +849,7 @@ fn describe_event(event: &Event) -> String {
         Event::RefreshFailed { code } => format!("refresh failed: {code}"),
         Event::ExpiringSent => "expiring notice sent".to_owned(),
         Event::RateLimited => "rate limit hit".to_owned(),
+        Event::CallEnded { outcome } => format!("call ended: {}", outcome.as_str()),
         Event::Refused { user, .. } => format!("store refused a token of {user}"),
         Event::Evicted { sessions } => format!("{sessions} older session(s) evicted"),
         Event::RevocationApplied { .. } => "revocation applied".to_owned(),

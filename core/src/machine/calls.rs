@@ -6,7 +6,7 @@ use std::borrow::Cow;
 
 use super::phase::{PendingCall, Phase};
 use super::timers::Timer;
-use super::{CallContext, CallResult, Connection, Output, RequestId};
+use super::{CallContext, CallOutcome, CallResult, Connection, Event, Output, RequestId};
 use crate::error::ErrorCode;
 use crate::protocol::{MAX_DETAILS_BYTES, Payload, ServerMessage};
 
@@ -19,6 +19,9 @@ impl Connection {
         if live.calls.len() >= self.config.max_rpc_in_flight {
             let busy = ServerMessage::error(ErrorCode::Busy, Some(id), false);
             self.outputs.send(busy);
+            self.outputs.event(Event::CallEnded {
+                outcome: CallOutcome::Busy,
+            });
             return;
         }
         let request = self.request_ids.next();
@@ -47,6 +50,12 @@ impl Connection {
             return;
         };
         self.arm_call_deadline();
+        let outcome = match &result {
+            CallResult::Ok(_) => CallOutcome::Ok,
+            CallResult::AppError { .. } => CallOutcome::AppError,
+            CallResult::NotFound => CallOutcome::NotFound,
+            CallResult::Unavailable => CallOutcome::Unavailable,
+        };
         let reply = match result {
             CallResult::Ok(data) => ServerMessage::RpcResult { id: call.id, data },
             CallResult::AppError { message, details } => ServerMessage::Error {
@@ -65,6 +74,7 @@ impl Connection {
             }
         };
         self.outputs.send(reply);
+        self.outputs.event(Event::CallEnded { outcome });
     }
 
     /// The calls whose deadline passed are answered `UNAVAILABLE`, oldest first.
@@ -83,6 +93,9 @@ impl Connection {
                 let unavailable =
                     ServerMessage::error(ErrorCode::Unavailable, Some(call.id), false);
                 self.outputs.send(unavailable);
+                self.outputs.event(Event::CallEnded {
+                    outcome: CallOutcome::TimedOut,
+                });
             }
         }
         self.arm_call_deadline();

@@ -65,6 +65,12 @@ pub enum Event {
     },
     /// The message rate limit closed the connection.
     RateLimited,
+    /// An application call (`rpc`) was answered, or refused before it reached
+    /// the application (`BUSY`).
+    CallEnded {
+        /// How.
+        outcome: CallOutcome,
+    },
     /// The connection is over.
     Closed {
         /// The close code sent or received (`None`: the socket was lost, or the
@@ -79,6 +85,37 @@ pub enum Event {
         /// The session, if one was attached (for the log line).
         session_id: Option<String>,
     },
+}
+
+/// How an application call ended, for the operator's counts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum CallOutcome {
+    /// The handler answered (`rpc_result`).
+    Ok,
+    /// The handler refused (`APP_ERROR`).
+    AppError,
+    /// No handler for the method (`METHOD_NOT_FOUND`).
+    NotFound,
+    /// The handler's backend failed (`UNAVAILABLE`).
+    Unavailable,
+    /// The call outlived `rpc_timeout_ms` (`UNAVAILABLE`).
+    TimedOut,
+    /// Too many calls in flight (`BUSY`); the application never saw it.
+    Busy,
+}
+
+impl CallOutcome {
+    /// The name used in metric labels and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CallOutcome::Ok => "ok",
+            CallOutcome::AppError => "app_error",
+            CallOutcome::NotFound => "not_found",
+            CallOutcome::Unavailable => "unavailable",
+            CallOutcome::TimedOut => "timeout",
+            CallOutcome::Busy => "busy",
+        }
+    }
 }
 
 /// What became of a connection's session when the connection ended.
