@@ -14,5 +14,10 @@ async fn server(config: Config) -> ServerHandle {
     common::server_on_redis(config).await
 }
 
+/// A server for the suite whose calls `app` answers, on the same store.
+async fn server_with_app(config: Config, app: wsauth_server::App) -> ServerHandle {
+    common::started_with_app(common::on_redis(config), app).await
+}
+
 #[path = "suite/server.rs"]
 mod suite;

@@ -14,7 +14,7 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use wsauth_server::config::Config;
-use wsauth_server::{ServerHandle, start};
+use wsauth_server::{App, ServerHandle, start, start_with_app};
 
 pub const SECRET: &str = "integration-tests-secret-of-32-bytes-or-more";
 pub const ADMIN_KEY: &str = "integration-admin-key";
@@ -55,6 +55,14 @@ pub async fn server(config: Config) -> ServerHandle {
     start(config, None).await.expect("server starts")
 }
 
+/// Starts a server with `config` whose calls `app` answers.
+pub async fn started_with_app(config: Config, app: App) -> ServerHandle {
+    config.validate(false).expect("valid test config");
+    start_with_app(config, None, app)
+        .await
+        .expect("server starts")
+}
+
 /// Starts a server with `config` on the Redis store ([`on_redis`]).
 pub async fn server_on_redis(config: Config) -> ServerHandle {
     server(on_redis(config)).await
@@ -83,7 +91,7 @@ pub async fn start_with_store<S: wsauth_store::Store>(
     hub: std::sync::Arc<wsauth_store::hub::Hub>,
     store: std::sync::Arc<S>,
 ) -> ServerHandle {
-    wsauth_server::server::start_with_store(config, verifier, hub, store)
+    wsauth_server::server::start_with_store(config, verifier, hub, store, App::new())
         .await
         .expect("server starts")
 }

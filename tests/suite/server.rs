@@ -3,6 +3,7 @@
 // axum route), each of which defines how a server is started:
 // - `server(config)`, a server on the store of that file;
 // - `start_with_store(config, verifier, hub, store)`, a server on a given store;
+// - `server_with_app(config, app)`, a server whose calls `app` answers;
 // - `listener_case!`, which runs a case about the listener itself (the head's
 //   deadline, TLS), or marks it ignored, with the case's reason, where the
 //   application owns the listener.
@@ -12,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::common::*;
-use crate::{server, start_with_store};
+use crate::{server, server_with_app, start_with_store};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
@@ -1070,4 +1071,228 @@ async fn rpc_without_a_handler_is_method_not_found_and_a_malformed_one_is_fatal(
     c.send(json!({"type": "rpc", "id": 7, "method": "chat send!"}))
         .await;
     assert_eq!(c.expect_fatal("BAD_REQUEST", 4400).await["id"], 7);
+}
+
+/// The handlers the application-call cases share: `whoami` echoes the caller's
+/// context and data, `refuse` refuses with details, `boom` panics, `slow.*`
+/// answers after the milliseconds it is given, `chat.*` names its method.
+fn call_handlers() -> wsauth_server::App {
+    use wsauth_server::app::AppError;
+    wsauth_server::App::new()
+        .handle("whoami", |ctx, data| async move {
+            Ok(json!({
+                "sub": ctx.sub,
+                "session_id": ctx.session_id,
+                "team": ctx.claims.extra.get("team"),
+                "node": &*ctx.node,
+                "data": data,
+            }))
+        })
+        .handle("refuse", |_, _| async move {
+            Err(AppError::new("room is full").with_details(json!({"capacity": 2})))
+        })
+        .handle("boom", |_, _| async move {
+            if true {
+                panic!("a handler bug");
+            }
+            Ok(json!(null))
+        })
+        .handle("slow.*", |_, data| async move {
+            let ms = data.as_u64().unwrap_or(0);
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            Ok(json!(ms))
+        })
+        .handle("chat.*", |_, _| async move { Ok(json!("chat.*")) })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rpc_reaches_the_embedded_handler_with_the_callers_verified_identity() {
+    let mut config = test_config();
+    config.node_id = Some("node-a".into());
+    let s = server_with_app(config, call_handlers()).await;
+    let (mut c, authed) = Client::authed(s.ws_addr, &token("alice", json!({"team": "red"}))).await;
+    c.send(json!({"type": "rpc", "id": 5, "method": "whoami", "data": {"x": [1, 2]}}))
+        .await;
+    assert_eq!(
+        c.recv().await,
+        json!({"type": "rpc_result", "id": 5, "data": {
+            "sub": "alice", "session_id": authed["session_id"], "team": "red",
+            "node": "node-a", "data": {"x": [1, 2]}}})
+    );
+    // `data` absent is null; a method under a prefix reaches the prefix's handler.
+    c.send(json!({"type": "rpc", "id": 6, "method": "whoami"}))
+        .await;
+    assert_eq!(c.recv().await["data"]["data"], json!(null));
+    c.send(json!({"type": "rpc", "id": 7, "method": "chat.send"}))
+        .await;
+    assert_eq!(
+        c.recv().await,
+        json!({"type": "rpc_result", "id": 7, "data": "chat.*"})
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_call_error_is_answered_and_the_session_goes_on() {
+    let mut config = test_config();
+    config.app.rpc_timeout_ms = 300;
+    let s = server_with_app(config, call_handlers()).await;
+    let (mut c, _) = Client::authed(s.ws_addr, &token("alice", json!({}))).await;
+    let mut call = async |id: u64, method: &str, data: serde_json::Value| {
+        c.send(json!({"type": "rpc", "id": id, "method": method, "data": data}))
+            .await;
+        c.recv().await
+    };
+    assert_eq!(
+        call(1, "refuse", json!(null)).await,
+        json!({"type": "error", "id": 1, "code": "APP_ERROR", "message": "room is full",
+               "fatal": false, "details": {"capacity": 2}})
+    );
+    let panicked = call(2, "boom", json!(null)).await;
+    assert_eq!(
+        (panicked["code"].as_str(), panicked["id"].as_u64()),
+        (Some("UNAVAILABLE"), Some(2))
+    );
+    let started = Instant::now();
+    let late = call(3, "slow.sleep", json!(5_000)).await;
+    assert_eq!(
+        (late["code"].as_str(), late["id"].as_u64()),
+        (Some("UNAVAILABLE"), Some(3))
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "answered at the deadline"
+    );
+    let missing = call(4, "nothing.here", json!(null)).await;
+    assert_eq!(missing["code"], "METHOD_NOT_FOUND");
+    assert_eq!(
+        call(5, "slow.ok", json!(1)).await,
+        json!({"type": "rpc_result", "id": 5, "data": 1})
+    );
+    let metrics = s.metrics.render(0);
+    for outcome in ["ok", "app_error", "not_found", "unavailable"] {
+        let line = format!("wsauth_rpc_total{{outcome=\"{outcome}\"}} ");
+        let count = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&line))
+            .unwrap_or_else(|| panic!("no {line} in /metrics"));
+        let expected = if outcome == "unavailable" { "2" } else { "1" };
+        assert_eq!(count, expected, "{outcome}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn call_results_overtake_each_other_and_the_limit_answers_busy() {
+    let mut config = test_config();
+    config.app.max_rpc_in_flight = 2;
+    let s = server_with_app(config, call_handlers()).await;
+    let (mut c, _) = Client::authed(s.ws_addr, &token("alice", json!({}))).await;
+    c.send(json!({"type": "rpc", "id": 1, "method": "slow.a", "data": 400}))
+        .await;
+    c.send(json!({"type": "rpc", "id": 2, "method": "slow.b", "data": 0}))
+        .await;
+    assert_eq!(
+        c.recv().await,
+        json!({"type": "rpc_result", "id": 2, "data": 0})
+    );
+    c.send(json!({"type": "rpc", "id": 3, "method": "slow.c", "data": 400}))
+        .await;
+    c.send(json!({"type": "rpc", "id": 4, "method": "slow.d", "data": 0}))
+        .await;
+    assert_eq!(
+        c.recv().await,
+        json!({"type": "error", "id": 4, "code": "BUSY", "message": "too many calls in flight", "fatal": false})
+    );
+    let mut rest: Vec<u64> = Vec::new();
+    for _ in 0..2 {
+        rest.push(c.recv().await["id"].as_u64().expect("id"));
+    }
+    rest.sort_unstable();
+    assert_eq!(rest, [1, 3]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_hooks_tell_the_application_each_start_and_end() {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let (started, ended) = (tx.clone(), tx);
+    let app = wsauth_server::App::new()
+        .on_session_start(move |e| {
+            let tx = started.clone();
+            async move {
+                let _ = tx.send(format!("start {} resumed={}", e.sub, e.resumed));
+            }
+        })
+        .on_session_end(move |e| {
+            let tx = ended.clone();
+            async move {
+                let reason = e.reason.map_or("none", |c| c.as_str());
+                let _ = tx.send(format!("end {} {reason} resumable={}", e.sub, e.resumable));
+            }
+        });
+    let s = server_with_app(test_config(), app).await;
+    let mut next = async || {
+        tokio::time::timeout(WAIT, rx.recv())
+            .await
+            .expect("a hook runs")
+            .expect("hook message")
+    };
+    let (c, reply) = Client::authed(s.ws_addr, &token("alice", json!({}))).await;
+    assert_eq!(next().await, "start alice resumed=false");
+    c.drop_connection();
+    assert_eq!(next().await, "end alice none resumable=true");
+    let mut c = Client::connect(s.ws_addr).await;
+    c.send(json!({"type": "resume", "id": 1, "session_id": reply["session_id"], "resume_token": reply["resume_token"]})).await;
+    assert_eq!(c.recv().await["type"], "resumed");
+    assert_eq!(next().await, "start alice resumed=true");
+    c.send(json!({"type": "logout", "id": 2})).await;
+    c.until_closed().await;
+    assert_eq!(next().await, "end alice none resumable=false");
+    let mut c = Client::connect(s.ws_addr).await;
+    c.send(json!({"type": "auth", "id": 1, "token": token("bob", json!({"exp": now_s() - 100}))}))
+        .await;
+    c.until_closed().await;
+    let (c, _) = Client::authed(s.ws_addr, &token("carol", json!({}))).await;
+    assert_eq!(
+        next().await,
+        "start carol resumed=false",
+        "no hook for a failed auth"
+    );
+    drop(c);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_sessions_calling_ten_times_at_once_each_get_their_own_answers() {
+    let s = server_with_app(test_config(), call_handlers()).await;
+    let mut clients = Vec::new();
+    for i in 0..200 {
+        let (c, authed) = Client::authed(s.ws_addr, &token(&format!("user{i}"), json!({}))).await;
+        clients.push((i, c, authed["session_id"].clone()));
+    }
+    let tasks: Vec<_> = clients
+        .into_iter()
+        .map(|(i, mut c, session_id)| {
+            tokio::spawn(async move {
+                for id in 0..10u64 {
+                    c.send(json!({"type": "rpc", "id": id, "method": "whoami", "data": id}))
+                        .await;
+                }
+                let mut seen = Vec::new();
+                for _ in 0..10 {
+                    let r = c.recv().await;
+                    assert_eq!(r["type"], "rpc_result", "{r}");
+                    assert_eq!(r["data"]["sub"], format!("user{i}"));
+                    assert_eq!(r["data"]["session_id"], session_id);
+                    assert_eq!(
+                        r["data"]["data"], r["id"],
+                        "each answer carries its own call's data"
+                    );
+                    seen.push(r["id"].as_u64().expect("id"));
+                }
+                seen.sort_unstable();
+                assert_eq!(seen, (0..10).collect::<Vec<_>>());
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.expect("client task");
+    }
 }

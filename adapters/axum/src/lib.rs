@@ -43,12 +43,12 @@ use tracing::{info, warn};
 use wsauth_core::jwt::Verifier;
 use wsauth_core::upgrade::{AcceptRefusal, UpgradeDecision, inspect_upgrade};
 use wsauth_core::{ErrorBody, Frame, Input, PeerClose};
-use wsauth_server::StartError;
 use wsauth_server::config::Config;
 use wsauth_server::driver::{Driver, Transport};
 use wsauth_server::metrics::Metrics;
 use wsauth_server::server::{OnStore, with_configured_store};
 use wsauth_server::state::{HOUSEKEEPING_EVERY, Shared};
+use wsauth_server::{App, StartError};
 use wsauth_store::Store;
 use wsauth_store::hub::Hub;
 
@@ -70,21 +70,36 @@ impl WsAuth {
     /// memory, or Redis at `store.url`. `listen`, `admin_listen`, `tls` and the
     /// listener's limits are the application's, not used here.
     pub async fn from_config(config: Config) -> Result<WsAuth, StartError> {
-        with_configured_store(config, None, Build).await
+        WsAuth::from_config_with_app(config, App::new()).await
+    }
+
+    /// [`from_config`](Self::from_config) with the application's call handlers
+    /// and session hooks.
+    pub async fn from_config_with_app(config: Config, app: App) -> Result<WsAuth, StartError> {
+        with_configured_store(config, None, Build(app)).await?
     }
 
     /// wsauth with `config` (already validated) on a given store, its notices
-    /// routed by `hub`. Needs a tokio runtime (it spawns the store's upkeep).
+    /// routed by `hub`, calls answered by `app`. Needs a tokio runtime (it spawns
+    /// the store's upkeep).
     pub fn with_store<S: Store>(
         config: Config,
         verifier: Verifier,
         hub: Arc<Hub>,
         store: Arc<S>,
-    ) -> WsAuth {
+        app: App,
+    ) -> Result<WsAuth, StartError> {
         let (shutdown, stopped) = watch::channel(false);
         let path = config.path.clone();
         let drain = Duration::from_millis(config.shutdown_drain_ms);
-        let shared = Arc::new(Shared::new(Arc::new(config), verifier, hub, store, stopped));
+        let shared = Arc::new(Shared::new(
+            Arc::new(config),
+            verifier,
+            hub,
+            store,
+            stopped,
+            app,
+        )?);
         let upkeep = shared.clone();
         let housekeeping = tokio::spawn(async move {
             let mut every = tokio::time::interval(HOUSEKEEPING_EVERY);
@@ -98,7 +113,7 @@ impl WsAuth {
             shared: shared.clone(),
             connections: connections.clone(),
         });
-        WsAuth {
+        Ok(WsAuth {
             route,
             admin: wsauth_server::admin::router(shared.clone()),
             path,
@@ -107,7 +122,7 @@ impl WsAuth {
             connections,
             drain,
             housekeeping,
-        }
+        })
     }
 
     /// The WebSocket endpoint, to mount at a path of the application's router
@@ -172,11 +187,11 @@ fn nodelay(tcp: &mut TcpStream) {
     let _ = tcp.set_nodelay(true);
 }
 
-/// [`WsAuth::with_store`] as an [`OnStore`].
-struct Build;
+/// [`WsAuth::with_store`] as an [`OnStore`], with the application.
+struct Build(App);
 
 impl OnStore for Build {
-    type Output = WsAuth;
+    type Output = Result<WsAuth, StartError>;
 
     fn on<S: Store>(
         self,
@@ -184,8 +199,8 @@ impl OnStore for Build {
         verifier: Verifier,
         hub: Arc<Hub>,
         store: Arc<S>,
-    ) -> WsAuth {
-        WsAuth::with_store(config, verifier, hub, store)
+    ) -> Self::Output {
+        WsAuth::with_store(config, verifier, hub, store, self.0)
     }
 }
 

@@ -2,6 +2,11 @@
 //! run against wsauth on a route of an axum application, sessions in the
 //! in-memory store; `suite_redis.rs` runs it on Redis.
 
+/// A server for the suite whose calls `app` answers, on the same store.
+async fn server_with_app(config: Config, app: wsauth_server::App) -> Handle {
+    app::app_with_app(config, app).await
+}
+
 #[path = "../../../tests/common/mod.rs"]
 mod common;
 #[macro_use]

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
+use futures_util::stream::FuturesUnordered;
 use futures_util::{Sink, Stream, StreamExt};
 use tracing::{debug, info};
 use wsauth_core::{
@@ -22,6 +23,7 @@ use wsauth_core::{
 use wsauth_store::Store;
 use wsauth_store::hub::{ConnEvent, Mailbox};
 
+use crate::app::{CallContext, SessionEnd, SessionStart};
 use crate::limits::IpGuard;
 use crate::outbound::Outbound;
 use crate::state::{Shared, now_ms};
@@ -74,6 +76,10 @@ struct StoreCalls {
     held: VecDeque<wsauth_core::Delivery>,
 }
 
+/// An application call under way on its own task: the request it answers, and
+/// the result with how long the handler took.
+type AppCall = Pin<Box<dyn Future<Output = (RequestId, CallResult, Duration)> + Send>>;
+
 /// One connection, from its upgrade request to its end.
 pub struct Driver<S: Store, T: Transport> {
     shared: Arc<Shared<S>>,
@@ -86,6 +92,11 @@ pub struct Driver<S: Store, T: Transport> {
     store_calls: StoreCalls,
     /// When the verification of a refresh started, for its round-trip metric.
     refresh_started: Option<Instant>,
+    /// The application calls under way, answered in any order.
+    calls: FuturesUnordered<AppCall>,
+    /// The session the application was told started on this connection, so
+    /// that it is told of its end once.
+    started_session: Option<(String, String)>,
 }
 
 impl<S: Store, T: Transport> Driver<S, T> {
@@ -116,6 +127,8 @@ impl<S: Store, T: Transport> Driver<S, T> {
             unauthenticated: Some(unauthenticated),
             store_calls: StoreCalls::default(),
             refresh_started: None,
+            calls: FuturesUnordered::new(),
+            started_session: None,
         }
     }
 
@@ -218,6 +231,10 @@ impl<S: Store, T: Transport> Driver<S, T> {
                 answer = next_answer(&mut self.store_calls.current) => {
                     self.store_calls.current = None;
                     self.answered(answer);
+                }
+                Some((request, result, took)) = self.calls.next(), if !self.calls.is_empty() => {
+                    self.shared.metrics.call_answered(took);
+                    self.conn.handle(now_ms(), Input::CallResult(request, result));
                 }
                 () = sleep_until_opt(deadline) => self.conn.handle(now_ms(), Input::Tick),
                 _ = shutdown.changed() => self.conn.handle(now_ms(), Input::Shutdown),
@@ -414,18 +431,89 @@ impl<S: Store, T: Transport> Driver<S, T> {
                 // Authenticated: no longer counted against the per-IP cap.
                 self.unauthenticated = None;
             }
-            // The application handler registry comes next; until then every call
-            // is answered at once, so a client gets METHOD_NOT_FOUND, never silence.
-            Output::Call { request, .. } => {
-                self.conn
-                    .handle(now_ms(), Input::CallResult(request, CallResult::NotFound));
-            }
+            Output::Call {
+                request,
+                method,
+                data,
+                context,
+            } => self.call(request, method, data, context),
             Output::Event(e) => self.event(e),
             Output::AcceptUpgrade | Output::RejectUpgrade { .. } => {}
         }
     }
 
+    /// Starts an application call on a task of its own (a handler that panics
+    /// or outlives `rpc_timeout_ms` answers `UNAVAILABLE`); a method no handler
+    /// takes is answered at once.
+    fn call(
+        &mut self,
+        request: RequestId,
+        method: String,
+        data: wsauth_core::protocol::Payload,
+        context: wsauth_core::CallContext,
+    ) {
+        let context = CallContext {
+            sub: context.sub,
+            session_id: context.session_id,
+            claims: context.claims,
+            node: self.shared.node.clone(),
+        };
+        let Some(handler) = self.shared.app.call(method.clone(), data, context) else {
+            self.conn
+                .handle(now_ms(), Input::CallResult(request, CallResult::NotFound));
+            return;
+        };
+        let limit = Duration::from_millis(self.shared.config.app.rpc_timeout_ms);
+        let started = Instant::now();
+        let task = tokio::spawn(tokio::time::timeout(limit, handler));
+        self.calls.push(Box::pin(async move {
+            let result = match task.await {
+                Ok(Ok(result)) => result,
+                Ok(Err(_)) => CallResult::Unavailable,
+                Err(e) => {
+                    tracing::warn!(%method, panicked = e.is_panic(), "call handler failed");
+                    CallResult::Unavailable
+                }
+            };
+            (request, result, started.elapsed())
+        }));
+    }
+
+    /// Tells the application that this connection's session started or ended.
+    fn tell_app(&mut self, event: &Event) {
+        match event {
+            Event::Authenticated { .. } | Event::Resumed { .. } => {
+                let (Some(claims), Some(session_id)) = (self.conn.claims(), self.conn.session_id())
+                else {
+                    return;
+                };
+                let start = SessionStart {
+                    sub: claims.sub.clone(),
+                    session_id: session_id.to_owned(),
+                    claims: claims.clone(),
+                    node: self.shared.node.clone(),
+                    resumed: matches!(event, Event::Resumed { .. }),
+                };
+                self.started_session = Some((start.sub.clone(), start.session_id.clone()));
+                self.shared.app.session_started(start);
+            }
+            Event::Closed { error, session, .. } => {
+                if let Some((sub, session_id)) = self.started_session.take() {
+                    self.shared.app.session_ended(SessionEnd {
+                        sub,
+                        session_id,
+                        node: self.shared.node.clone(),
+                        reason: *error,
+                        resumable: *session == SessionFate::Detached,
+                    });
+                }
+            }
+            _ => {}
+        }
+    }
+
     fn event(&mut self, event: Event) {
+        self.tell_app(&event);
         let metrics = &self.shared.metrics;
         metrics.event(&event, self.started.elapsed());
         match event {

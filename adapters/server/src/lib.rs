@@ -3,6 +3,7 @@
 //! owns timers and sockets, and answers the core's requests (verifier, store).
 
 pub mod admin;
+pub mod app;
 pub mod config;
 pub mod conn;
 pub mod dev;
@@ -17,4 +18,5 @@ pub mod server;
 pub mod state;
 pub mod tls;
 
-pub use server::{ServerHandle, StartError, start};
+pub use app::App;
+pub use server::{ServerHandle, StartError, start, start_with_app};

@@ -14,7 +14,13 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use serde_json::{Value, json};
-use wsauth_core::{AuthMethod, ErrorCode, Event};
+use wsauth_core::{AuthMethod, CallOutcome, ErrorCode, Event};
+
+/// The outcomes `wsauth_rpc_total` counts (a timeout counts as `unavailable`).
+const RPC_OUTCOMES: [&str; 5] = ["ok", "app_error", "not_found", "unavailable", "busy"];
+
+/// The server API's routes, as `wsauth_api_requests_total` labels them.
+pub const API_ROUTES: [&str; 2] = ["/api/publish", "/api/send"];
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CodeLabel {
@@ -43,6 +49,17 @@ struct KindLabel {
 struct CloseLabels {
     close_code: u16,
     error_code: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RpcLabel {
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ApiLabels {
+    route: &'static str,
+    status: u16,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -218,7 +235,11 @@ pub struct Metrics {
     refresh_time_left: Histogram,
     revocation_propagation: Histogram,
     store_duration: Family<OpLabel, Histogram, fn() -> Histogram>,
+    rpc: Family<RpcLabel, Counter>,
+    rpc_duration: Histogram,
+    api_requests: Family<ApiLabels, Counter>,
     auth_percentiles: Percentiles,
+    rpc_percentiles: Percentiles,
     verify_percentiles: Percentiles,
     store_percentiles: Percentiles,
     close_counts: Mutex<BTreeMap<(u16, &'static str), u64>>,
@@ -271,7 +292,11 @@ impl Metrics {
             refresh_time_left: time_left_histogram(),
             revocation_propagation: latency_histogram(),
             store_duration: Family::new_with_constructor(latency_histogram),
+            rpc: Family::default(),
+            rpc_duration: latency_histogram(),
+            api_requests: Family::default(),
             auth_percentiles: Percentiles::new(),
+            rpc_percentiles: Percentiles::new(),
             verify_percentiles: Percentiles::new(),
             store_percentiles: Percentiles::new(),
             close_counts: Mutex::default(),
@@ -308,6 +333,9 @@ impl Metrics {
             "wsauth_refresh_time_left_seconds" => m.refresh_time_left, "Time left on the old token when a refresh succeeded";
             "wsauth_revocation_propagation_seconds" => m.revocation_propagation, "From the admin call to the connection's close, on the node holding it";
             "wsauth_store_duration_seconds" => m.store_duration, "Store calls, by operation";
+            "wsauth_rpc" => m.rpc, "Application calls by outcome (ok, app_error, not_found, unavailable: the backend failed or the call timed out, busy)";
+            "wsauth_rpc_duration_seconds" => m.rpc_duration, "Application calls, from the handler's start to its answer";
+            "wsauth_api_requests" => m.api_requests, "Server API requests (/api/publish, /api/send) by route and HTTP status";
         }
         m
     }
@@ -347,6 +375,16 @@ impl Metrics {
         }
         for kind in ["jti", "sub", "session"] {
             let _ = self.revocations.get_or_create(&KindLabel { kind });
+        }
+        for outcome in RPC_OUTCOMES {
+            let _ = self.rpc.get_or_create(&RpcLabel { outcome });
+        }
+        for route in API_ROUTES {
+            for status in [200, 400, 401] {
+                let _ = self
+                    .api_requests
+                    .get_or_create(&ApiLabels { route, status });
+            }
         }
         for op in STORE_OPS {
             let _ = self.store_errors.get_or_create(&OpLabel { op });
@@ -408,6 +446,19 @@ impl Metrics {
         if !ok {
             self.store_errors.get_or_create(&OpLabel { op }).inc();
         }
+    }
+
+    /// An application call's handler answered (or failed) after `took`.
+    pub fn call_answered(&self, took: Duration) {
+        self.rpc_duration.observe(took.as_secs_f64());
+        self.rpc_percentiles.record(took);
+    }
+
+    /// A server API request on `route` was answered with `status`.
+    pub fn api_request(&self, route: &'static str, status: u16) {
+        self.api_requests
+            .get_or_create(&ApiLabels { route, status })
+            .inc();
     }
 
     /// Whether the store answered its last check.
@@ -494,6 +545,13 @@ impl Metrics {
                 if *gap {
                     self.resume_gaps.inc();
                 }
+            }
+            Event::CallEnded { outcome } => {
+                let outcome = match outcome {
+                    CallOutcome::TimedOut => "unavailable",
+                    other => other.as_str(),
+                };
+                self.rpc.get_or_create(&RpcLabel { outcome }).inc();
             }
             Event::Refreshed { remaining_ms } => {
                 self.refresh

@@ -21,6 +21,7 @@ use wsauth_store::hub::Hub;
 use wsauth_store::{MemoryStore, Notify, Store, StoreSettings};
 use wsauth_store_redis::{RedisConfig, RedisStore};
 
+use crate::app::App;
 use crate::config::{Config, StoreKind};
 use crate::limits::IpLimiter;
 use crate::metrics::Metrics;
@@ -46,6 +47,9 @@ pub enum StartError {
     /// The store could not be set up.
     #[error("store: {0}")]
     Store(String),
+    /// The application's calls could not be set up (`[app]`).
+    #[error("app: {0}")]
+    App(String),
 }
 
 /// A running server.
@@ -207,14 +211,16 @@ pub fn store_settings(config: &Config) -> StoreSettings {
 
 impl<S: Store> Shared<S> {
     /// The state for `config` (already validated) on `store`, with `hub` routing
-    /// its notices; connections close when `shutdown` flips to `true`.
+    /// its notices and `app` answering calls; connections close when `shutdown`
+    /// flips to `true`.
     pub fn new(
         config: Arc<Config>,
         verifier: Verifier,
         hub: Arc<Hub>,
         store: Arc<S>,
         shutdown: watch::Receiver<bool>,
-    ) -> Shared<S> {
+        app: App,
+    ) -> Result<Shared<S>, StartError> {
         if config.allowed_origins.is_empty() {
             warn!("allowed_origins is empty: browsers from any origin may connect");
         }
@@ -225,7 +231,11 @@ impl<S: Store> Shared<S> {
             .read_buffer_size(1024)
             .write_buffer_size(0)
             .max_write_buffer_size(limits.max_message_bytes * 2 + 64 * 1024);
-        Shared {
+        let node: Arc<str> = config.effective_node_id().into();
+        let app = crate::app::configured(app, &config, &node).map_err(StartError::App)?;
+        Ok(Shared {
+            app,
+            node,
             session_config: Arc::new(session_config(&config)),
             verify_cache: std::sync::Mutex::new(wsauth_core::jwt::VerifyCache::new(
                 config.jwt.verify_cache_entries,
@@ -244,7 +254,7 @@ impl<S: Store> Shared<S> {
             ws_config,
             store_timeout: Duration::from_secs(5),
             config,
-        }
+        })
     }
 }
 
@@ -300,8 +310,8 @@ pub async fn with_configured_store<T: OnStore>(
     }
 }
 
-/// [`start_with_store`] as an [`OnStore`].
-struct Start;
+/// [`start_with_store`] as an [`OnStore`], with the application.
+struct Start(App);
 
 impl OnStore for Start {
     type Output = Pin<Box<dyn Future<Output = Result<ServerHandle, StartError>> + Send>>;
@@ -313,17 +323,27 @@ impl OnStore for Start {
         hub: Arc<Hub>,
         store: Arc<S>,
     ) -> Self::Output {
-        Box::pin(start_with_store(config, verifier, hub, store))
+        Box::pin(start_with_store(config, verifier, hub, store, self.0))
     }
 }
 
 /// Starts the server with `config` (already validated). `dev_secret` is the
-/// generated development key, when in development mode.
+/// generated development key, when in development mode. Calls go to the
+/// standalone backend (`app.rpc_url`) if one is set, else are `METHOD_NOT_FOUND`.
 pub async fn start(
     config: Config,
     dev_secret: Option<Vec<u8>>,
 ) -> Result<ServerHandle, StartError> {
-    with_configured_store(config, dev_secret.as_deref(), Start)
+    start_with_app(config, dev_secret, App::new()).await
+}
+
+/// [`start`] with the application's call handlers and session hooks.
+pub async fn start_with_app(
+    config: Config,
+    dev_secret: Option<Vec<u8>>,
+    app: App,
+) -> Result<ServerHandle, StartError> {
+    with_configured_store(config, dev_secret.as_deref(), Start(app))
         .await?
         .await
 }
@@ -344,12 +364,13 @@ pub fn listen(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
     socket.listen(backlog)
 }
 
-/// Starts the server on a given store.
+/// Starts the server on a given store, with the application `app`.
 pub async fn start_with_store<S: Store>(
     config: Config,
     verifier: Verifier,
     hub: Arc<Hub>,
     store: Arc<S>,
+    app: App,
 ) -> Result<ServerHandle, StartError> {
     let config = Arc::new(config);
     let listener =
@@ -382,7 +403,8 @@ pub async fn start_with_store<S: Store>(
         hub,
         store,
         shutdown_rx.clone(),
-    ));
+        app,
+    )?);
     let metrics = shared.metrics.clone();
     let admin_task = tokio::spawn(crate::admin::serve(admin_listener, shared.clone()));
     let task = tokio::spawn(accept_loop(listener, shared, tls, shutdown_rx));

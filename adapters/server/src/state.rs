@@ -14,6 +14,7 @@ use wsauth_core::upgrade::UpgradePolicy;
 use wsauth_store::Store;
 use wsauth_store::hub::Hub;
 
+use crate::app::App;
 use crate::config::Config;
 use crate::limits::IpLimiter;
 use crate::metrics::Metrics;
@@ -53,6 +54,11 @@ pub struct Shared<S: Store> {
     pub ws_config: WebSocketConfig,
     /// Longest wait on one store call.
     pub store_timeout: Duration,
+    /// The application's call handlers and session hooks (the standalone
+    /// backend included, when `app.rpc_url` is set).
+    pub app: App,
+    /// This node's id, as the application's calls see it.
+    pub node: Arc<str>,
 }
 
 impl<S: Store> Shared<S> {

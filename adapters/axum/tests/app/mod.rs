@@ -10,6 +10,7 @@ use axum::routing::get;
 use tokio::task::JoinHandle;
 use wsauth_axum::WsAuth;
 use wsauth_core::jwt::Verifier;
+use wsauth_server::App;
 use wsauth_server::config::Config;
 use wsauth_server::metrics::Metrics;
 use wsauth_server::server::listen;
@@ -56,7 +57,18 @@ pub async fn app_with_store<S: Store>(
     store: Arc<S>,
 ) -> Handle {
     let backlog = config.limits.listen_backlog;
-    serve(WsAuth::with_store(config, verifier, hub, store), backlog).await
+    let wsauth = WsAuth::with_store(config, verifier, hub, store, App::new()).expect("wsauth");
+    serve(wsauth, backlog).await
+}
+
+/// The application with wsauth built from `config`, its calls answered by `app`.
+pub async fn app_with_app(config: Config, app: App) -> Handle {
+    config.validate(false).expect("valid test config");
+    let backlog = config.limits.listen_backlog;
+    let wsauth = WsAuth::from_config_with_app(config, app)
+        .await
+        .expect("wsauth");
+    serve(wsauth, backlog).await
 }
 
 async fn serve(wsauth: WsAuth, backlog: u32) -> Handle {
