@@ -40,7 +40,7 @@ use tokio::sync::Semaphore;
 use tokio_rustls::rustls;
 use wsauth_core::{CallContext, CallResult, Payload};
 
-use crate::config::{AppSettings, MIN_HMAC_SECRET_BYTES, redact_url};
+use crate::config::{AppSettings, MIN_HMAC_SECRET_BYTES, method_allowed, redact_url};
 
 /// The header with the request's Unix time in seconds.
 pub const TIMESTAMP_HEADER: &str = "X-Wsauth-Timestamp";
@@ -68,7 +68,7 @@ pub struct Proxy {
     secret: Vec<u8>,
     node: String,
     timeout_ms: u64,
-    methods: AppSettings,
+    methods: Vec<String>,
     slots: Semaphore,
 }
 
@@ -79,7 +79,7 @@ impl fmt::Debug for Proxy {
             .field("secret", &crate::config::REDACTED)
             .field("node", &self.node)
             .field("timeout_ms", &self.timeout_ms)
-            .field("rpc_methods", &self.methods.rpc_methods)
+            .field("rpc_methods", &self.methods)
             .field("free_slots", &self.slots.available_permits())
             .finish()
     }
@@ -176,10 +176,7 @@ impl Proxy {
             secret,
             node: node.to_owned(),
             timeout_ms: settings.rpc_timeout_ms,
-            methods: AppSettings {
-                rpc_methods: settings.rpc_methods.clone(),
-                ..AppSettings::default()
-            },
+            methods: settings.rpc_methods.clone(),
             slots: Semaphore::new(settings.max_backend_calls),
         }))
     }
@@ -188,7 +185,7 @@ impl Proxy {
     /// (see the module documentation). Never fails otherwise: every problem is
     /// [`CallResult::Unavailable`], logged with the method and the cause.
     pub async fn call(&self, method: &str, data: &Payload, context: &CallContext) -> CallResult {
-        if !self.methods.allows_method(method) {
+        if !method_allowed(&self.methods, method) {
             tracing::debug!(method, "rpc method not in app.rpc_methods");
             return CallResult::NotFound;
         }
@@ -311,7 +308,7 @@ fn answer(method: &str, bytes: &[u8]) -> CallResult {
     };
     let answer: Answer = match serde_json::from_slice(bytes) {
         Ok(answer) => answer,
-        Err(_) => return bad("the 200 body is not {\"result\":…} or {\"error\":{…}}"),
+        Err(_) => return bad("the 200 body is not a JSON object with result or error.message"),
     };
     match (answer.result, answer.error) {
         (Some(result), None) => CallResult::Ok(payload(&result)),

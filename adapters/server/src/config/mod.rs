@@ -425,15 +425,19 @@ impl AppSettings {
     /// Whether `rpc_methods` lets `method` through: the list is empty, or an item
     /// equals it, or an item `prefix*` has `method` start with `prefix`.
     pub fn allows_method(&self, method: &str) -> bool {
-        self.rpc_methods.is_empty()
-            || self
-                .rpc_methods
-                .iter()
-                .any(|pattern| match pattern.strip_suffix('*') {
-                    Some(prefix) => method.starts_with(prefix),
-                    None => pattern == method,
-                })
+        method_allowed(&self.rpc_methods, method)
     }
+}
+
+/// [`AppSettings::allows_method`] for a list of patterns.
+pub(crate) fn method_allowed(patterns: &[String], method: &str) -> bool {
+    patterns.is_empty()
+        || patterns
+            .iter()
+            .any(|pattern| match pattern.strip_suffix('*') {
+                Some(prefix) => method.starts_with(prefix),
+                None => pattern == method,
+            })
 }
 
 /// What happens when a user would exceed `session.max_sessions_per_user`.
