@@ -373,3 +373,71 @@ async fn sequential_calls_reuse_one_connection() {
         "55 calls from two proxies took {connections} connections"
     );
 }
+
+/// Log lines written while the guard lives, on this thread.
+#[derive(Clone, Default)]
+struct Logs(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Logs {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn warnings_name_the_method_and_cause_but_no_secret_body_or_userinfo() {
+    let logs = Logs::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .with_max_level(tracing::Level::DEBUG)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let (base, _) = start_backend().await;
+    let with_userinfo = |mode: &str| base.replace("http://", "http://user:hunter2@") + "/" + mode;
+    let dead = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap()
+    };
+    let cases = [
+        ("m.status", with_userinfo("500"), "unexpected status"),
+        (
+            "m.garbage",
+            with_userinfo("garbage"),
+            "not a JSON object with result",
+        ),
+        ("m.huge", with_userinfo("huge"), "over 1048576 bytes"),
+        (
+            "m.refused",
+            format!("http://user:hunter2@{dead}/rpc"),
+            "connection failed",
+        ),
+        ("m.hang", with_userinfo("hang"), "timed out after 200 ms"),
+    ];
+    for (method, url, cause) in cases {
+        let mut s = settings(url);
+        s.rpc_timeout_ms = 200;
+        assert_eq!(call(&proxy(&s), method).await, CallResult::Unavailable);
+        let shown = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+        let line = shown
+            .lines()
+            .find(|l| {
+                l.contains(&format!("method=\"{method}\""))
+                    || l.contains(&format!("method={method}"))
+            })
+            .unwrap_or_else(|| panic!("no line for {method}: {shown}"));
+        assert!(line.contains("WARN"), "{line}");
+        assert!(line.contains(cause), "{method}: {line}");
+    }
+    let shown = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    for never in [SECRET, "hunter2", "<html>", "xxxxxxxx", "sha256=", "acme"] {
+        assert!(!shown.contains(never), "{never} in the logs: {shown}");
+    }
+}
