@@ -14,6 +14,7 @@ pub mod limits;
 pub mod logging;
 pub mod metrics;
 pub mod outbound;
+pub mod proxy;
 pub mod server;
 pub mod state;
 pub mod tls;

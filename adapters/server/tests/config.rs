@@ -787,6 +787,104 @@ fn each_validation_error_names_its_key() {
             "not be empty",
             Box::new(|c| c.log.level = " ".into()),
         ),
+        (
+            "app.rpc_url",
+            "must start with http:// or https://",
+            Box::new(|c| {
+                c.app.rpc_url = Some("ftp://user:hunter2@backend/rpc".into());
+                c.app.rpc_secret = Some(SECRET.into());
+            }),
+        ),
+        (
+            "app.rpc_url",
+            "is not a URL",
+            Box::new(|c| {
+                c.app.rpc_url = Some("/rpc".into());
+                c.app.rpc_secret = Some(SECRET.into());
+            }),
+        ),
+        (
+            "app.rpc_url",
+            "white space",
+            Box::new(|c| {
+                c.app.rpc_url = Some(" http://backend/rpc".into());
+                c.app.rpc_secret = Some(SECRET.into());
+            }),
+        ),
+        (
+            "app.rpc_secret",
+            "required when app.rpc_url is set",
+            Box::new(|c| c.app.rpc_url = Some("http://backend/rpc".into())),
+        ),
+        (
+            "app.rpc_secret",
+            "at least 32 bytes",
+            Box::new(|c| {
+                c.app.rpc_url = Some("https://backend/rpc".into());
+                c.app.rpc_secret = Some("x".repeat(31));
+            }),
+        ),
+        (
+            "app.rpc_secret",
+            "app.rpc_url is not",
+            Box::new(|c| c.app.rpc_secret = Some(SECRET.into())),
+        ),
+        ("app.rpc_secret_file", "app.rpc_url is not", {
+            let p = pem_a.path().to_owned();
+            Box::new(move |c| c.app.rpc_secret_file = Some(p.clone()))
+        }),
+        ("app.rpc_secret_file", "together with app.rpc_secret", {
+            let p = pem_a.path().to_owned();
+            Box::new(move |c| {
+                c.app.rpc_url = Some("http://backend/rpc".into());
+                c.app.rpc_secret = Some(SECRET.into());
+                c.app.rpc_secret_file = Some(p.clone());
+            })
+        }),
+        ("app.rpc_secret_file", "at least 32 bytes", {
+            let p = short_secret_file.path().to_owned();
+            Box::new(move |c| {
+                c.app.rpc_url = Some("http://backend/rpc".into());
+                c.app.rpc_secret_file = Some(p.clone());
+            })
+        }),
+        ("app.rpc_secret_file", "cannot be read", {
+            let p = missing.clone();
+            Box::new(move |c| {
+                c.app.rpc_url = Some("http://backend/rpc".into());
+                c.app.rpc_secret_file = Some(p.clone());
+            })
+        }),
+        (
+            "app.rpc_methods",
+            "has `chat send`",
+            Box::new(|c| c.app.rpc_methods = vec!["chat.*".into(), "chat send".into()]),
+        ),
+        (
+            "app.rpc_methods",
+            "has `a*b`",
+            Box::new(|c| c.app.rpc_methods = vec!["a*b".into()]),
+        ),
+        (
+            "app.rpc_methods",
+            "has `**`",
+            Box::new(|c| c.app.rpc_methods = vec!["**".into()]),
+        ),
+        (
+            "app.rpc_methods",
+            "has ``",
+            Box::new(|c| c.app.rpc_methods = vec![String::new()]),
+        ),
+        (
+            "app.rpc_methods",
+            "neither a method",
+            Box::new(|c| c.app.rpc_methods = vec!["m".repeat(129)]),
+        ),
+        (
+            "app.max_backend_calls",
+            "greater than 0",
+            Box::new(|c| c.app.max_backend_calls = 0),
+        ),
     ];
 
     for (key, says, break_it) in &cases {
@@ -808,6 +906,100 @@ fn each_validation_error_names_its_key() {
             "{key}: validate must fail too"
         );
     }
+}
+
+#[test]
+fn the_app_backend_settings_that_are_valid() {
+    let secret_file = file_with(format!("{SECRET}\n").as_bytes(), ".key");
+    let mut c = valid();
+    c.app.rpc_url = Some("http://127.0.0.1:8000/rpc".into());
+    c.app.rpc_secret = Some("s".repeat(32));
+    c.app.rpc_methods = vec![
+        "*".into(),
+        "chat.send".into(),
+        "chat.*".into(),
+        "a-b_c:d/e.F9".into(),
+        "m".repeat(128),
+        format!("{}*", "m".repeat(127)),
+    ];
+    assert_eq!(c.validation_errors(false), vec![]);
+    c.app.rpc_url = Some("https://user:pw@backend.example/api/rpc?x=1".into());
+    c.app.rpc_secret = None;
+    c.app.rpc_secret_file = Some(secret_file.path().to_owned());
+    assert_eq!(c.validation_errors(false), vec![]);
+    assert_eq!(
+        c.app.rpc_secret_bytes().unwrap().unwrap(),
+        SECRET.as_bytes(),
+        "one trailing line break is dropped, as for jwt.hs256_secret_file"
+    );
+}
+
+#[test]
+fn rpc_methods_allow_exact_methods_and_prefixes() {
+    let mut c = valid();
+    assert!(c.app.allows_method("anything"), "empty allows every method");
+    c.app.rpc_methods = vec!["chat.send".into(), "admin/*".into()];
+    assert!(c.app.allows_method("chat.send"));
+    assert!(!c.app.allows_method("chat.sendx"));
+    assert!(!c.app.allows_method("chat"));
+    assert!(c.app.allows_method("admin/"));
+    assert!(c.app.allows_method("admin/ban"));
+    assert!(!c.app.allows_method("admin"));
+    c.app.rpc_methods = vec!["*".into()];
+    assert!(c.app.allows_method("x"));
+}
+
+#[test]
+fn the_app_backend_keys_load_from_the_environment_and_never_show_their_secret() {
+    let c = load_env(
+        &dev(),
+        &[
+            ("WSAUTH_APP__RPC_URL", "http://:hunter2@127.0.0.1:8000/rpc"),
+            ("WSAUTH_APP__RPC_SECRET", SECRET),
+            ("WSAUTH_APP__RPC_METHODS", "chat.*, rooms.list"),
+            ("WSAUTH_APP__MAX_BACKEND_CALLS", "8"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(c.app.rpc_secret.as_deref(), Some(SECRET));
+    assert_eq!(c.app.rpc_methods, ["chat.*", "rooms.list"]);
+    assert_eq!(c.app.max_backend_calls, 8);
+    for shown in [
+        format!("{c:?}"),
+        format!("{:#?}", c.app),
+        serde_json::to_string(&c).unwrap(),
+    ] {
+        assert!(!shown.contains(SECRET), "{shown}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("127.0.0.1:8000/rpc"), "{shown}");
+    }
+    // A bad URL from the environment names its key and its variable, not the URL.
+    let err = load_env(
+        &dev(),
+        &[
+            ("WSAUTH_APP__RPC_URL", "gopher://:hunter2@h/rpc"),
+            ("WSAUTH_APP__RPC_SECRET", SECRET),
+        ],
+    )
+    .unwrap_err();
+    assert_eq!(err.key(), "app.rpc_url");
+    assert_eq!(
+        err.origin(),
+        Some("environment variable WSAUTH_APP__RPC_URL")
+    );
+    assert!(!format!("{err} {err:?}").contains("hunter2"), "{err}");
+    // A short secret is named, not shown.
+    let short = "short-rpc-secret-31-bytes-xxxxx";
+    let err = load_env(
+        &dev(),
+        &[
+            ("WSAUTH_APP__RPC_URL", "http://h/rpc"),
+            ("WSAUTH_APP__RPC_SECRET", short),
+        ],
+    )
+    .unwrap_err();
+    assert_eq!(err.key(), "app.rpc_secret");
+    assert!(!format!("{err} {err:?}").contains(short), "{err}");
 }
 
 #[test]
@@ -1096,6 +1288,10 @@ fn every_field_can_be_set_from_its_environment_variable() {
             "store.kind" => "redis".into(),
             "store.url" => "redis://h".into(),
             "store.key_prefix" => "p:".into(),
+            "app.rpc_url" => "http://127.0.0.1:8000/rpc".into(),
+            "app.rpc_secret" => SECRET.into(),
+            "app.rpc_secret_file" => secret_file.path().to_str().unwrap().into(),
+            "app.rpc_methods" => "chat.*".into(),
             "log.format" => "json".into(),
             "log.level" => "debug".into(),
             k if k.starts_with("features.") => "off".into(),
@@ -1118,6 +1314,12 @@ fn every_field_can_be_set_from_its_environment_variable() {
         }
         if *key == "store.kind" {
             vars.push(("WSAUTH_STORE__URL".into(), "redis://h".into()));
+        }
+        if *key == "app.rpc_secret" || *key == "app.rpc_secret_file" {
+            vars.push(("WSAUTH_APP__RPC_URL".into(), "http://h/rpc".into()));
+        }
+        if *key == "app.rpc_url" {
+            vars.push(("WSAUTH_APP__RPC_SECRET".into(), SECRET.into()));
         }
         let loaded = load_with_env(&dev(), vars.clone())
             .unwrap_or_else(|e| panic!("{key} from {env}={v}: {e}"));

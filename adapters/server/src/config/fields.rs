@@ -59,11 +59,23 @@ pub const FIELDS: &[(&str, &str, &str)] = &[
     ("features.dashboard", "WSAUTH_FEATURES__DASHBOARD", "true"),
     ("app.max_rpc_in_flight", "WSAUTH_APP__MAX_RPC_IN_FLIGHT", "16"),
     ("app.rpc_timeout_ms", "WSAUTH_APP__RPC_TIMEOUT_MS", "5000"),
+    ("app.rpc_url", "WSAUTH_APP__RPC_URL", "unset"),
+    ("app.rpc_secret", "WSAUTH_APP__RPC_SECRET", "unset"),
+    ("app.rpc_secret_file", "WSAUTH_APP__RPC_SECRET_FILE", "unset"),
+    ("app.rpc_methods", "WSAUTH_APP__RPC_METHODS", "[]"),
+    ("app.max_backend_calls", "WSAUTH_APP__MAX_BACKEND_CALLS", "256"),
 ];
 
 /// Keys whose values are never printed: not by `Debug`, not by `Serialize`, not in
-/// any [`super::ConfigError`]. (`store.url` is shown with its password redacted.)
-pub const SECRET_KEYS: &[&str] = &["admin_key", "jwt.hs256_secret", "store.url"];
+/// any [`super::ConfigError`]. (`store.url` and `app.rpc_url` are shown with their
+/// password redacted.)
+pub const SECRET_KEYS: &[&str] = &[
+    "admin_key",
+    "jwt.hs256_secret",
+    "store.url",
+    "app.rpc_url",
+    "app.rpc_secret",
+];
 
 /// The environment variable of a dotted key: `WSAUTH_` and the key in capitals,
 /// with `__` between a section and its key (`jwt.issuer` → `WSAUTH_JWT__ISSUER`).

@@ -25,9 +25,10 @@
 //! and, when known, the source that set it; none ever prints a secret's value.
 //!
 //! # Secrets
-//! `admin_key`, `jwt.hs256_secret` and the password part of `store.url` are
-//! redacted by `Debug` and by `Serialize` (written as `"<redacted>"`), so a config
-//! can be logged or shown on an admin endpoint as it is.
+//! `admin_key`, `jwt.hs256_secret`, `app.rpc_secret` and the password part of
+//! `store.url` and `app.rpc_url` are redacted by `Debug` and by `Serialize`
+//! (written as `"<redacted>"`), so a config can be logged or shown on an admin
+//! endpoint as it is.
 
 mod fields;
 mod sources;
@@ -275,7 +276,7 @@ impl JwtConfig {
     pub fn hs256_secret_bytes(&self) -> Result<Option<Vec<u8>>, ConfigError> {
         match (&self.hs256_secret, &self.hs256_secret_file) {
             (Some(secret), _) => Ok(Some(secret.as_bytes().to_vec())),
-            (None, Some(path)) => read_secret_file(path).map(Some),
+            (None, Some(path)) => read_secret_file("jwt.hs256_secret_file", path).map(Some),
             (None, None) => Ok(None),
         }
     }
@@ -289,13 +290,10 @@ impl JwtConfig {
     }
 }
 
-fn read_secret_file(path: &Path) -> Result<Vec<u8>, ConfigError> {
-    let mut bytes = std::fs::read(path).map_err(|e| {
-        ConfigError::new(
-            "jwt.hs256_secret_file",
-            format!("cannot be read ({}): {e}", path.display()),
-        )
-    })?;
+/// A secret file's bytes less one trailing `\n` or `\r\n`; an error names `key`.
+fn read_secret_file(key: &str, path: &Path) -> Result<Vec<u8>, ConfigError> {
+    let mut bytes = std::fs::read(path)
+        .map_err(|e| ConfigError::new(key, format!("cannot be read ({}): {e}", path.display())))?;
     if bytes.ends_with(b"\n") {
         bytes.pop();
         if bytes.ends_with(b"\r") {
@@ -353,14 +351,35 @@ impl Default for SessionSettings {
     }
 }
 
-/// Application calls (`rpc`, PROTOCOL §8).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// Application calls (`rpc`, PROTOCOL §8), and the HTTP backend the standalone
+/// server forwards them to ([`crate::proxy`]).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AppSettings {
     /// Calls one session may have in flight [16]; one more is answered `BUSY`.
     pub max_rpc_in_flight: usize,
-    /// Time a call may take before it is answered `UNAVAILABLE` [5000].
+    /// Time a call may take before it is answered `UNAVAILABLE` [5000]; also the
+    /// proxy's timeout for one backend request.
     pub rpc_timeout_ms: u64,
+    /// The application's HTTP endpoint (`http://` or `https://`) that each call is
+    /// `POST`ed to; `None`: no proxy. Userinfo in it is redacted in `Debug`.
+    #[serde(serialize_with = "serialize_url")]
+    pub rpc_url: Option<String>,
+    /// The key that signs each backend request (HMAC-SHA256), at least 32 bytes.
+    /// Prefer `rpc_secret_file`.
+    #[serde(serialize_with = "serialize_secret")]
+    pub rpc_secret: Option<String>,
+    /// A file holding the signing key (its bytes, less one trailing line break);
+    /// mutually exclusive with `rpc_secret`.
+    pub rpc_secret_file: Option<PathBuf>,
+    /// Methods forwarded: each an exact method or a prefix ending in `*` (a lone
+    /// `*` is every method); empty forwards every method. Others are
+    /// `METHOD_NOT_FOUND` without a backend request.
+    #[serde(deserialize_with = "string_or_list")]
+    pub rpc_methods: Vec<String>,
+    /// Backend requests one node makes at once [256]; a call past it waits for a
+    /// slot (within `rpc_timeout_ms`).
+    pub max_backend_calls: usize,
 }
 
 impl Default for AppSettings {
@@ -368,8 +387,57 @@ impl Default for AppSettings {
         AppSettings {
             max_rpc_in_flight: 16,
             rpc_timeout_ms: 5_000,
+            rpc_url: None,
+            rpc_secret: None,
+            rpc_secret_file: None,
+            rpc_methods: Vec::new(),
+            max_backend_calls: 256,
         }
     }
+}
+
+impl fmt::Debug for AppSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AppSettings")
+            .field("max_rpc_in_flight", &self.max_rpc_in_flight)
+            .field("rpc_timeout_ms", &self.rpc_timeout_ms)
+            .field("rpc_url", &self.rpc_url.as_deref().map(redact_url))
+            .field("rpc_secret", &Redacted(&self.rpc_secret))
+            .field("rpc_secret_file", &self.rpc_secret_file)
+            .field("rpc_methods", &self.rpc_methods)
+            .field("max_backend_calls", &self.max_backend_calls)
+            .finish()
+    }
+}
+
+impl AppSettings {
+    /// The signing key's bytes, from `rpc_secret` or read from `rpc_secret_file`
+    /// (less one trailing `\n` or `\r\n`); `None` when neither is set. Errors name
+    /// the key and never contain the secret.
+    pub fn rpc_secret_bytes(&self) -> Result<Option<Vec<u8>>, ConfigError> {
+        match (&self.rpc_secret, &self.rpc_secret_file) {
+            (Some(secret), _) => Ok(Some(secret.as_bytes().to_vec())),
+            (None, Some(path)) => read_secret_file("app.rpc_secret_file", path).map(Some),
+            (None, None) => Ok(None),
+        }
+    }
+
+    /// Whether `rpc_methods` lets `method` through: the list is empty, or an item
+    /// equals it, or an item `prefix*` has `method` start with `prefix`.
+    pub fn allows_method(&self, method: &str) -> bool {
+        method_allowed(&self.rpc_methods, method)
+    }
+}
+
+/// [`AppSettings::allows_method`] for a list of patterns.
+pub(crate) fn method_allowed(patterns: &[String], method: &str) -> bool {
+    patterns.is_empty()
+        || patterns
+            .iter()
+            .any(|pattern| match pattern.strip_suffix('*') {
+                Some(prefix) => method.starts_with(prefix),
+                None => pattern == method,
+            })
 }
 
 /// What happens when a user would exceed `session.max_sessions_per_user`.

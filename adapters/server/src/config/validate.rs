@@ -37,9 +37,68 @@ impl Config {
         if self.log.level.trim().is_empty() {
             v.push("log.level", "must not be empty (e.g. \"info\")");
         }
-        v.positive("app.max_rpc_in_flight", self.app.max_rpc_in_flight as u64);
-        v.positive("app.rpc_timeout_ms", self.app.rpc_timeout_ms);
+        self.check_app(&mut v);
         v.0
+    }
+
+    fn check_app(&self, v: &mut Errors) {
+        let app = &self.app;
+        v.positive("app.max_rpc_in_flight", app.max_rpc_in_flight as u64);
+        v.positive("app.rpc_timeout_ms", app.rpc_timeout_ms);
+        if let Some(url) = &app.rpc_url
+            && let Err(problem) = check_rpc_url(url)
+        {
+            // The URL itself is not shown: it may hold a password.
+            v.push("app.rpc_url", problem);
+        }
+        match (&app.rpc_secret, &app.rpc_secret_file) {
+            (Some(_), Some(_)) => v.push(
+                "app.rpc_secret_file",
+                "cannot be set together with app.rpc_secret: set one of them",
+            ),
+            (None, None) if app.rpc_url.is_some() => v.push(
+                "app.rpc_secret",
+                "is required when app.rpc_url is set (or app.rpc_secret_file): it signs every \
+                 backend request",
+            ),
+            (Some(_), None) if app.rpc_url.is_none() => v.push(
+                "app.rpc_secret",
+                "is set but app.rpc_url is not: there is no backend to sign requests for",
+            ),
+            (None, Some(_)) if app.rpc_url.is_none() => v.push(
+                "app.rpc_secret_file",
+                "is set but app.rpc_url is not: there is no backend to sign requests for",
+            ),
+            (Some(secret), None) if secret.len() < MIN_HMAC_SECRET_BYTES => v.push(
+                "app.rpc_secret",
+                format!("must be at least {MIN_HMAC_SECRET_BYTES} bytes"),
+            ),
+            (None, Some(path)) => match app.rpc_secret_bytes() {
+                Err(e) => v.0.push(e),
+                Ok(Some(bytes)) if bytes.len() < MIN_HMAC_SECRET_BYTES => v.push(
+                    "app.rpc_secret_file",
+                    format!(
+                        "must hold at least {MIN_HMAC_SECRET_BYTES} bytes ({})",
+                        path.display()
+                    ),
+                ),
+                Ok(_) => {}
+            },
+            _ => {}
+        }
+        for pattern in &app.rpc_methods {
+            if !is_method_pattern(pattern) {
+                v.push(
+                    "app.rpc_methods",
+                    format!(
+                        "has `{}`, which is neither a method (1 to {MAX_METHOD_CHARS} characters \
+                         of A-Z a-z 0-9 . _ : / -) nor such a prefix followed by `*`, nor `*`",
+                        pattern.escape_debug()
+                    ),
+                );
+            }
+        }
+        v.positive("app.max_backend_calls", app.max_backend_calls as u64);
     }
 
     fn check_top_level(&self, dev: bool, v: &mut Errors) {
@@ -295,6 +354,36 @@ fn check_file(path: &Path) -> Result<(), String> {
             path.display()
         )),
     }
+}
+
+/// The longest method name of an `rpc` call (PROTOCOL §8).
+const MAX_METHOD_CHARS: usize = wsauth_core::protocol::MAX_METHOD_BYTES;
+
+/// An `http://` or `https://` URL with a host. The problem never quotes the URL.
+fn check_rpc_url(url: &str) -> Result<(), String> {
+    let parsed = reqwest::Url::parse(url.trim())
+        .map_err(|e| format!("is not a URL ({e}): expected http://host[:port]/path"))?;
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return Err("must start with http:// or https://".to_owned());
+    }
+    if parsed.host_str().is_none_or(str::is_empty) {
+        return Err("must name a host (http://host[:port]/path)".to_owned());
+    }
+    if url.trim() != url {
+        return Err("must not start or end with white space".to_owned());
+    }
+    Ok(())
+}
+
+/// An exact method, a method prefix followed by `*`, or a lone `*`.
+fn is_method_pattern(pattern: &str) -> bool {
+    let is_method_char = |b: u8| b.is_ascii_alphanumeric() || b"._:/-".contains(&b);
+    let (name, max) = match pattern.strip_suffix('*') {
+        Some(prefix) => (prefix, MAX_METHOD_CHARS - 1),
+        None => (pattern, MAX_METHOD_CHARS),
+    };
+    let lone_star = pattern == "*";
+    (lone_star || !name.is_empty()) && name.len() <= max && name.bytes().all(is_method_char)
 }
 
 /// `scheme://host[:port]`, as a browser sends it in `Origin`.
