@@ -750,6 +750,37 @@ where
         );
     }
 
+    // The server API called on another node than the session's: a server publish
+    // and a send reach it there, without `from`, in one seq order.
+    {
+        let rec = Arc::new(Recorder::default());
+        let nodes = make_nodes(StoreSettings::default(), rec.clone(), 2).await;
+        let (id, _, epoch) = create(&*nodes[0], claims("alice", "j", None), T0).await;
+        nodes[0]
+            .subscribe(&id, epoch, "general")
+            .await
+            .expect("subscribe");
+        let data = Payload::from_json("1").expect("json");
+        let published = nodes[1].publish("general", None, data.clone(), T0).await;
+        assert_eq!(published, Ok(1));
+        assert_eq!(nodes[1].send_to_user("alice", data, T0).await, Ok(1));
+        let got: Vec<(String, u64, String, u64, bool)> = settled(&*nodes[0], &rec)
+            .await
+            .into_iter()
+            .map(|(i, e, n)| match n {
+                Notice::Deliver(d) => (i, e, d.channel.to_string(), d.seq, d.from.is_none()),
+                other => panic!("a delivery, not {other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (id.clone(), epoch, "general".to_owned(), 1, true),
+                (id, epoch, "user:alice".to_owned(), 2, true),
+            ]
+        );
+    }
+
     // Publishers on every node: one session sees one gap-free seq order.
     {
         let arrivals = Arc::new(Arrivals::default());
