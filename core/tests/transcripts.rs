@@ -283,11 +283,11 @@ mod expect {
             self.with(Cond::Gap(gap))
         }
         /// A channel message this user published (`from` is their `sub`).
-        pub fn from(self, sub: &'static str) -> Self {
+        pub fn by(self, sub: &'static str) -> Self {
             self.with(Cond::From(Some(sub)))
         }
         /// A channel message from the server (PROTOCOL §9): it has no `from`.
-        pub fn from_the_server(self) -> Self {
+        pub fn by_the_server(self) -> Self {
             self.with(Cond::From(None))
         }
 
@@ -2571,9 +2571,9 @@ spec!(
     },
     sees: {
         "A" => [
-            message().channel("general").seq(1).from("carol"),
-            message().channel("general").seq(2).from_the_server(),
-            message().channel("general").seq(3).from("carol"),
+            message().channel("general").seq(1).by("carol"),
+            message().channel("general").seq(2).by_the_server(),
+            message().channel("general").seq(3).by("carol"),
         ],
     },
     never: { "B" => [message()] },
@@ -2594,8 +2594,8 @@ spec!(
     },
     sees: {
         "A" => [
-            message().channel("general").seq(1).from("bob"),
-            message().channel("user:alice").seq(2).from_the_server(),
+            message().channel("general").seq(1).by("bob"),
+            message().channel("user:alice").seq(2).by_the_server(),
         ],
     },
     ends: { "A" => live().channels(["general"]) },
@@ -2618,7 +2618,7 @@ spec!(
     sees: {
         "B" => [
             resumed().id(1).replayed(1).gap(false),
-            message().channel("user:alice").seq(1).from_the_server(),
+            message().channel("user:alice").seq(1).by_the_server(),
         ],
     },
     never: { "A" => [message()] },
@@ -2638,8 +2638,8 @@ spec!(
         w.server_send("bob", r#"{"for":"bob"}"#);
     },
     sees: {
-        "A" => [message().channel("user:alice").seq(1).from_the_server()],
-        "B" => [message().channel("user:bob").seq(1).from_the_server()],
+        "A" => [message().channel("user:alice").seq(1).by_the_server()],
+        "B" => [message().channel("user:bob").seq(1).by_the_server()],
     },
     never: {
         "A" => [message().channel("user:bob")],
