@@ -156,7 +156,12 @@ impl<'a> Arbitrary<'a> for Delivery {
     fn arbitrary(u: &mut Unstructured<'a>) -> Result<Self> {
         Ok(Delivery {
             channel: Arc::from(*u.choose(&CHANNELS)?),
-            from: Arc::from(*u.choose(&SUBS)?),
+            // `None`: published or sent by the server (PROTOCOL §9).
+            from: if u.ratio(1, 4)? {
+                None
+            } else {
+                Some(Arc::from(*u.choose(&SUBS)?))
+            },
             seq: u.int_in_range(1..=16)?,
             data: Payload::arbitrary(u)?,
         })

@@ -610,8 +610,9 @@ pub enum ServerMessage {
     Message {
         /// The channel.
         channel: std::sync::Arc<str>,
-        /// The publisher's `sub`.
-        from: std::sync::Arc<str>,
+        /// The publisher's `sub`; absent when the server published (PROTOCOL §9).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        from: Option<std::sync::Arc<str>>,
         /// Per-session sequence number.
         seq: u64,
         /// The published data.
@@ -770,6 +771,25 @@ mod tests {
         assert!(
             with.to_json()
                 .ends_with(r#","fatal":false,"details":{"a":1}}"#)
+        );
+    }
+
+    #[test]
+    fn a_message_names_from_only_when_a_user_published_it() {
+        let message = |from: Option<&str>| ServerMessage::Message {
+            channel: "team:42".into(),
+            from: from.map(Into::into),
+            seq: 7,
+            data: Payload::from_json(r#"{"a":1}"#).expect("json"),
+        };
+        assert_eq!(
+            message(Some("alice")).to_json(),
+            r#"{"type":"message","channel":"team:42","from":"alice","seq":7,"data":{"a":1}}"#
+        );
+        assert_eq!(
+            message(None).to_json(),
+            r#"{"type":"message","channel":"team:42","seq":7,"data":{"a":1}}"#,
+            "the server's message has no from"
         );
     }
 }

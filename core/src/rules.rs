@@ -153,15 +153,31 @@ pub fn limit_decision(live: usize, max: usize, policy: LimitPolicy) -> LimitDeci
     }
 }
 
+/// The channel of user `sub`: `user:<sub>`. The server's `send` to a user delivers
+/// on it (PROTOCOL §9), to every session of the user, joined to it or not.
+pub fn user_channel(sub: &str) -> String {
+    format!("user:{sub}")
+}
+
+/// Whether a session of user `sub` that has joined `joined` accepts a message on
+/// `channel`: a joined channel, or its own user channel `user:<sub>` (where the
+/// server's `send` delivers whether or not the session joined it). A message on any
+/// other channel is dropped (the session left it, or a refresh or resume dropped it).
+pub fn accepts_channel(channel: &str, sub: &str, joined: &BTreeSet<String>) -> bool {
+    joined.contains(channel) || channel.strip_prefix("user:") == Some(sub)
+}
+
 /// What a resume replays: the deliveries of the session's `buffered` messages
 /// (in `seq` order) that the client has not seen (`seq` > `last_seq`) on a channel
-/// it keeps, and whether there is a gap: messages were assigned after `last_seq`
+/// it accepts (one it keeps, or its own user channel: [`accepts_channel`] for user
+/// `sub`), and whether there is a gap: messages were assigned after `last_seq`
 /// (the store's `last_assigned`) but the one right after it is no longer buffered.
 /// The gap is judged on the whole buffer, channels no longer kept included.
 pub fn replay(
     buffered: Vec<Delivery>,
     last_seq: u64,
     last_assigned: u64,
+    sub: &str,
     kept: &BTreeSet<String>,
 ) -> (Vec<Delivery>, bool) {
     let oldest_missed = buffered.iter().map(|d| d.seq).find(|seq| *seq > last_seq);
@@ -169,7 +185,7 @@ pub fn replay(
         && oldest_missed.is_none_or(|first| first > last_seq.saturating_add(1));
     let replay = buffered
         .into_iter()
-        .filter(|d| d.seq > last_seq && kept.contains(&*d.channel))
+        .filter(|d| d.seq > last_seq && accepts_channel(&d.channel, sub, kept))
         .collect();
     (replay, gap)
 }
@@ -310,7 +326,7 @@ mod tests {
         (published.saturating_sub(cap) + 1..=published)
             .map(|seq| Delivery {
                 channel: if seq % 2 == 1 { "a" } else { "b" }.into(),
-                from: "p".into(),
+                from: Some("p".into()),
                 seq,
                 data: Payload::from_json("1").expect("json"),
             })
@@ -319,7 +335,7 @@ mod tests {
 
     fn replayed(published: u64, cap: u64, last_seq: u64, kept: &[&str]) -> (Vec<u64>, bool) {
         let kept = kept.iter().map(|c| (*c).to_owned()).collect();
-        let (deliveries, gap) = replay(buffer(published, cap), last_seq, published, &kept);
+        let (deliveries, gap) = replay(buffer(published, cap), last_seq, published, "p", &kept);
         (deliveries.iter().map(|d| d.seq).collect(), gap)
     }
 
@@ -354,5 +370,52 @@ mod tests {
         // Seq 4 (on b) is buffered: no gap though it is not replayed.
         assert_eq!(replayed(5, 3, 3, &["a"]), (vec![5], false));
         assert_eq!(replayed(5, 3, 0, &[]), (vec![], true));
+    }
+
+    #[test]
+    fn a_session_accepts_joined_channels_and_its_own_user_channel() {
+        let joined: BTreeSet<String> = ["team:1".to_owned()].into();
+        assert!(accepts_channel("team:1", "alice", &joined));
+        assert!(
+            accepts_channel("user:alice", "alice", &joined),
+            "own, unjoined"
+        );
+        assert!(
+            !accepts_channel("user:bob", "alice", &joined),
+            "another user's"
+        );
+        assert!(!accepts_channel("team:2", "alice", &joined), "not joined");
+        assert!(
+            !accepts_channel("user:alic", "alice", &joined),
+            "a prefix of it"
+        );
+        assert!(!accepts_channel("user:alice2", "alice", &joined));
+        assert!(
+            !accepts_channel("alice", "alice", &joined),
+            "no user: prefix"
+        );
+        assert_eq!(user_channel("alice"), "user:alice");
+    }
+
+    #[test]
+    fn a_resume_replays_the_own_user_channel_though_not_joined() {
+        let mut buffered = buffer(3, 3);
+        buffered.push(Delivery {
+            channel: "user:p".into(),
+            from: None,
+            seq: 4,
+            data: Payload::from_json("2").expect("json"),
+        });
+        buffered.push(Delivery {
+            channel: "user:q".into(),
+            from: None,
+            seq: 5,
+            data: Payload::from_json("3").expect("json"),
+        });
+        let kept = BTreeSet::from(["a".to_owned()]);
+        let (deliveries, gap) = replay(buffered, 0, 5, "p", &kept);
+        let seqs: Vec<u64> = deliveries.iter().map(|d| d.seq).collect();
+        assert_eq!(seqs, vec![1, 3, 4], "a and user:p, not b nor user:q");
+        assert!(!gap);
     }
 }

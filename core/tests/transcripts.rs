@@ -164,6 +164,7 @@ mod expect {
         Reason(&'static str),
         Replayed(u64),
         Gap(bool),
+        From(Option<&'static str>),
     }
 
     /// One server message to look for: its type (`None`: any) and conditions.
@@ -281,6 +282,14 @@ mod expect {
         pub fn gap(self, gap: bool) -> Self {
             self.with(Cond::Gap(gap))
         }
+        /// A channel message this user published (`from` is their `sub`).
+        pub fn by(self, sub: &'static str) -> Self {
+            self.with(Cond::From(Some(sub)))
+        }
+        /// A channel message from the server (PROTOCOL §9): it has no `from`.
+        pub fn by_the_server(self) -> Self {
+            self.with(Cond::From(None))
+        }
 
         fn matches(&self, m: &ServerMessage, announced_before: Option<u64>) -> bool {
             if self.kind.is_some_and(|k| k != kind_of(m)) {
@@ -318,6 +327,9 @@ mod expect {
                     matches!(m, ServerMessage::Resumed { replayed, .. } if replayed == n)
                 }
                 Cond::Gap(gap) => matches!(m, ServerMessage::Resumed { gap: g, .. } if g == gap),
+                Cond::From(from) => {
+                    matches!(m, ServerMessage::Message { from: f, .. } if f.as_deref() == *from)
+                }
             })
         }
 
@@ -348,6 +360,8 @@ mod expect {
                     Cond::Reason(code) => details.push(format!("reason {code}")),
                     Cond::Replayed(n) => details.push(format!("{n} replayed")),
                     Cond::Gap(gap) => details.push(format!("gap {gap}")),
+                    Cond::From(Some(sub)) => details.push(format!("from {sub}")),
+                    Cond::From(None) => details.push("from the server: no from".to_owned()),
                 }
             }
             if !details.is_empty() {
@@ -2528,3 +2542,111 @@ fn every_error_code_has_a_transcript() {
         );
     }
 }
+
+// ----- §9 The server API: publish and send ---------------------------------------
+
+/// Opens `conn` and authenticates it as bob (1 h token, channel general).
+fn bob_live(w: &mut World, conn: &str) {
+    let t = token(
+        w,
+        "bob, 1h, channels general",
+        "bob",
+        3600,
+        json!({"jti": "t-bob-1", "channels": ["general"]}),
+    );
+    w.open(conn);
+    auth(w, conn, 1, &t);
+}
+
+spec!(
+    server_publish_reaches_joined_sessions,
+    "The application publishes to a channel through the server API: every session joined to it gets a `message` with no `from`, numbered in the same `seq` order as users' messages; a session not joined to it gets nothing.",
+    |w| {
+        alice_live(&mut w, "A");
+        w.send("A", r#"{"type":"join","id":2,"channel":"general"}"#);
+        bob_live(&mut w, "B");
+        w.publish_external("general", "carol", r#"{"text":"hi"}"#);
+        w.server_publish("general", r#"{"text":"maintenance at 22:00"}"#);
+        w.publish_external("general", "carol", r#"{"text":"noted"}"#);
+    },
+    sees: {
+        "A" => [
+            message().channel("general").seq(1).by("carol"),
+            message().channel("general").seq(2).by_the_server(),
+            message().channel("general").seq(3).by("carol"),
+        ],
+    },
+    never: { "B" => [message()] },
+    ends: {
+        "A" => live().channels(["general"]),
+        "B" => live().channels([]),
+    },
+);
+
+spec!(
+    server_send_reaches_a_live_session_that_never_joined_its_user_channel,
+    "The application sends to a user through the server API: a live session of that user gets it on `user:<sub>`, with no `from`, though it never joined that channel; sending joins it to nothing.",
+    |w| {
+        alice_live(&mut w, "A");
+        w.send("A", r#"{"type":"join","id":2,"channel":"general"}"#);
+        w.publish_external("general", "bob", r#"{"text":"hi"}"#);
+        w.server_send("alice", r#"{"notice":"your export is ready"}"#);
+    },
+    sees: {
+        "A" => [
+            message().channel("general").seq(1).by("bob"),
+            message().channel("user:alice").seq(2).by_the_server(),
+        ],
+    },
+    ends: { "A" => live().channels(["general"]) },
+);
+
+spec!(
+    server_send_to_a_dropped_session_is_replayed_on_resume,
+    "A session whose connection dropped still gets what the server sends to its user while it is resumable: the message waits in its buffer and the resume replays it on `user:<sub>`, with no `from`.",
+    |w| {
+        alice_live(&mut w, "A");
+        w.peer_close("A", PeerClose::Lost);
+        w.advance(2_000);
+        w.server_send("alice", r#"{"notice":"your export is ready"}"#);
+        w.open("B");
+        w.send(
+            "B",
+            r#"{"type":"resume","id":1,"session_id":"s_1","resume_token":"r_2","last_seq":0}"#,
+        );
+    },
+    sees: {
+        "B" => [
+            resumed().id(1).replayed(1).gap(false),
+            message().channel("user:alice").seq(1).by_the_server(),
+        ],
+    },
+    never: { "A" => [message()] },
+    ends: {
+        "A" => lost().resumable(),
+        "B" => live().channels([]),
+    },
+);
+
+spec!(
+    server_send_reaches_only_that_user,
+    "The server's send to alice reaches alice's session only: bob's session gets nothing of it, and a send to bob reaches bob's alone, on `user:bob`.",
+    |w| {
+        alice_live(&mut w, "A");
+        bob_live(&mut w, "B");
+        w.server_send("alice", r#"{"for":"alice"}"#);
+        w.server_send("bob", r#"{"for":"bob"}"#);
+    },
+    sees: {
+        "A" => [message().channel("user:alice").seq(1).by_the_server()],
+        "B" => [message().channel("user:bob").seq(1).by_the_server()],
+    },
+    never: {
+        "A" => [message().channel("user:bob")],
+        "B" => [message().channel("user:alice")],
+    },
+    ends: {
+        "A" => live().channels([]),
+        "B" => live().channels([]),
+    },
+);

@@ -347,7 +347,8 @@ delegate! {
     fn note_expiring_sent(&self, session_id: &str, epoch: u64) -> ();
     fn subscribe(&self, session_id: &str, epoch: u64, channel: &str) -> ();
     fn unsubscribe(&self, session_id: &str, epoch: u64, channel: &str) -> ();
-    fn publish(&self, channel: &str, from: &str, data: wsauth_core::Payload, now_ms: u64) -> usize;
+    fn publish(&self, channel: &str, from: Option<&str>, data: wsauth_core::Payload, now_ms: u64) -> usize;
+    fn send_to_user(&self, sub: &str, data: wsauth_core::Payload, now_ms: u64) -> usize;
     fn detach(&self, session_id: &str, epoch: u64, now_ms: u64) -> ();
     fn end_session(&self, session_id: &str, epoch: u64) -> ();
     fn revoke(&self, revocation: wsauth_core::Revocation, now_ms: u64) -> usize;

@@ -18,7 +18,7 @@ use wsauth_store::{Notice, Notify};
 fn delivery(seq: u64) -> Notice {
     Notice::Deliver(Delivery {
         channel: "c".into(),
-        from: "x".into(),
+        from: Some("x".into()),
         seq,
         data: Payload::from_json("1").expect("json"),
     })

@@ -191,7 +191,7 @@ fn no_delivery_after_leave_returns() {
             let store = store.clone();
             thread::spawn(move || {
                 let data = Payload::from_json("1").expect("json");
-                now(store.publish("general", "bob", data, T0)).expect("publish")
+                now(store.publish("general", Some("bob"), data, T0)).expect("publish")
             })
         };
         now(store.unsubscribe(&id, epoch, "general")).expect("leave");

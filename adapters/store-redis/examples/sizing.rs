@@ -109,7 +109,7 @@ async fn main() {
     for round in 0..10 {
         for room in 0..1000 {
             store
-                .publish(&format!("room:{room}"), "sizing", data.clone(), now)
+                .publish(&format!("room:{room}"), Some("sizing"), data.clone(), now)
                 .await
                 .expect("publish");
         }

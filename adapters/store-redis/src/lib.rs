@@ -248,6 +248,52 @@ impl RedisStore {
     }
 }
 
+impl RedisStore {
+    /// Runs `publish.lua`: the message on `channel` to the sessions `to` names
+    /// (`c`: the channel's members; `u:<sub>`: the user's live sessions), with
+    /// `from` when a user published it. Returns the sessions reached.
+    async fn fan_out(
+        &self,
+        channel: &str,
+        to: &str,
+        from: Option<&str>,
+        data: Payload,
+        now_ms: u64,
+    ) -> Result<usize, StoreError> {
+        let body = delivery_body(channel, from, &data);
+        let n: u64 = self
+            .invoke(
+                self.scripts
+                    .publish
+                    .arg(&self.prefix)
+                    .arg(channel)
+                    .arg(body)
+                    .arg(self.settings.resume_buffer)
+                    .arg(to)
+                    .arg(now_ms)
+                    .arg(self.settings.resume_grace_ms)
+                    .arg(self.settings.leeway_ms),
+            )
+            .await?;
+        Ok(usize::try_from(n).unwrap_or(usize::MAX))
+    }
+}
+
+/// The JSON members of a delivery as `publish.lua` stores and sends them:
+/// `"channel":…,"from":…,"data":…`, without `from` when the server sent it.
+fn delivery_body(channel: &str, from: Option<&str>, data: &Payload) -> String {
+    let encode = |s: &str| serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into());
+    match from {
+        Some(from) => format!(
+            "\"channel\":{},\"from\":{},\"data\":{}",
+            encode(channel),
+            encode(from),
+            data.get()
+        ),
+        None => format!("\"channel\":{},\"data\":{}", encode(channel), data.get()),
+    }
+}
+
 async fn ping(conn: &ConnectionManager) -> Result<(), RedisError> {
     let attempt = async || {
         redis::cmd("PING")
@@ -341,14 +387,15 @@ fn dispatch(text: &str, notify: &dyn Notify, marks: &Marks) {
     };
     match entry.kind {
         "deliver" => {
-            let (Some(channel), Some(from), Some(data)) = (entry.channel, entry.from, entry.data)
-            else {
+            // No `from`: the server published or sent it.
+            let (Some(channel), Some(data)) = (entry.channel, entry.data) else {
                 return;
             };
             let Ok(data) = Payload::from_json(data.get()) else {
                 return;
             };
-            let (channel, from): (Arc<str>, Arc<str>) = (channel.into(), from.into());
+            let channel: Arc<str> = channel.into();
+            let from: Option<Arc<str>> = entry.from.map(Arc::from);
             for (session_id, epoch, seq) in entry.to {
                 let delivery = Delivery {
                     channel: channel.clone(),
@@ -538,7 +585,9 @@ fn encode_claims(claims: &Claims) -> Result<String, StoreError> {
 struct BufferedEntry<'a> {
     seq: u64,
     channel: String,
-    from: String,
+    /// Absent when the server published or sent it.
+    #[serde(default)]
+    from: Option<String>,
     #[serde(borrow)]
     data: &'a RawValue,
 }
@@ -547,7 +596,7 @@ fn decode_buffered(text: &str) -> Option<Delivery> {
     let e: BufferedEntry<'_> = serde_json::from_str(text).ok()?;
     Some(Delivery {
         channel: e.channel.into(),
-        from: e.from.into(),
+        from: e.from.map(Arc::from),
         seq: e.seq,
         data: Payload::from_json(e.data.get()).ok()?,
     })
@@ -723,28 +772,22 @@ impl Store for RedisStore {
     async fn publish(
         &self,
         channel: &str,
-        from: &str,
+        from: Option<&str>,
         data: Payload,
-        _now_ms: u64,
+        now_ms: u64,
     ) -> Result<usize, StoreError> {
-        let encode = |s: &str| serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into());
-        let body = format!(
-            "\"channel\":{},\"from\":{},\"data\":{}",
-            encode(channel),
-            encode(from),
-            data.get()
-        );
-        let n: u64 = self
-            .invoke(
-                self.scripts
-                    .publish
-                    .arg(&self.prefix)
-                    .arg(channel)
-                    .arg(body)
-                    .arg(self.settings.resume_buffer),
-            )
-            .await?;
-        Ok(usize::try_from(n).unwrap_or(usize::MAX))
+        self.fan_out(channel, "c", from, data, now_ms).await
+    }
+
+    async fn send_to_user(
+        &self,
+        sub: &str,
+        data: Payload,
+        now_ms: u64,
+    ) -> Result<usize, StoreError> {
+        let channel = wsauth_core::rules::user_channel(sub);
+        self.fan_out(&channel, &format!("u:{sub}"), None, data, now_ms)
+            .await
     }
 
     async fn detach(&self, session_id: &str, epoch: u64, now_ms: u64) -> Result<(), StoreError> {

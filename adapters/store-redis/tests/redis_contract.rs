@@ -218,7 +218,7 @@ async fn redis_down_fails_calls_fast_and_a_restart_loses_no_stored_session() {
     let (id, token, epoch) = created(&store, claims("alice", "j1")).await;
     store.subscribe(&id, epoch, "general").await.expect("join");
     let data = Payload::from_json(r#"{"n":1}"#).expect("json");
-    assert_eq!(store.publish("general", "bob", data, T0).await, Ok(1));
+    assert_eq!(store.publish("general", Some("bob"), data, T0).await, Ok(1));
     store.detach(&id, epoch, T0 + 10).await.expect("detach");
 
     redis.stop();

@@ -393,14 +393,14 @@ where
         let data = Payload::from_json(r#"{"n":1}"#).expect("json");
         assert_eq!(
             store
-                .publish("general", "carol", data.clone(), T0)
+                .publish("general", Some("carol"), data.clone(), T0)
                 .await
                 .expect("publish"),
             2
         );
         assert_eq!(
             store
-                .publish("other", "carol", data.clone(), T0)
+                .publish("other", Some("carol"), data.clone(), T0)
                 .await
                 .expect("publish"),
             0
@@ -412,13 +412,18 @@ where
                 panic!("a delivery")
             };
             assert_eq!(d.seq, 1);
+            assert_eq!(
+                d.from.as_deref(),
+                Some("carol"),
+                "a user's publish names them"
+            );
             assert_eq!(*epoch, if *id == a { ea } else { eb });
         }
         store.unsubscribe(&b, eb, "general").await.expect("unsub");
         store.detach(&a, ea, T0).await.expect("detach");
         for _ in 0..3 {
             store
-                .publish("general", "carol", data.clone(), T0)
+                .publish("general", Some("carol"), data.clone(), T0)
                 .await
                 .expect("publish");
         }
@@ -435,6 +440,157 @@ where
         let seqs: Vec<u64> = resumed.buffered.iter().map(|d| d.seq).collect();
         assert_eq!(seqs, vec![3, 4], "the buffer keeps the last two");
         assert_eq!(resumed.channels, vec!["general".to_owned()]);
+    }
+
+    // The server's publish (PROTOCOL §9): joined sessions only, no `from`, and the
+    // same per-session seq, buffer and notices as a user's publish.
+    {
+        let (store, rec) = fresh(StoreSettings::default()).await;
+        let (a, ta, ea) = create(&store, claims("alice", "j1", None), T0).await;
+        let (b, _, eb) = create(&store, claims("bob", "k1", None), T0).await;
+        let (c, _, _) = create(&store, claims("carol", "c1", None), T0).await;
+        store.subscribe(&a, ea, "general").await.expect("sub");
+        store.subscribe(&b, eb, "general").await.expect("sub");
+        let data = |n: u32| Payload::from_json(&n.to_string()).expect("json");
+        let publish = async |from: Option<&str>, n: u32| {
+            store
+                .publish("general", from, data(n), T0)
+                .await
+                .expect("publish")
+        };
+        assert_eq!(publish(Some("carol"), 1).await, 2);
+        assert_eq!(publish(None, 2).await, 2, "the server reaches both");
+        assert_eq!(publish(Some("bob"), 3).await, 2);
+        let seen = settled(&store, &rec).await;
+        for (id, epoch) in [(&a, ea), (&b, eb)] {
+            let got: Vec<(u64, Option<&str>, &Payload)> = seen
+                .iter()
+                .filter(|(i, e, _)| i == id && *e == epoch)
+                .map(|(_, _, n)| match n {
+                    Notice::Deliver(d) => (d.seq, d.from.as_deref(), &d.data),
+                    other => panic!("a delivery, not {other:?}"),
+                })
+                .collect();
+            assert_eq!(
+                got,
+                vec![
+                    (1, Some("carol"), &data(1)),
+                    (2, None, &data(2)),
+                    (3, Some("bob"), &data(3)),
+                ],
+                "one seq order for the user's and the server's messages"
+            );
+        }
+        assert_eq!(seen.len(), 6, "carol joined nothing: {c} got nothing");
+        store.detach(&a, ea, T0).await.expect("detach");
+        assert_eq!(publish(None, 4).await, 2, "a detached session is reached");
+        assert_eq!(
+            settled(&store, &rec).await.len(),
+            1,
+            "only bob, attached, is notified"
+        );
+        let (resumed, _) = store
+            .resume_session(&a, &ta, T0 + 1)
+            .await
+            .expect("answers")
+            .expect("resumes");
+        let last = resumed.buffered.last().expect("buffered");
+        assert_eq!((last.seq, last.from.as_deref()), (4, None));
+        assert_eq!(&*last.channel, "general");
+        assert_eq!(last.data, data(4));
+        assert_eq!(resumed.last_seq, 4);
+    }
+
+    // The server's send to a user: every session of that user alive in the store,
+    // attached or within grace, joined to `user:<sub>` or not; nobody else's, and
+    // none past grace. It returns the sessions reached.
+    {
+        let settings = StoreSettings {
+            resume_grace_ms: 1_000,
+            ..StoreSettings::default()
+        };
+        let (store, rec) = fresh(settings).await;
+        let now = T0 + 1_000;
+        // a1: attached, joined `general` only. a2: detached within grace at `now`.
+        // a3: detached exactly a grace before `now`, so past it.
+        let (a1, _, e1) = create(&store, claims("alice", "j1", None), T0).await;
+        let (a2, t2, e2) = create(&store, claims("alice", "j2", None), T0).await;
+        let (a3, t3, e3) = create(&store, claims("alice", "j3", None), T0).await;
+        store.detach(&a3, e3, T0).await.expect("detach");
+        store.detach(&a2, e2, T0 + 500).await.expect("detach");
+        store.subscribe(&a1, e1, "general").await.expect("sub");
+        // bob: attached, and joined to alice's user channel (a `user:*` token).
+        let (b, _, eb) = create(&store, claims("bob", "k1", None), T0).await;
+        store.subscribe(&b, eb, "user:alice").await.expect("sub");
+        let data = Payload::from_json(r#"{"note":"hi"}"#).expect("json");
+        let published = store
+            .publish("general", Some("carol"), data.clone(), now)
+            .await
+            .expect("publish");
+        assert_eq!(published, 1);
+        settled(&store, &rec).await;
+        let reached = store
+            .send_to_user("alice", data.clone(), now)
+            .await
+            .expect("send");
+        assert_eq!(reached, 2, "a1 and a2; not a3, past grace, nor bob");
+        let expected = Delivery {
+            channel: "user:alice".into(),
+            from: None,
+            seq: 2,
+            data: data.clone(),
+        };
+        assert_eq!(
+            settled(&store, &rec).await,
+            vec![(a1.clone(), e1, Notice::Deliver(expected))],
+            "the attached one is told, on user:alice it never joined, after \
+             the user's publish (seq 2); not the detached one nor bob"
+        );
+        let (resumed, _) = store
+            .resume_session(&a2, &t2, now + 1)
+            .await
+            .expect("answers")
+            .expect("a2 resumes within grace");
+        assert_eq!(
+            resumed.buffered,
+            vec![Delivery {
+                channel: "user:alice".into(),
+                from: None,
+                seq: 1,
+                data: data.clone(),
+            }],
+            "the detached one's buffer has it"
+        );
+        assert_eq!(resumed.last_seq, 1);
+        assert!(resumed.channels.is_empty(), "sending joins nothing");
+        let (kept, _) = rules::replay(resumed.buffered, 0, 1, "alice", &BTreeSet::new());
+        assert_eq!(kept.len(), 1, "and its resume replays it");
+        assert!(
+            store
+                .resume_session(&a3, &t3, now + 1)
+                .await
+                .expect("answers")
+                .is_none(),
+            "a3 is past grace"
+        );
+        assert_eq!(
+            store
+                .send_to_user("nobody", data.clone(), now)
+                .await
+                .expect("send"),
+            0
+        );
+        assert_eq!(
+            store.send_to_user("bob", data, now).await.expect("send"),
+            1,
+            "bob's own"
+        );
+        let seen = settled(&store, &rec).await;
+        assert_eq!(seen.len(), 1);
+        let (id, _, Notice::Deliver(d)) = &seen[0] else {
+            panic!("a delivery")
+        };
+        assert_eq!((id, &*d.channel, d.seq), (&b, "user:bob", 1));
     }
 
     // Refresh, expiring note and stale epochs.
@@ -482,7 +638,12 @@ where
         create(&store, claims("bob", "k1", None), T0).await;
         store.subscribe(&a, ea, "general").await.expect("sub");
         store
-            .publish("general", "x", Payload::from_json("1").expect("json"), T0)
+            .publish(
+                "general",
+                Some("x"),
+                Payload::from_json("1").expect("json"),
+                T0,
+            )
             .await
             .expect("pub");
         store.detach(&a, ea, T0).await.expect("detach");
@@ -589,6 +750,37 @@ where
         );
     }
 
+    // The server API called on another node than the session's: a server publish
+    // and a send reach it there, without `from`, in one seq order.
+    {
+        let rec = Arc::new(Recorder::default());
+        let nodes = make_nodes(StoreSettings::default(), rec.clone(), 2).await;
+        let (id, _, epoch) = create(&*nodes[0], claims("alice", "j", None), T0).await;
+        nodes[0]
+            .subscribe(&id, epoch, "general")
+            .await
+            .expect("subscribe");
+        let data = Payload::from_json("1").expect("json");
+        let published = nodes[1].publish("general", None, data.clone(), T0).await;
+        assert_eq!(published, Ok(1));
+        assert_eq!(nodes[1].send_to_user("alice", data, T0).await, Ok(1));
+        let got: Vec<(String, u64, String, u64, bool)> = settled(&*nodes[0], &rec)
+            .await
+            .into_iter()
+            .map(|(i, e, n)| match n {
+                Notice::Deliver(d) => (i, e, d.channel.to_string(), d.seq, d.from.is_none()),
+                other => panic!("a delivery, not {other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (id.clone(), epoch, "general".to_owned(), 1, true),
+                (id, epoch, "user:alice".to_owned(), 2, true),
+            ]
+        );
+    }
+
     // Publishers on every node: one session sees one gap-free seq order.
     {
         let arrivals = Arc::new(Arrivals::default());
@@ -604,7 +796,7 @@ where
                 tokio::spawn(async move {
                     for _ in 0..250 {
                         let data = Payload::from_json("1").expect("json");
-                        node.publish("general", "p", data, T0)
+                        node.publish("general", Some("p"), data, T0)
                             .await
                             .expect("publish");
                     }
@@ -802,7 +994,7 @@ fn rule_settings(edge: Edge) -> StoreSettings {
 fn delivery(seq: u64) -> Delivery {
     Delivery {
         channel: if seq % 2 == 1 { "a" } else { "b" }.into(),
-        from: "p".into(),
+        from: Some("p".into()),
         seq,
         data: Payload::from_json("1").expect("json"),
     }
@@ -810,7 +1002,7 @@ fn delivery(seq: u64) -> Delivery {
 
 fn replay_verdict(buffered: Vec<Delivery>, last_seq: u64, last_assigned: u64) -> Verdict {
     let kept = BTreeSet::from(["a".to_owned()]);
-    let (replay, gap) = rules::replay(buffered, last_seq, last_assigned, &kept);
+    let (replay, gap) = rules::replay(buffered, last_seq, last_assigned, "alice", &kept);
     Verdict::Replay {
         seqs: replay.iter().map(|d| d.seq).collect(),
         gap,
@@ -955,7 +1147,9 @@ pub async fn store_verdict<S: Store>(store: &S, edge: Edge) -> Verdict {
             }
             for seq in 1..=published {
                 let d = delivery(seq);
-                let n = store.publish(&d.channel, &d.from, d.data, T0).await;
+                let n = store
+                    .publish(&d.channel, d.from.as_deref(), d.data, T0)
+                    .await;
                 assert_eq!(n, Ok(1), "published");
             }
             store.detach(&id, epoch, T0).await.expect("detach");

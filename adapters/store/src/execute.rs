@@ -79,7 +79,7 @@ pub async fn execute<S: Store>(
             data,
             ..
         } => {
-            store.publish(&channel, &from, data, now_ms).await?;
+            store.publish(&channel, Some(&from), data, now_ms).await?;
             Reply::Published
         }
         StoreRequest::NoteExpiringSent { attachment } => {

@@ -318,7 +318,7 @@ mod tests {
     fn delivery(seq: u64) -> Notice {
         Notice::Deliver(Delivery {
             channel: "c".into(),
-            from: "x".into(),
+            from: Some("x".into()),
             seq,
             data: Payload::from_json("1").expect("json"),
         })

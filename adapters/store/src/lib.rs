@@ -187,7 +187,15 @@ pub enum StoreError {
 ///   session joined to the channel, attached or not, with that session's next `seq`
 ///   (1, 2, 3, …), keeps the last `resume_buffer` messages, and notifies
 ///   [`Notice::Deliver`] to the attached ones. Nothing accepted is lost between a drop
-///   and a resume: the resume returns the buffer.
+///   and a resume: the resume returns the buffer. A user's publish carries its `sub`
+///   as `from`; the server's (PROTOCOL §9) carries none, with the same `seq`, buffer
+///   and notices.
+/// - **Send to a user.** `send_to_user(sub, …)` does what `publish` does, without
+///   `from`, on the channel `user:<sub>` ([`wsauth_core::rules::user_channel`]), for every session
+///   of that user the store holds and that is alive (attached, or detached within
+///   grace, before `exp` + leeway) whether or not it joined that channel; it
+///   returns how many sessions got the message. Another user's sessions, and the
+///   user's sessions past grace, get nothing.
 /// - **Revocation** by `jti` lasts until the token's `exp` when a stored session knows
 ///   it, else `max_token_lifetime_ms`; by `sub` it refuses tokens of that user with `iat`
 ///   at or before the revocation time (or no `iat`) for `max_token_lifetime_ms`. `revoke`
@@ -247,11 +255,22 @@ pub trait Store: Send + Sync + 'static {
         channel: &str,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
-    /// Publishes to a channel; returns how many sessions got the message.
+    /// Publishes to a channel; returns how many sessions got the message. `from` is
+    /// the publishing user's `sub`, or `None` when the server publishes.
     fn publish(
         &self,
         channel: &str,
-        from: &str,
+        from: Option<&str>,
+        data: Payload,
+        now_ms: u64,
+    ) -> impl Future<Output = Result<usize, StoreError>> + Send;
+
+    /// Sends a message, without `from`, to every live or resumable session of user
+    /// `sub`, on the channel `user:<sub>` whether or not the session joined it;
+    /// returns how many sessions got the message (PROTOCOL §9).
+    fn send_to_user(
+        &self,
+        sub: &str,
         data: Payload,
         now_ms: u64,
     ) -> impl Future<Output = Result<usize, StoreError>> + Send;

@@ -115,6 +115,16 @@ struct State {
 
 type Notices = Vec<(String, u64, Notice)>;
 
+/// Which sessions a message goes to.
+#[derive(Clone, Copy)]
+enum Recipients<'a> {
+    /// The sessions joined to its channel (`publish`).
+    Members,
+    /// Every session of the user alive at `now_ms`, attached or within grace
+    /// (`send_to_user`), joined to the channel or not.
+    User { sub: &'a str, now_ms: u64 },
+}
+
 /// The embedded single-node store.
 pub struct MemoryStore {
     settings: StoreSettings,
@@ -361,21 +371,46 @@ impl MemoryStore {
         result
     }
 
-    fn do_publish(&self, channel: &str, from: &str, data: Payload) -> usize {
+    /// Appends a message on `channel` to the buffer of every session `to` names, with
+    /// that session's next `seq`, and tells the attached ones: a user's or the
+    /// server's publish (the channel's members) and the server's send to a user (the
+    /// user's live sessions, on `user:<sub>`) share it. Returns the sessions reached.
+    fn do_publish(
+        &self,
+        channel: &str,
+        to: Recipients<'_>,
+        from: Option<&str>,
+        data: Payload,
+    ) -> usize {
         let _order = lock(&self.dispatch);
         let mut notices = Vec::new();
         let n = {
             let mut st = lock(&self.state);
-            let members: Vec<String> = st
-                .members
-                .get(channel)
-                .map(|m| m.iter().cloned().collect())
-                .unwrap_or_default();
+            let recipients: Vec<String> = match to {
+                Recipients::Members => st
+                    .members
+                    .get(channel)
+                    .map(|m| m.iter().cloned().collect())
+                    .unwrap_or_default(),
+                Recipients::User { sub, now_ms } => st
+                    .by_user
+                    .get(sub)
+                    .into_iter()
+                    .flatten()
+                    .filter(|(_, id)| {
+                        st.sessions
+                            .get(id)
+                            .is_some_and(|s| s.alive(now_ms, &self.settings))
+                    })
+                    .map(|(_, id)| id.clone())
+                    .collect(),
+            };
             let cap = self.settings.resume_buffer;
             let mut n = 0;
             // Shared by every copy of the delivery: a fan-out copies no names.
-            let (channel_name, publisher): (Arc<str>, Arc<str>) = (channel.into(), from.into());
-            for id in members {
+            let channel_name: Arc<str> = channel.into();
+            let publisher: Option<Arc<str>> = from.map(Arc::from);
+            for id in recipients {
                 let Some(s) = st.sessions.get_mut(&id) else {
                     continue;
                 };
@@ -561,11 +596,21 @@ impl Store for MemoryStore {
     async fn publish(
         &self,
         channel: &str,
-        from: &str,
+        from: Option<&str>,
         data: Payload,
         _now_ms: u64,
     ) -> Result<usize, StoreError> {
-        Ok(self.do_publish(channel, from, data))
+        Ok(self.do_publish(channel, Recipients::Members, from, data))
+    }
+
+    async fn send_to_user(
+        &self,
+        sub: &str,
+        data: Payload,
+        now_ms: u64,
+    ) -> Result<usize, StoreError> {
+        let to = Recipients::User { sub, now_ms };
+        Ok(self.do_publish(&rules::user_channel(sub), to, None, data))
     }
 
     async fn detach(&self, session_id: &str, epoch: u64, now_ms: u64) -> Result<(), StoreError> {

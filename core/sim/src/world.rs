@@ -15,7 +15,7 @@ use wsauth_core::{
     PeerClose, Reply, RequestId, Revocation, SessionConfig, SessionFate, StoreRequest,
 };
 use wsauth_core::{Payload, Secret};
-use wsauth_store::{MemoryStore, Notice, Notify, Store, StoreSettings};
+use wsauth_store::{MemoryStore, Notice, Notify, Store, StoreError, StoreSettings};
 
 /// Verifies a token at a time: the real [`wsauth_core::jwt::Verifier`] or a stand-in.
 pub type VerifyFn = Arc<dyn Fn(&str, u64) -> Result<Claims, TokenError> + Send + Sync>;
@@ -438,8 +438,45 @@ impl World {
             "{:<9}   ** {from} publishes to {channel} from elsewhere: {data}",
             self.stamp()
         ));
+        self.fan_out(data, |store, payload, now| {
+            ready(store.publish(channel, Some(from), payload, now))
+        });
+    }
+
+    /// The application publishes to a channel through the server API (PROTOCOL
+    /// §9): every session joined to it gets the message, without `from`.
+    pub fn server_publish(&mut self, channel: &str, data: &str) {
+        self.push_line(format!(
+            "{:<9}   ** the server publishes to {channel}: {data}",
+            self.stamp()
+        ));
+        self.fan_out(data, |store, payload, now| {
+            ready(store.publish(channel, None, payload, now))
+        });
+    }
+
+    /// The application sends to a user through the server API (PROTOCOL §9):
+    /// every live or resumable session of `sub` gets the message on `user:<sub>`,
+    /// without `from`, whether or not it joined that channel.
+    pub fn server_send(&mut self, sub: &str, data: &str) {
+        self.push_line(format!(
+            "{:<9}   ** the server sends to user {sub}: {data}",
+            self.stamp()
+        ));
+        self.fan_out(data, |store, payload, now| {
+            ready(store.send_to_user(sub, payload, now))
+        });
+    }
+
+    /// Hands `data` to the store as `call` does and routes the notices it causes to
+    /// the connections, the way a node's notify does.
+    fn fan_out(
+        &mut self,
+        data: &str,
+        call: impl FnOnce(&MemoryStore, Payload, u64) -> Result<usize, StoreError>,
+    ) {
         if let Ok(payload) = Payload::from_json(data) {
-            let n = ready(self.store.publish(channel, from, payload, self.now)).unwrap_or(0);
+            let n = call(&self.store, payload, self.now).unwrap_or(0);
             self.push_line(format!(
                 "{:<9}   ** delivered to {n} session(s)",
                 self.stamp()

@@ -218,7 +218,8 @@ impl Connection {
         let joined: BTreeSet<String> = kept.iter().cloned().collect();
         // The gap is judged on everything still buffered, before dropping the messages
         // of channels that are no longer allowed.
-        let (replay, gap) = crate::rules::replay(buffered, last_seq, last_assigned, &joined);
+        let (replay, gap) =
+            crate::rules::replay(buffered, last_seq, last_assigned, &claims.sub, &joined);
         let replayed = replay.len() as u64;
         let expires_at = claims.exp_ms;
         self.enter_live(now, |open| Live {

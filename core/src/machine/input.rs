@@ -58,7 +58,8 @@ pub enum Input<'a> {
     /// close, are ignored.
     CallResult(RequestId, CallResult),
     /// A channel message for this session (a store notice). Delivered when the
-    /// channel is joined and its `seq` is newer than the last one sent.
+    /// channel is joined, or is the session's own `user:<sub>` (where the server's
+    /// `send` delivers), and its `seq` is newer than the last one sent.
     Deliver(Delivery),
     /// An operator revocation reached this node (a store notice).
     Revoked {

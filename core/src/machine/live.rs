@@ -271,12 +271,15 @@ impl Connection {
         self.outputs.event(Event::ExpiringSent);
     }
 
-    /// A channel message is sent when its channel is joined and its `seq` is new.
+    /// A channel message is sent when its `seq` is new and its channel is joined
+    /// or is the session's own `user:<sub>` ([`crate::rules::accepts_channel`]).
     pub(super) fn on_delivery(&mut self, delivery: Delivery) {
         let Phase::Live(live) = &mut self.phase else {
             return;
         };
-        if delivery.seq <= live.last_seq || !live.joined.contains(&*delivery.channel) {
+        if delivery.seq <= live.last_seq
+            || !crate::rules::accepts_channel(&delivery.channel, &live.claims.sub, &live.joined)
+        {
             return;
         }
         live.last_seq = delivery.seq;

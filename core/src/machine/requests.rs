@@ -19,8 +19,9 @@ pub struct RequestId(pub u64);
 pub struct Delivery {
     /// The channel.
     pub channel: std::sync::Arc<str>,
-    /// The publisher's `sub`.
-    pub from: std::sync::Arc<str>,
+    /// The publisher's `sub`; `None` when the server published or sent it
+    /// (PROTOCOL §9).
+    pub from: Option<std::sync::Arc<str>>,
     /// Per-session sequence number, from 1.
     pub seq: u64,
     /// The data.

@@ -1,12 +1,27 @@
--- ARGV: prefix, channel, body, buffer_cap
--- body is `"channel":…,"from":…,"data":…` as JSON members, encoded by the caller.
-local ch, body, cap = ARGV[2], ARGV[3], tonumber(ARGV[4])
+-- ARGV: prefix, channel, body, buffer_cap, to, now, grace, leeway
+-- body is `"channel":…,"from":…,"data":…` as JSON members, encoded by the caller
+-- (no `from` when the server publishes or sends).
+-- to: 'c' for the sessions joined to the channel (publish), or 'u:<sub>' for every
+-- session of that user alive now, attached or within grace, joined or not
+-- (send_to_user, on the channel user:<sub>).
+local ch, body, cap, to = ARGV[2], ARGV[3], tonumber(ARGV[4]), ARGV[5]
+local ids, index
+if to == 'c' then
+  index = P .. 'c:' .. ch
+  ids = redis.call('SMEMBERS', index)
+else
+  local now, grace, leeway = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
+  ids = {}
+  for _, id in ipairs(redis.call('ZRANGE', P .. to, 0, -1)) do
+    if is_alive(id, now, grace, leeway) then ids[#ids + 1] = id end
+  end
+end
 local n, inboxes, targets = 0, {}, {}
-for _, id in ipairs(redis.call('SMEMBERS', P .. 'c:' .. ch)) do
+for _, id in ipairs(ids) do
   local k = P .. 's:' .. id
   local f = redis.call('HMGET', k, 'att', 'epoch', 'inbox')
   if not f[2] then
-    redis.call('SREM', P .. 'c:' .. ch, id)
+    if index then redis.call('SREM', index, id) end
   else
     n = n + 1
     local seq = redis.call('HINCRBY', k, 'seq', 1)
