@@ -28,10 +28,11 @@ use std::sync::Arc;
 
 use serde_json::Value;
 use wsauth_core::jwt::Claims;
-use wsauth_core::protocol::Payload;
+use wsauth_core::protocol::{MAX_METHOD_BYTES, Payload};
 use wsauth_core::{CallResult, ErrorCode};
 
-use crate::config::Config;
+use crate::config::{Config, method_allowed};
+use crate::proxy::Proxy;
 
 /// Who makes a call: the session's verified identity, never its token.
 #[derive(Clone, Debug)]
@@ -130,7 +131,7 @@ impl MethodPattern {
         let valid_chars = name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b".:_/-".contains(&b));
-        if pattern.len() > 128 || !valid_chars || (name.is_empty() && !prefix) {
+        if pattern.len() > MAX_METHOD_BYTES || !valid_chars || (name.is_empty() && !prefix) {
             return Err(format!(
                 "method pattern {pattern:?}: a method of 1–128 of A-Z a-z 0-9 . _ : / -, \
                  optionally ending in *"
@@ -142,14 +143,6 @@ impl MethodPattern {
             MethodPattern::Exact(name.to_owned())
         })
     }
-
-    /// Whether `method` matches.
-    pub fn matches(&self, method: &str) -> bool {
-        match self {
-            MethodPattern::Exact(name) => name == method,
-            MethodPattern::Prefix(prefix) => method.starts_with(prefix.as_str()),
-        }
-    }
 }
 
 /// The application: call handlers and session hooks, given to the server when it
@@ -159,10 +152,12 @@ pub struct App {
     exact: HashMap<String, Handler>,
     /// Longest prefix first.
     prefixes: Vec<(String, Handler)>,
-    /// `app.rpc_methods`: when set, only these methods reach a handler.
-    allowed: Option<Vec<MethodPattern>>,
+    /// `app.rpc_methods`: when not empty, only these methods reach a handler.
+    allowed: Vec<String>,
     on_start: Option<Hook<SessionStart>>,
     on_end: Option<Hook<SessionEnd>>,
+    /// Takes the methods no handler takes (the standalone HTTP backend).
+    fallback: Option<Handler>,
 }
 
 impl fmt::Debug for App {
@@ -175,6 +170,7 @@ impl fmt::Debug for App {
             .field("allowed", &self.allowed)
             .field("on_session_start", &self.on_start.is_some())
             .field("on_session_end", &self.on_end.is_some())
+            .field("backend", &self.fallback.is_some())
             .finish()
     }
 }
@@ -208,9 +204,19 @@ impl App {
         })
     }
 
+    /// The handler of the methods no other handler takes, in the protocol's own
+    /// terms (the standalone HTTP backend).
+    fn fallback<F>(mut self, handler: F) -> App
+    where
+        F: Fn(CallContext, String, Payload) -> CallFuture + Send + Sync + 'static,
+    {
+        self.fallback = Some(Arc::new(handler));
+        self
+    }
+
     /// [`App::handle`] for a handler that answers in the protocol's own terms
-    /// and gets the method (the standalone HTTP backend).
-    pub(crate) fn route<F>(mut self, pattern: &str, handler: F) -> App
+    /// and gets the method.
+    fn route<F>(mut self, pattern: &str, handler: F) -> App
     where
         F: Fn(CallContext, String, Payload) -> CallFuture + Send + Sync + 'static,
     {
@@ -251,11 +257,10 @@ impl App {
         self
     }
 
-    /// Only the methods these patterns match reach a handler (`app.rpc_methods`);
-    /// the others are `METHOD_NOT_FOUND`. Empty: every method.
-    #[allow(dead_code)] // `configured` uses it once `app.rpc_methods` exists.
-    pub(crate) fn allow_only(mut self, patterns: Vec<MethodPattern>) -> App {
-        self.allowed = (!patterns.is_empty()).then_some(patterns);
+    /// Only the methods these patterns match reach a handler (`app.rpc_methods`,
+    /// already validated); the others are `METHOD_NOT_FOUND`. Empty: every method.
+    pub(crate) fn allow_only(mut self, patterns: Vec<String>) -> App {
+        self.allowed = patterns;
         self
     }
 
@@ -266,17 +271,19 @@ impl App {
         data: Payload,
         context: CallContext,
     ) -> Option<CallFuture> {
-        if let Some(allowed) = &self.allowed
-            && !allowed.iter().any(|p| p.matches(&method))
-        {
+        if !method_allowed(&self.allowed, &method) {
             return None;
         }
-        let handler = self.exact.get(&method).or_else(|| {
-            self.prefixes
-                .iter()
-                .find(|(prefix, _)| method.starts_with(prefix.as_str()))
-                .map(|(_, handler)| handler)
-        })?;
+        let handler = self
+            .exact
+            .get(&method)
+            .or_else(|| {
+                self.prefixes
+                    .iter()
+                    .find(|(prefix, _)| method.starts_with(prefix.as_str()))
+                    .map(|(_, handler)| handler)
+            })
+            .or(self.fallback.as_ref())?;
         Some(handler(context, method, data))
     }
 
@@ -298,8 +305,29 @@ impl App {
 /// `app` as the configuration completes it: `app.rpc_methods` limits the methods
 /// that reach a handler, and `app.rpc_url` takes the methods no embedded handler
 /// takes.
-pub(crate) fn configured(app: App, _config: &Config, _node: &Arc<str>) -> Result<App, String> {
-    Ok(app)
+pub(crate) fn configured(app: App, config: &Config, node: &Arc<str>) -> Result<App, String> {
+    let app = app.allow_only(config.app.rpc_methods.clone());
+    let Some(proxy) = Proxy::new(&config.app, node)? else {
+        return Ok(app);
+    };
+    if app.prefixes.iter().any(|(prefix, _)| prefix.is_empty()) {
+        tracing::warn!(
+            "app.rpc_url is set but an embedded handler takes every method (\"*\"): the backend gets no call"
+        );
+    }
+    let proxy = Arc::new(proxy);
+    // Below every embedded handler: the backend takes what they do not.
+    Ok(app.fallback(move |ctx, method, data| {
+        let proxy = proxy.clone();
+        Box::pin(async move {
+            let context = wsauth_core::CallContext {
+                sub: ctx.sub,
+                session_id: ctx.session_id,
+                claims: ctx.claims,
+            };
+            proxy.call(&method, &data, &context).await
+        })
+    }))
 }
 
 /// A handler's answer in the core's terms.
@@ -368,7 +396,7 @@ mod tests {
     async fn the_allow_list_hides_every_other_method() {
         let app = App::new()
             .handle("*", named("any"))
-            .allow_only(vec![MethodPattern::parse("chat.*").expect("pattern")]);
+            .allow_only(vec!["chat.*".into()]);
         assert_eq!(route(&app, "chat.send").await, answered("any"));
         assert_eq!(route(&app, "admin.drop").await, None);
     }

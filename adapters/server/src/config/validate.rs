@@ -120,6 +120,14 @@ impl Config {
             ),
             _ => {}
         }
+        if let Some(key) = &self.api_key
+            && key.chars().count() < MIN_ADMIN_KEY_CHARS
+        {
+            v.push(
+                "api_key",
+                format!("must be at least {MIN_ADMIN_KEY_CHARS} characters"),
+            );
+        }
         if !self.path.starts_with('/') {
             v.push("path", "must start with '/'");
         } else if self
@@ -377,13 +385,7 @@ fn check_rpc_url(url: &str) -> Result<(), String> {
 
 /// An exact method, a method prefix followed by `*`, or a lone `*`.
 fn is_method_pattern(pattern: &str) -> bool {
-    let is_method_char = |b: u8| b.is_ascii_alphanumeric() || b"._:/-".contains(&b);
-    let (name, max) = match pattern.strip_suffix('*') {
-        Some(prefix) => (prefix, MAX_METHOD_CHARS - 1),
-        None => (pattern, MAX_METHOD_CHARS),
-    };
-    let lone_star = pattern == "*";
-    (lone_star || !name.is_empty()) && name.len() <= max && name.bytes().all(is_method_char)
+    crate::app::MethodPattern::parse(pattern).is_ok()
 }
 
 /// `scheme://host[:port]`, as a browser sends it in `Origin`.
