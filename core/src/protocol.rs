@@ -314,6 +314,15 @@ struct RawFields<'a> {
     data: Option<&'a RawValue>,
 }
 
+/// What a channel name must be, in the words errors use.
+pub const CHANNEL_NAME_RULE: &str = "`channel` must be a non-empty name without control characters";
+
+/// Whether `name` can name a channel (§6): not empty, no control characters (its
+/// length is bounded apart, by [`MAX_CHANNEL_BYTES`]).
+pub fn is_channel_name(name: &str) -> bool {
+    !name.is_empty() && !name.chars().any(char::is_control)
+}
+
 /// Decodes one text frame into a client message.
 ///
 /// `max_bytes` is the message size limit; a longer text is `MESSAGE_TOO_LARGE` without
@@ -447,11 +456,8 @@ impl Fields<'_> {
 
     fn channel(&self) -> Result<String, DecodeError> {
         let c = self.string(self.raw.channel, "channel", MAX_CHANNEL_BYTES)?;
-        if c.is_empty() || c.chars().any(char::is_control) {
-            return Err(DecodeError::bad(
-                self.id,
-                "`channel` must be a non-empty name without control characters",
-            ));
+        if !is_channel_name(&c) {
+            return Err(DecodeError::bad(self.id, CHANNEL_NAME_RULE));
         }
         Ok(c)
     }

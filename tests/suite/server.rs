@@ -1296,3 +1296,174 @@ async fn two_hundred_sessions_calling_ten_times_at_once_each_get_their_own_answe
         task.await.expect("client task");
     }
 }
+
+// ----- §9 Server API ------------------------------------------------------------
+
+const API_KEY: &str = "the-application-backend-key";
+
+fn api_config() -> wsauth_server::config::Config {
+    let mut config = test_config();
+    config.api_key = Some(API_KEY.into());
+    config
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_publish_reaches_the_channels_sessions_with_no_from() {
+    let s = server(api_config()).await;
+    let team = json!({"channels": ["team:*"]});
+    let (mut alice, _) = Client::authed(s.ws_addr, &token("alice", team.clone())).await;
+    let (mut bob, _) = Client::authed(s.ws_addr, &token("bob", team)).await;
+    alice
+        .send(json!({"type": "join", "id": 2, "channel": "team:42"}))
+        .await;
+    assert_eq!(alice.recv().await["type"], "joined");
+    let body = json!({"channel": "team:42", "data": {"text": "deploy at 5"}});
+    let (status, reply) = http(
+        s.admin_addr,
+        "POST",
+        "/api/publish",
+        Some(API_KEY),
+        Some(body),
+    )
+    .await;
+    assert_eq!((status, reply.as_str()), (200, r#"{"sessions":1}"#));
+    assert_eq!(
+        alice.recv().await,
+        json!({"type": "message", "channel": "team:42", "seq": 1, "data": {"text": "deploy at 5"}})
+    );
+    // The admin key works too; bob, who never joined, gets nothing of either.
+    let body = json!({"channel": "team:42", "data": 2});
+    let (status, _) = http(
+        s.admin_addr,
+        "POST",
+        "/api/publish",
+        Some(ADMIN_KEY),
+        Some(body),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(alice.recv().await["seq"], 2);
+    bob.send(json!({"type": "join", "id": 3, "channel": "team:7"}))
+        .await;
+    assert_eq!(
+        bob.recv().await["type"],
+        "joined",
+        "nothing came before this reply"
+    );
+    // From the application's own code, the same.
+    assert_eq!(s.api().publish("team:42", &json!(3)).await, Ok(1));
+    assert_eq!(alice.recv().await["data"], 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_send_reaches_every_session_of_the_user_live_or_resumable() {
+    let s = server(api_config()).await;
+    let (mut first, _) = Client::authed(s.ws_addr, &token("alice", json!({}))).await;
+    let (mut second, _) = Client::authed(s.ws_addr, &token("alice", json!({}))).await;
+    let (dropped, reply) = Client::authed(s.ws_addr, &token("alice", json!({}))).await;
+    let (mut bob, _) = Client::authed(s.ws_addr, &token("bob", json!({}))).await;
+    second
+        .send(json!({"type": "join", "id": 2, "channel": "user:alice"}))
+        .await;
+    assert_eq!(second.recv().await["type"], "joined");
+    dropped.drop_connection();
+    // Wait until the store holds the dropped session as resumable.
+    let deadline = Instant::now() + WAIT;
+    while s
+        .api()
+        .live_sessions("alice")
+        .await
+        .expect("sessions")
+        .len()
+        != 2
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the dropped session was never detached"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(s.api().sessions("alice").await.expect("sessions").len(), 3);
+
+    let body = json!({"sub": "alice", "data": {"notice": "new invoice"}});
+    let (status, reply_body) =
+        http(s.admin_addr, "POST", "/api/send", Some(API_KEY), Some(body)).await;
+    assert_eq!((status, reply_body.as_str()), (200, r#"{"sessions":3}"#));
+    let expected = json!({"type": "message", "channel": "user:alice", "seq": 1, "data": {"notice": "new invoice"}});
+    assert_eq!(first.recv().await, expected, "joined or not");
+    assert_eq!(second.recv().await, expected);
+    let mut resumed = Client::connect(s.ws_addr).await;
+    resumed.send(json!({"type": "resume", "id": 1, "session_id": reply["session_id"], "resume_token": reply["resume_token"], "last_seq": 0})).await;
+    let r = resumed.recv().await;
+    assert_eq!(r["type"], "resumed", "{r}");
+    assert_eq!(resumed.recv().await, expected, "replayed on resume");
+    bob.send(json!({"type": "join", "id": 2, "channel": "user:bob"}))
+        .await;
+    assert_eq!(bob.recv().await["type"], "joined", "bob got nothing");
+    assert_eq!(s.api().send("nobody", &json!(1)).await, Ok(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_api_refuses_without_a_key_and_explains_bad_bodies() {
+    let config = api_config();
+    let too_large = "y".repeat(config.limits.max_message_bytes);
+    let s = server(config).await;
+    let publish = |body: serde_json::Value, key: Option<&'static str>| {
+        let addr = s.admin_addr;
+        async move { http(addr, "POST", "/api/publish", key, Some(body)).await }
+    };
+    let good = json!({"channel": "general", "data": 1});
+    assert_eq!(publish(good.clone(), None).await, (401, String::new()));
+    assert_eq!(
+        publish(good.clone(), Some("not-the-api-key-at-all")).await,
+        (401, String::new())
+    );
+    for (body, says) in [
+        (json!({"data": 1}), "missing field `channel`"),
+        (
+            json!({"channel": "general", "data": 1, "chanel": "x"}),
+            "unknown field `chanel`",
+        ),
+        (json!({"channel": "", "data": 1}), "non-empty"),
+        (
+            json!({"channel": "a\u{7}b", "data": 1}),
+            "control characters",
+        ),
+        (
+            json!({"channel": "x".repeat(257), "data": 1}),
+            "longer than 256",
+        ),
+        (
+            json!({"channel": "general", "data": too_large}),
+            "limits.max_message_bytes",
+        ),
+    ] {
+        let (status, reply) = publish(body.clone(), Some(API_KEY)).await;
+        let reply: serde_json::Value = serde_json::from_str(&reply).expect("JSON error body");
+        assert_eq!(
+            (status, reply["code"].as_str()),
+            (400, Some("BAD_REQUEST")),
+            "{body}"
+        );
+        let message = reply["message"].as_str().unwrap_or_default();
+        assert!(message.contains(says), "{body}: {message}");
+    }
+    let (status, reply) = http(
+        s.admin_addr,
+        "POST",
+        "/api/send",
+        Some(API_KEY),
+        Some(json!({"sub": "", "data": 1})),
+    )
+    .await;
+    assert_eq!(status, 400, "{reply}");
+    let metrics = s.metrics.render(0);
+    for (labels, count) in [
+        ("route=\"/api/publish\",status=\"401\"", "2"),
+        ("route=\"/api/publish\",status=\"400\"", "6"),
+        ("route=\"/api/send\",status=\"400\"", "1"),
+    ] {
+        let line = format!("wsauth_api_requests_total{{{labels}}} {count}");
+        assert!(metrics.lines().any(|l| l == line), "no {line} in /metrics");
+    }
+}

@@ -48,7 +48,7 @@ use wsauth_server::driver::{Driver, Transport};
 use wsauth_server::metrics::Metrics;
 use wsauth_server::server::{OnStore, with_configured_store};
 use wsauth_server::state::{HOUSEKEEPING_EVERY, Shared};
-use wsauth_server::{App, StartError};
+use wsauth_server::{Api, App, StartError};
 use wsauth_store::Store;
 use wsauth_store::hub::Hub;
 
@@ -63,6 +63,7 @@ pub struct WsAuth {
     connections: TaskTracker,
     drain: Duration,
     housekeeping: JoinHandle<()>,
+    api: Api,
 }
 
 impl WsAuth {
@@ -114,6 +115,7 @@ impl WsAuth {
             connections: connections.clone(),
         });
         Ok(WsAuth {
+            api: Api::new(shared.clone()),
             route,
             admin: wsauth_server::admin::router(shared.clone()),
             path,
@@ -143,6 +145,12 @@ impl WsAuth {
     /// listener of the application's choosing (better not the public one).
     pub fn admin_router(&self) -> Router {
         self.admin.clone()
+    }
+
+    /// The server API (PROTOCOL §9): publish to channels and send to users, on
+    /// every node sharing the store.
+    pub fn api(&self) -> Api {
+        self.api.clone()
     }
 
     /// The counters.

@@ -35,6 +35,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/admin/sessions"),
     ("DELETE", "/admin/sessions/{session_id}"),
     ("GET", "/admin/refusals"),
+    ("POST", "/api/publish"),
+    ("POST", "/api/send"),
 ];
 
 /// Serves the admin listener until the task is aborted.
@@ -54,13 +56,28 @@ pub fn router<S: Store>(shared: Arc<Shared<S>>) -> Router {
         .route("/admin/sessions", get(sessions::<S>))
         .route("/admin/sessions/{session_id}", delete(end_session::<S>))
         .route("/admin/refusals", get(refusals::<S>))
-        .with_state(shared)
+        .with_state(shared.clone())
+        .merge(crate::api::routes(shared))
 }
 
-/// Compares the presented key with the configured one without leaking, by timing,
-/// how much of it matched (hashing first also hides the length).
+/// Whether the request carries the admin key.
 fn authorized<S: Store>(shared: &Shared<S>, headers: &HeaderMap) -> bool {
-    let Some(expected) = shared.config.admin_key.as_deref() else {
+    presents(headers, shared.config.admin_key.as_deref())
+}
+
+/// Whether the request carries the API key or the admin key (the server API).
+pub(crate) fn authorized_for_api<S: Store>(shared: &Shared<S>, headers: &HeaderMap) -> bool {
+    // Both compared, so that the time taken does not say which one matched.
+    let api = presents(headers, shared.config.api_key.as_deref());
+    let admin = presents(headers, shared.config.admin_key.as_deref());
+    api | admin
+}
+
+/// Compares the presented key with `expected` without leaking, by timing, how
+/// much of it matched (hashing first also hides the length). No key configured:
+/// nothing matches.
+fn presents(headers: &HeaderMap, expected: Option<&str>) -> bool {
+    let Some(expected) = expected else {
         return false;
     };
     let presented = headers

@@ -3,7 +3,9 @@
 //! owns timers and sockets, and answers the core's requests (verifier, store).
 
 pub mod admin;
+pub mod api;
 pub mod app;
+pub mod cli;
 pub mod config;
 pub mod conn;
 pub mod dev;
@@ -19,5 +21,6 @@ pub mod server;
 pub mod state;
 pub mod tls;
 
+pub use api::{Api, ApiError};
 pub use app::App;
 pub use server::{ServerHandle, StartError, start, start_with_app};

@@ -63,6 +63,7 @@ pub struct ServerHandle {
     admin_task: JoinHandle<()>,
     /// The counters, for tests and the admin API.
     pub metrics: Arc<Metrics>,
+    api: crate::api::Api,
 }
 
 impl ServerHandle {
@@ -72,6 +73,12 @@ impl ServerHandle {
         let _ = self.shutdown.send(true);
         let _ = self.task.await;
         self.admin_task.abort();
+    }
+
+    /// The server API (PROTOCOL §9): publish to channels and send to users, on
+    /// every node sharing the store, from the application's own code.
+    pub fn api(&self) -> crate::api::Api {
+        self.api.clone()
     }
 
     /// Waits until the server stops on its own (it does not, unless it fails).
@@ -406,6 +413,7 @@ pub async fn start_with_store<S: Store>(
         app,
     )?);
     let metrics = shared.metrics.clone();
+    let api = crate::api::Api::new(shared.clone());
     let admin_task = tokio::spawn(crate::admin::serve(admin_listener, shared.clone()));
     let task = tokio::spawn(accept_loop(listener, shared, tls, shutdown_rx));
     info!(ws = %ws_addr, admin = %admin_addr, path = %config.path, "listening");
@@ -416,6 +424,7 @@ pub async fn start_with_store<S: Store>(
         task,
         admin_task,
         metrics,
+        api,
     })
 }
 

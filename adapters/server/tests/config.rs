@@ -1292,6 +1292,7 @@ fn every_field_can_be_set_from_its_environment_variable() {
             "app.rpc_secret" => SECRET.into(),
             "app.rpc_secret_file" => secret_file.path().to_str().unwrap().into(),
             "app.rpc_methods" => "chat.*".into(),
+            "api_key" => "an-api-key-of-sixteen-chars".into(),
             "log.format" => "json".into(),
             "log.level" => "debug".into(),
             k if k.starts_with("features.") => "off".into(),

@@ -964,3 +964,97 @@ async fn the_first_request_after_redis_is_back_succeeds_on_every_node() {
         "1 s after Redis came back, the first request on a node failed: {failures:#?}"
     );
 }
+
+// ---------------------------------------------------------------- server API (§9)
+
+const API_KEY: &str = "multinode-application-key";
+
+/// `POST` to the server API of `node`; returns the number of sessions reached.
+async fn api(node: &Node, route: &str, body: Value) -> u64 {
+    let (status, reply) = http(node.admin, "POST", route, Some(API_KEY), Some(body)).await;
+    assert_eq!(status, 200, "{route} on {}: {reply}", node.name);
+    let reply: Value = serde_json::from_str(&reply).expect("JSON");
+    reply["sessions"].as_u64().expect("sessions")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_send_reaches_a_users_sessions_on_every_node_and_its_resumable_one_on_resume() {
+    let Some(cluster) = Cluster::start(
+        "api_send_across_nodes",
+        false,
+        &[("WSAUTH_API_KEY", API_KEY)],
+    ) else {
+        return;
+    };
+    let (mut on_a, _) = authed(cluster.a().ws, "alice").await;
+    let (mut on_b, _) = authed(cluster.b().ws, "alice").await;
+    let (dropped, session) = authed(cluster.c().ws, "alice").await;
+    let (mut bob, _) = authed(cluster.a().ws, "bob").await;
+    dropped.drop_connection();
+    wait_detached(cluster.a(), "alice", &session["session_id"]).await;
+
+    let sent = json!({"notice": "your export is ready"});
+    let reached = api(
+        cluster.c(),
+        "/api/send",
+        json!({"sub": "alice", "data": sent}),
+    )
+    .await;
+    assert_eq!(reached, 3, "two live sessions and the resumable one");
+    let expected = json!({"type": "message", "channel": "user:alice", "seq": 1, "data": sent});
+    assert_eq!(
+        on_a.recv().await,
+        expected,
+        "live on node a, channel never joined"
+    );
+    assert_eq!(on_b.recv().await, expected, "live on node b");
+    let (mut back, resumed) = resume(cluster.b().ws, &session, 0).await;
+    assert_eq!(resumed.ok()["type"], "resumed");
+    assert_eq!(
+        back.recv().await,
+        expected,
+        "replayed on resume, on another node"
+    );
+    join(&mut bob, "user:bob").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_publish_reaches_a_channel_joined_on_three_nodes() {
+    let Some(cluster) = Cluster::start(
+        "api_publish_across_nodes",
+        false,
+        &[("WSAUTH_API_KEY", API_KEY)],
+    ) else {
+        return;
+    };
+    let mut members = Vec::new();
+    for (node, sub) in [
+        (cluster.a(), "ann"),
+        (cluster.b(), "ben"),
+        (cluster.c(), "cat"),
+    ] {
+        let (mut c, _) = authed(node.ws, sub).await;
+        join(&mut c, "team:42").await;
+        members.push((node.name, c));
+    }
+    for n in 1..=3u64 {
+        let node = &cluster.nodes[(n as usize) % 3];
+        let reached = api(
+            node,
+            "/api/publish",
+            json!({"channel": "team:42", "data": {"n": n}}),
+        )
+        .await;
+        assert_eq!(reached, 3, "publish {n} through node {}", node.name);
+    }
+    for (name, c) in &mut members {
+        for n in 1..=3u64 {
+            let m = c.recv().await;
+            assert_eq!(
+                m,
+                json!({"type": "message", "channel": "team:42", "seq": n, "data": {"n": n}}),
+                "node {name}: in order, no `from`"
+            );
+        }
+    }
+}

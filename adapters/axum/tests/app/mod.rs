@@ -33,6 +33,11 @@ pub struct Handle {
 }
 
 impl Handle {
+    /// wsauth's server API.
+    pub fn api(&self) -> wsauth_server::Api {
+        self.wsauth.api()
+    }
+
     /// Closes wsauth's connections with 1001, then stops the listeners.
     pub async fn shutdown(self) {
         self.wsauth.shutdown().await;

@@ -12,6 +12,7 @@ pub const FIELDS: &[(&str, &str, &str)] = &[
     ("listen", "WSAUTH_LISTEN", "127.0.0.1:8080"),
     ("admin_listen", "WSAUTH_ADMIN_LISTEN", "127.0.0.1:9091"),
     ("admin_key", "WSAUTH_ADMIN_KEY", "unset"),
+    ("api_key", "WSAUTH_API_KEY", "unset"),
     ("path", "WSAUTH_PATH", "/ws"),
     ("allowed_origins", "WSAUTH_ALLOWED_ORIGINS", "[]"),
     ("allow_query_token", "WSAUTH_ALLOW_QUERY_TOKEN", "false"),
@@ -71,6 +72,7 @@ pub const FIELDS: &[(&str, &str, &str)] = &[
 /// password redacted.)
 pub const SECRET_KEYS: &[&str] = &[
     "admin_key",
+    "api_key",
     "jwt.hs256_secret",
     "store.url",
     "app.rpc_url",

@@ -68,6 +68,11 @@ pub struct Config {
     /// 16 characters when set.
     #[serde(serialize_with = "serialize_secret")]
     pub admin_key: Option<String>,
+    /// Bearer key of the server API (`/api/publish`, `/api/send`), for the
+    /// application's backend; at least 16 characters when set. The admin key is
+    /// accepted there too.
+    #[serde(serialize_with = "serialize_secret")]
+    pub api_key: Option<String>,
     /// URL path of the WebSocket endpoint ["/ws"]; starts with '/'.
     pub path: String,
     /// Origins allowed to connect, exact `scheme://host[:port]`; empty allows every
@@ -104,6 +109,7 @@ impl Default for Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             admin_listen: SocketAddr::from(([127, 0, 0, 1], 9091)),
             admin_key: None,
+            api_key: None,
             path: "/ws".to_owned(),
             allowed_origins: Vec::new(),
             allow_query_token: false,
@@ -127,6 +133,7 @@ impl fmt::Debug for Config {
             .field("listen", &self.listen)
             .field("admin_listen", &self.admin_listen)
             .field("admin_key", &Redacted(&self.admin_key))
+            .field("api_key", &Redacted(&self.api_key))
             .field("path", &self.path)
             .field("allowed_origins", &self.allowed_origins)
             .field("allow_query_token", &self.allow_query_token)
