@@ -380,7 +380,7 @@ impl Metrics {
             let _ = self.rpc.get_or_create(&RpcLabel { outcome });
         }
         for route in API_ROUTES {
-            for status in [200, 400, 401] {
+            for status in [200, 400, 401, 503] {
                 let _ = self
                     .api_requests
                     .get_or_create(&ApiLabels { route, status });
@@ -709,6 +709,27 @@ impl Metrics {
             .sum();
         let (auth_total, auth_recent) = self.auth_percentiles.snapshot_ms();
         let (verify_total, verify_recent) = self.verify_percentiles.snapshot_ms();
+        let mut rpc = serde_json::Map::new();
+        for outcome in RPC_OUTCOMES {
+            let n = self.rpc.get(&RpcLabel { outcome }).map_or(0, |c| c.get());
+            rpc.insert(outcome.to_owned(), json!(n));
+        }
+        let (rpc_total, rpc_recent) = self.rpc_percentiles.snapshot_ms();
+        rpc.insert("latency_ms".into(), rpc_total);
+        rpc.insert("latency_recent_ms".into(), rpc_recent);
+        let mut api = serde_json::Map::new();
+        for route in API_ROUTES {
+            let (mut ok, mut refused) = (0, 0);
+            for status in [200, 400, 401, 503] {
+                let n = self
+                    .api_requests
+                    .get(&ApiLabels { route, status })
+                    .map_or(0, |c| c.get());
+                if status == 200 { ok += n } else { refused += n }
+            }
+            let name = route.trim_start_matches("/api/");
+            api.insert(name.to_owned(), json!({"ok": ok, "refused": refused}));
+        }
         json!({
             "uptime_s": self.started.elapsed().as_secs(),
             "connections": {"open": self.connections_open.get()},
@@ -733,6 +754,8 @@ impl Metrics {
             "rate_limited": self.rate_limited.get(),
             "slow_consumer": self.slow_consumer.get(),
             "messages": {"in": self.messages_in.get(), "out": self.messages_out.get()},
+            "rpc": rpc,
+            "api": api,
             "closes": closes,
         })
     }

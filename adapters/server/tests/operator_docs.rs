@@ -357,6 +357,9 @@ fn documented_labels() -> BTreeMap<&'static str, &'static [&'static str]> {
         ("wsauth_refresh_time_left_seconds", &[][..]),
         ("wsauth_revocation_propagation_seconds", &[][..]),
         ("wsauth_store_duration_seconds", &["op"][..]),
+        ("wsauth_rpc", &["outcome"][..]),
+        ("wsauth_rpc_duration_seconds", &[][..]),
+        ("wsauth_api_requests", &["route", "status"][..]),
     ])
 }
 
@@ -552,6 +555,8 @@ async fn every_route_is_served_as_documented_and_nothing_else() {
         let (path, body) = match (*method, *template) {
             ("GET", "/admin/sessions") => (format!("{path}?sub=doc-alice"), None),
             ("POST", "/admin/revoke") => (path, Some(json!({"sub": "doc-nobody"}))),
+            ("POST", "/api/publish") => (path, Some(json!({"channel": "team:1", "data": 1}))),
+            ("POST", "/api/send") => (path, Some(json!({"sub": "doc-alice", "data": 2}))),
             _ => (path, None),
         };
 

@@ -53,6 +53,9 @@ SCHEMA = {
     "revocations": {"issued": int, "closed": int},
     "expired": int, "replaced": int, "evictions": int, "rate_limited": int, "slow_consumer": int,
     "messages": {"in": int, "out": int},
+    "rpc": {"ok": int, "app_error": int, "not_found": int, "unavailable": int, "busy": int,
+            "latency_ms": LATENCY, "latency_recent_ms": LATENCY},
+    "api": {"publish": {"ok": int, "refused": int}, "send": {"ok": int, "refused": int}},
     "closes": [{"close_code": int, "error_code": str, "count": int}],
 }
 
@@ -208,6 +211,23 @@ async def main(a):
 
         await wait_until("the auth ok total grows", auth_ok_grew)
         ok("auth ok total grew")
+
+        # One call per connection to a method the server has no handler for.
+        for i, ws in enumerate(conns):
+            await ws.send(json.dumps({"type": "rpc", "id": 10 + i, "method": "dash.nothing"}))
+            reply = await recv_json(ws)
+            if reply.get("code") != "METHOD_NOT_FOUND":
+                fail(f"an rpc without a handler got {reply}")
+
+        async def calls_counted():
+            total = await page.evaluate("""() => {
+                const row = [...document.querySelectorAll('#rpc tr')]
+                    .find((r) => r.cells[0] && r.cells[0].textContent === 'Not found');
+                return row ? row.cells[1].textContent : null; }""")
+            return total is not None and total != "—" and int(total.replace(",", "")) >= len(conns)
+
+        await wait_until("'Application calls' counts the calls not found", calls_counted)
+        ok("application calls panel counts the calls")
         # Let a few more polls in so rates and the chart have something to show.
         await asyncio.sleep(2)
 
