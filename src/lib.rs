@@ -24,3 +24,10 @@ pub use wsauth_server as server;
 pub use wsauth_store as store;
 #[cfg(feature = "redis")]
 pub use wsauth_store_redis as store_redis;
+
+/// How an application plugs in: handlers for its users' calls, session hooks, the
+/// HTTP backend and the server API (`docs/app-integration.md`, whose Rust examples
+/// are compiled here).
+#[cfg(feature = "server")]
+#[doc = include_str!("../docs/app-integration.md")]
+pub mod app_integration {}

@@ -35,3 +35,24 @@ fn the_facade_reexports_the_server_and_the_stores() {
     let hub = wsauth::store::hub::Hub::new(config.limits.outbound_queue);
     let _store = wsauth::store::MemoryStore::new(settings, hub as Arc<dyn wsauth::store::Notify>);
 }
+
+/// The README's application example is one of docs/app-integration.md's, which
+/// the facade's doctests compile, so the README can never show code that does not
+/// build; and it stays under 20 lines.
+#[test]
+fn the_readme_app_example_is_a_compiled_doc_example_under_twenty_lines() {
+    let readme = include_str!("../README.md");
+    let guide = include_str!("../docs/app-integration.md");
+    let start = readme
+        .find("```rust\n")
+        .expect("the README has a Rust example")
+        + 8;
+    let code = &readme[start..];
+    let code = &code[..code.find("```").expect("closed")];
+    assert!(code.contains("\"chat.send\"") && code.contains("ctx.sub"));
+    assert!(code.lines().count() < 20, "{} lines", code.lines().count());
+    assert!(
+        guide.contains(&format!("```rust,no_run\n{code}```")),
+        "the README's example differs from docs/app-integration.md's"
+    );
+}
