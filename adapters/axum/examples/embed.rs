@@ -1,6 +1,7 @@
 //! Embed wsauth in an axum application: the application's own route at `/`,
 //! wsauth at `/ws` beside it, with development defaults (a generated HS256
-//! secret, sessions in memory).
+//! secret, sessions in memory). The application answers its users' `chat.send`
+//! calls, and its `POST /announce` pushes to everyone in `general`.
 //!
 //! `cargo run -p wsauth-axum --example embed` (`ADDR=127.0.0.1:3001` to move it),
 //! then connect a WebSocket client to `ws://127.0.0.1:3000/ws` with the printed
@@ -10,15 +11,41 @@ use std::net::SocketAddr;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::Router;
-use axum::routing::get;
+use axum::routing::{get, post};
+use serde_json::json;
 use wsauth_axum::WsAuth;
+use wsauth_server::app::{App, AppError};
 use wsauth_server::config::Config;
+
+/// The application's answers to its users' calls.
+pub fn calls() -> App {
+    App::new().handle("chat.send", |ctx, data| async move {
+        let text = data["text"]
+            .as_str()
+            .ok_or(AppError::new("text is required"))?;
+        Ok(json!({ "from": ctx.sub, "text": text }))
+    })
+}
 
 /// The application: its own routes, and wsauth's beside them.
 pub fn app(wsauth: &WsAuth) -> Router {
+    let api = wsauth.api();
+    let announce = move |text: String| publish_announcement(api.clone(), text);
     Router::new()
         .route("/", get(|| async { "hello from the application\n" }))
         .route("/ws", wsauth.route())
+        .route("/announce", post(announce))
+}
+
+/// Pushes `text` to every session in `general`, on every node.
+async fn publish_announcement(api: wsauth_server::Api, text: String) -> String {
+    match api
+        .publish("general", &json!({ "announcement": text }))
+        .await
+    {
+        Ok(sessions) => format!("sent to {sessions} sessions\n"),
+        Err(e) => format!("not sent: {e}\n"),
+    }
 }
 
 /// wsauth with development defaults, and the HS256 secret its tokens are signed
@@ -29,7 +56,8 @@ pub async fn dev_wsauth() -> (WsAuth, String) {
     config
         .validate(true)
         .expect("the development configuration");
-    let wsauth = WsAuth::from_config(config).await.expect("wsauth starts");
+    let started = WsAuth::from_config_with_app(config, calls()).await;
+    let wsauth = started.expect("wsauth starts");
     (wsauth, secrets.hs256_secret)
 }
 

@@ -44,6 +44,31 @@ async fn the_example_serves_its_own_route_and_wsauth_beside_it() {
         .await;
     assert_eq!(by_message.recv().await["type"], "joined");
 
+    // The application's handler answers with the caller's identity...
+    by_message
+        .send(json!({"type": "rpc", "id": 3, "method": "chat.send", "data": {"text": "hi"}}))
+        .await;
+    assert_eq!(
+        by_message.recv().await,
+        json!({"type": "rpc_result", "id": 3, "data": {"from": "alice", "text": "hi"}})
+    );
+    // ...and its own route pushes through wsauth's API.
+    let (status, body) = http_text(addr, "/announce", "maintenance at 5").await;
+    assert_eq!((status, body.as_str()), (200, "sent to 1 sessions\n"));
+    let pushed = by_message.recv().await;
+    assert_eq!(
+        (
+            pushed["channel"].as_str(),
+            &pushed["data"],
+            pushed.get("from")
+        ),
+        (
+            Some("general"),
+            &json!({"announcement": "maintenance at 5"}),
+            None
+        )
+    );
+
     // The application's route still answers while wsauth holds connections.
     let (status, _) = http(addr, "GET", "/", None, None).await;
     assert_eq!(status, 200);
@@ -54,6 +79,49 @@ async fn the_example_serves_its_own_route_and_wsauth_beside_it() {
         assert_eq!(ended, Ended::Close(1001));
     }
     stopping.await.expect("shutdown");
+}
+
+/// A `POST` of a text body: (status, body).
+async fn http_text(addr: SocketAddr, path: &str, text: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let request = format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{text}",
+        text.len()
+    );
+    tcp.write_all(request.as_bytes()).await.expect("write");
+    let mut response = String::new();
+    tcp.read_to_string(&mut response).await.expect("read");
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("status");
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// `docs/app-integration.md` shows lines of the example: each is in it.
+#[test]
+fn the_integration_guide_shows_lines_of_the_example() {
+    let doc = include_str!("../../../docs/app-integration.md");
+    let example = include_str!("../examples/embed.rs");
+    let section = doc
+        .split("## Embedded in an axum application")
+        .nth(1)
+        .expect("the section");
+    let block = section
+        .split("```rs\n")
+        .nth(1)
+        .and_then(|b| b.split("```").next())
+        .expect("a code block");
+    let lines: Vec<&str> = example.lines().map(str::trim).collect();
+    for line in block.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        assert!(lines.contains(&line), "not in the example: {line}");
+    }
 }
 
 /// `docs/architecture.md` shows the example's core lines: each is in the example.
