@@ -13,16 +13,7 @@ import sys
 
 import websockets
 
-
-async def recv_json(ws):
-    return json.loads(await asyncio.wait_for(ws.recv(), timeout=5))
-
-
-def expect(cond, what):
-    if not cond:
-        print(f"FAIL: {what}")
-        sys.exit(1)
-    print(f"ok: {what}")
+from checks import expect, recv_json
 
 
 async def main(url, token):

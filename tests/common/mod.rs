@@ -270,8 +270,19 @@ pub async fn http(
     key: Option<&str>,
     body: Option<Value>,
 ) -> (u16, String) {
-    let mut stream = TcpStream::connect(addr).await.expect("admin connect");
     let body = body.map(|b| b.to_string()).unwrap_or_default();
+    http_raw(addr, method, path, key, &body).await
+}
+
+/// [`http`] with a body of any text: (status, body).
+pub async fn http_raw(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    key: Option<&str>,
+    body: &str,
+) -> (u16, String) {
+    let mut stream = TcpStream::connect(addr).await.expect("admin connect");
     let auth = key
         .map(|k| format!("Authorization: Bearer {k}\r\n"))
         .unwrap_or_default();

@@ -10,7 +10,7 @@ mod embed;
 
 use std::net::SocketAddr;
 
-use common::{Client, Ended, http, now_s};
+use common::{Client, Ended, http, http_raw, now_s};
 use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -53,7 +53,7 @@ async fn the_example_serves_its_own_route_and_wsauth_beside_it() {
         json!({"type": "rpc_result", "id": 3, "data": {"from": "alice", "text": "hi"}})
     );
     // ...and its own route pushes through wsauth's API.
-    let (status, body) = http_text(addr, "/announce", "maintenance at 5").await;
+    let (status, body) = http_raw(addr, "POST", "/announce", None, "maintenance at 5").await;
     assert_eq!((status, body.as_str()), (200, "sent to 1 sessions\n"));
     let pushed = by_message.recv().await;
     assert_eq!(
@@ -81,60 +81,26 @@ async fn the_example_serves_its_own_route_and_wsauth_beside_it() {
     stopping.await.expect("shutdown");
 }
 
-/// A `POST` of a text body: (status, body).
-async fn http_text(addr: SocketAddr, path: &str, text: &str) -> (u16, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let request = format!(
-        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{text}",
-        text.len()
-    );
-    tcp.write_all(request.as_bytes()).await.expect("write");
-    let mut response = String::new();
-    tcp.read_to_string(&mut response).await.expect("read");
-    let status = response
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .expect("status");
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    (status, body)
-}
-
 /// `docs/app-integration.md` shows lines of the example: each is in it.
 #[test]
 fn the_integration_guide_shows_lines_of_the_example() {
     let doc = include_str!("../../../docs/app-integration.md");
-    let example = include_str!("../examples/embed.rs");
-    let section = doc
-        .split("## Embedded in an axum application")
-        .nth(1)
-        .expect("the section");
-    let block = section
-        .split("```rs\n")
-        .nth(1)
-        .and_then(|b| b.split("```").next())
-        .expect("a code block");
-    let lines: Vec<&str> = example.lines().map(str::trim).collect();
-    for line in block.lines().map(str::trim).filter(|l| !l.is_empty()) {
-        assert!(lines.contains(&line), "not in the example: {line}");
-    }
+    assert_block_lines_in_example(doc, "## Embedded in an axum application");
 }
 
 /// `docs/architecture.md` shows the example's core lines: each is in the example.
 #[test]
 fn the_architecture_doc_shows_lines_of_the_example() {
-    // The doc's block is fenced `rs`: the doc is also wsauth-core's documentation,
-    // where a `rust` block would be a doctest that cannot see wsauth-axum.
     let doc = include_str!("../../../docs/architecture.md");
+    assert_block_lines_in_example(doc, "## Embed wsauth in your axum app");
+}
+
+/// Every line of the first code block under `heading` in `doc` is a line of the
+/// example. The blocks are fenced `rs`: the docs are also crate documentation,
+/// where a `rust` block would be a doctest that cannot see wsauth-axum.
+fn assert_block_lines_in_example(doc: &str, heading: &str) {
     let example = include_str!("../examples/embed.rs");
-    let section = doc
-        .split("## Embed wsauth in your axum app")
-        .nth(1)
-        .expect("the section");
+    let section = doc.split(heading).nth(1).expect("the section");
     let block = section
         .split("```rs\n")
         .nth(1)

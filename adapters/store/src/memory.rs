@@ -144,6 +144,17 @@ impl fmt::Debug for MemoryStore {
 }
 
 impl State {
+    /// The ids of `sub`'s sessions that `keep` keeps.
+    fn sessions_of_user(&self, sub: &str, keep: impl Fn(&Session) -> bool) -> Vec<String> {
+        self.by_user
+            .get(sub)
+            .into_iter()
+            .flatten()
+            .filter(|(_, id)| self.sessions.get(id).is_some_and(&keep))
+            .map(|(_, id)| id.clone())
+            .collect()
+    }
+
     fn revoked(&self, claims: &Claims, now: u64) -> bool {
         rules::token_revoked(
             now,
@@ -392,18 +403,9 @@ impl MemoryStore {
                     .get(channel)
                     .map(|m| m.iter().cloned().collect())
                     .unwrap_or_default(),
-                Recipients::User { sub, now_ms } => st
-                    .by_user
-                    .get(sub)
-                    .into_iter()
-                    .flatten()
-                    .filter(|(_, id)| {
-                        st.sessions
-                            .get(id)
-                            .is_some_and(|s| s.alive(now_ms, &self.settings))
-                    })
-                    .map(|(_, id)| id.clone())
-                    .collect(),
+                Recipients::User { sub, now_ms } => {
+                    st.sessions_of_user(sub, |s| s.alive(now_ms, &self.settings))
+                }
             };
             let cap = self.settings.resume_buffer;
             let mut n = 0;
@@ -477,17 +479,7 @@ impl MemoryStore {
                     entry.until_ms = entry
                         .until_ms
                         .max(rules::sub_revocation_until(now, lifetime));
-                    st.by_user
-                        .get(sub)
-                        .into_iter()
-                        .flatten()
-                        .filter(|(_, id)| {
-                            st.sessions
-                                .get(id)
-                                .is_some_and(|s| revocation.refuses_token(&s.claims))
-                        })
-                        .map(|(_, id)| id.clone())
-                        .collect()
+                    st.sessions_of_user(sub, |s| revocation.refuses_token(&s.claims))
                 }
             };
             for id in concerned {
