@@ -27,6 +27,9 @@ pub const MAX_USER_ID_BYTES: usize = 1024;
 pub const MAX_METHOD_BYTES: usize = 128;
 /// Largest `details` of an `APP_ERROR` passed on to the client, in bytes of JSON.
 pub const MAX_DETAILS_BYTES: usize = 4096;
+/// The longest `message` of an `APP_ERROR` passed to the client, in bytes; a
+/// longer one is cut at a character boundary and ends with `…`.
+pub const MAX_APP_MESSAGE_BYTES: usize = 1024;
 
 /// A value that must never be printed: a token or a resume token.
 ///

@@ -8,7 +8,7 @@ use super::phase::{PendingCall, Phase};
 use super::timers::Timer;
 use super::{CallContext, CallOutcome, CallResult, Connection, Event, Output, RequestId};
 use crate::error::ErrorCode;
-use crate::protocol::{MAX_DETAILS_BYTES, Payload, ServerMessage};
+use crate::protocol::{MAX_APP_MESSAGE_BYTES, MAX_DETAILS_BYTES, Payload, ServerMessage};
 
 impl Connection {
     /// An `rpc` from the live session: emitted at once, or refused `BUSY`.
@@ -61,7 +61,7 @@ impl Connection {
             CallResult::AppError { message, details } => ServerMessage::Error {
                 id: Some(call.id),
                 code: ErrorCode::AppError,
-                message: Cow::Owned(message),
+                message: Cow::Owned(bounded_message(message)),
                 fatal: false,
                 retry: None,
                 details: details.filter(passable_details),
@@ -113,6 +113,22 @@ impl Connection {
     }
 }
 
+/// The application's message, cut to [`MAX_APP_MESSAGE_BYTES`]: a backend that
+/// answers with a page of text does not send it to every caller.
+fn bounded_message(mut message: String) -> String {
+    if message.len() <= MAX_APP_MESSAGE_BYTES {
+        return message;
+    }
+    let ellipsis = "…";
+    let mut end = MAX_APP_MESSAGE_BYTES - ellipsis.len();
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    message.truncate(end);
+    message.push_str(ellipsis);
+    message
+}
+
 /// The application's `details` reach the client only as a JSON object of at most
 /// [`MAX_DETAILS_BYTES`]; otherwise they are dropped and the message kept.
 fn passable_details(details: &Payload) -> bool {
@@ -123,6 +139,18 @@ fn passable_details(details: &Payload) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_long_message_is_cut_at_a_character_boundary() {
+        assert_eq!(bounded_message("room is full".into()), "room is full");
+        let exact = "m".repeat(MAX_APP_MESSAGE_BYTES);
+        assert_eq!(bounded_message(exact.clone()), exact);
+        // 'é' is two bytes: the cut may not fall inside one.
+        let cut = bounded_message("é".repeat(MAX_APP_MESSAGE_BYTES));
+        assert!(cut.len() <= MAX_APP_MESSAGE_BYTES && cut.ends_with('…'), "{}", cut.len());
+        assert_eq!(cut.trim_end_matches('…').chars().filter(|c| *c != 'é').count(), 0);
+        assert!(cut.len() > MAX_APP_MESSAGE_BYTES - 8, "cut no shorter than needed");
+    }
 
     #[test]
     fn details_pass_only_as_an_object_within_the_bound() {
