@@ -147,7 +147,8 @@ r = report("rpc-paced")
 if r:
     row("1,000 sessions × 10 calls/s (10,000 calls/s): p99 < 5 ms", "rpc-paced",
         f"{r['successes']}/{r['attempted']} at {r['rate_per_s']:.0f}/s, "
-        f"{r['failures_total']} failures {r['failures'] or ''}; " + lat(r) + cpu(r),
+        f"{r['failures_total']} failures" + (f" {r['failures']}" if r["failures"] else "")
+        + "; " + lat(r) + cpu(r),
         r["successes"] == r["attempted"] and (r["latency_ms"]["p99"] or 1e9) < 5)
 
 print("| target | measured | verdict | report |")
