@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Measures every load target of issue 7 in one run and prints the table of
-# docs/performance.md: builds wsauth-server and wsauth-load in release, starts a fresh
-# server (in-memory store) for each scenario, runs wsauth-load against it, and writes
+# Measures every load target of issue 7 (and the rpc targets) in one run and prints the
+# table of docs/performance.md: builds wsauth-server, its app_echo example and wsauth-load in
+# release, starts a fresh server (in-memory store) for each scenario — the app_echo example
+# for the rpc ones, the binary for the others —, runs wsauth-load against it, and writes
 # each report (JSON) and chart (SVG) under target/targets/. Takes about two minutes.
 #
 # Overridable by environment: N (10000), RATE (2000), PORT (18580), ADMIN_PORT (18591),
@@ -25,10 +26,26 @@ mkdir -p "$OUT"
 # shellcheck source=benches/lib.sh
 . "$ROOT/benches/lib.sh"
 
-echo "== building wsauth-server and wsauth-load (release)" >&2
-cargo build --release -p wsauth-server -p wsauth-load >&2
+echo "== building wsauth-server, its app_echo example and wsauth-load (release)" >&2
+cargo build --release -p wsauth-server -p wsauth-load --bins --examples >&2
+
+# As start_wsauth (benches/lib.sh), but the server is the app_echo example: wsauth embedded
+# in an application with an `echo` handler (adapters/server/examples/app_echo.rs).
+start_app_echo() {
+    local port=$1 admin=$2 name=$3
+    shift 3
+    env WSAUTH_ADMIN_KEY="${WSAUTH_ADMIN_KEY:-bench-admin-key-0123456789}" \
+        WSAUTH_LIMITS__MAX_UNAUTHENTICATED_PER_IP=100000 \
+        WSAUTH_LOG__LEVEL=warn "$@" \
+        "$BIN/examples/app_echo" --listen "127.0.0.1:$port" --admin-listen "127.0.0.1:$admin" \
+        >"$OUT/$name.log" 2>&1 &
+    SERVER_PID=$!
+    PIDS+=("$SERVER_PID")
+    wait_port "$port" "$name"
+}
 
 # run NAME SERVER_ENV... -- LOAD_ARGS...: a fresh server, one wsauth-load run, the server stopped.
+# START=start_app_echo run … starts the app_echo example instead of wsauth-server.
 run() {
     local name=$1
     shift
@@ -38,7 +55,7 @@ run() {
         shift
     done
     shift
-    start_wsauth "$PORT" "$ADMIN_PORT" "$name-server" "${env[@]}"
+    "${START:-start_wsauth}" "$PORT" "$ADMIN_PORT" "$name-server" "${env[@]}"
     echo "== $name: wsauth-load $*" >&2
     timeout --signal=INT --kill-after=10 300 \
         "$BIN/wsauth-load" "$@" --url "ws://127.0.0.1:$PORT/ws" --pid "$SERVER_PID" \
@@ -58,6 +75,8 @@ run refresh-burst "${FAST_MESSAGES[@]}" -- refresh -n 1000 -m 1 --rate 0
 run fanout -- fanout -n "$N" -m 10 --interval-ms 1000 --rate "$RATE"
 run connect-1k -- connect -n 1000 --rate "$RATE" --concurrency 256 --hold 1
 run connect-5k -- connect -n 5000 --rate "$RATE" --concurrency 256 --hold 1
+START=start_app_echo run rpc "${FAST_MESSAGES[@]}" -- rpc -n 1 -m 20000 --rate 0
+START=start_app_echo run rpc-paced -- rpc -n 1000 --per-second 10 --secs 10 --rate "$RATE"
 
 python3 - "$OUT" "$N" "$RATE" <<'EOF'
 import json, pathlib, sys
@@ -119,6 +138,18 @@ if f:
     row("one publish to 10,000 subscribers: all delivered, p99 < 50 ms", "fanout",
         f"{f['successes']}/{f['attempted']} delivered; " + lat(f) + cpu(f),
         all_in and (f["latency_ms"]["p99"] or 1e9) < 50)
+r = report("rpc")
+if r:
+    row("rpc round trip (`rpc` → `rpc_result`, `echo` in the app) p99 < 1 ms", "rpc",
+        lat(r) + f" (one session, {r['successes']}/{r['attempted']} back to back)" + cpu(r),
+        r["successes"] == r["attempted"] and (r["latency_ms"]["p99"] or 1e9) < 1)
+r = report("rpc-paced")
+if r:
+    row("1,000 sessions × 10 calls/s (10,000 calls/s): p99 < 5 ms", "rpc-paced",
+        f"{r['successes']}/{r['attempted']} at {r['rate_per_s']:.0f}/s, "
+        f"{r['failures_total']} failures" + (f" {r['failures']}" if r["failures"] else "")
+        + "; " + lat(r) + cpu(r),
+        r["successes"] == r["attempted"] and (r["latency_ms"]["p99"] or 1e9) < 5)
 
 print("| target | measured | verdict | report |")
 print("|---|---|---|---|")

@@ -1,8 +1,8 @@
 //! `wsauth-load`: a load generator for the wsauth server.
 //!
 //! Scenarios: `connect` (open, authenticate and hold N connections), `resume` (unclean drop and
-//! resume), `refresh` (token refreshes on live sessions) and `fanout` (one publisher, N
-//! subscribers). Each prints successes, failures by kind, latency percentiles, rate and
+//! resume), `refresh` (token refreshes on live sessions), `fanout` (one publisher, N
+//! subscribers) and `rpc` (application calls on live sessions). Each prints successes, failures by kind, latency percentiles, rate and
 //! duration; `--json` prints them as one JSON line, `--svg` draws the latency distribution.
 
 mod client;
@@ -24,7 +24,7 @@ use tokio_tungstenite::tungstenite::http::Uri;
 use crate::client::{Signer, Target};
 use crate::progress::Progress;
 use crate::report::{Latency, Report, fmt_ms};
-use crate::scenarios::{AuthMode, Ctx, Ramp};
+use crate::scenarios::{AuthMode, Ctx, Pace, Ramp};
 
 #[derive(Parser)]
 #[command(
@@ -134,6 +134,30 @@ enum Cmd {
         #[command(flatten)]
         ramp: RampArgs,
     },
+    /// Authenticate N sessions, then each calls `--method` with `{"k": counter}`: M calls back
+    /// to back, or `--per-second` R calls a second for `--secs` S seconds on schedule (latency:
+    /// `rpc` sent → its `rpc_result`; a result must echo the counter).
+    Rpc {
+        #[arg(long, short = 'n', default_value_t = 1)]
+        sessions: u64,
+        /// Calls per session, each sent when the previous one's answer came [default: 1000].
+        #[arg(long, short = 'm', conflicts_with = "per_second")]
+        calls: Option<u64>,
+        /// Calls per second per session, sent on schedule whatever the answers.
+        #[arg(long)]
+        per_second: Option<f64>,
+        /// Seconds of paced calls (with `--per-second`).
+        #[arg(long, default_value_t = 10.0, requires = "per_second")]
+        secs: f64,
+        /// Unanswered calls per session at most (paced; the server's `app.max_rpc_in_flight`).
+        #[arg(long, default_value_t = 16, requires = "per_second")]
+        max_in_flight: usize,
+        /// The method called; its result must echo the call's data (`app_echo`'s `echo`).
+        #[arg(long, default_value = "echo")]
+        method: String,
+        #[command(flatten)]
+        ramp: RampArgs,
+    },
 }
 
 /// Parses a `ws://host:port/path` URL and resolves its host.
@@ -191,6 +215,7 @@ fn svg_title(r: &Report) -> String {
         "resume" => "connect → resumed",
         "refresh" => "refresh → refreshed",
         "fanout" => "publish → message delivered",
+        "rpc" => "rpc sent → rpc_result",
         other => other,
     };
     format!("wsauth-load {}: {what} latency", r.scenario)
@@ -201,7 +226,9 @@ impl Cmd {
     fn connections(&self) -> u64 {
         match self {
             Cmd::Connect { connections, .. } => *connections,
-            Cmd::Resume { sessions, .. } | Cmd::Refresh { sessions, .. } => *sessions,
+            Cmd::Resume { sessions, .. }
+            | Cmd::Refresh { sessions, .. }
+            | Cmd::Rpc { sessions, .. } => *sessions,
             Cmd::Fanout { subscribers, .. } => subscribers + 1,
         }
     }
@@ -258,6 +285,31 @@ async fn run(cli: Cli, nofile: Option<u64>) -> ExitCode {
         progress: Progress::start(),
     });
     let secs = |s: f64| Duration::from_secs_f64(if s.is_finite() { s.max(0.0) } else { 0.0 });
+    let pace = match &cli.cmd {
+        Cmd::Rpc {
+            calls,
+            per_second,
+            secs,
+            max_in_flight,
+            ..
+        } => match per_second {
+            None => Some(Pace::BackToBack {
+                calls: calls.unwrap_or(1000),
+            }),
+            Some(r) if r.is_finite() && *r > 0.0 && secs.is_finite() && *secs > 0.0 => {
+                Some(Pace::Paced {
+                    per_second: *r,
+                    secs: *secs,
+                    max_in_flight: *max_in_flight,
+                })
+            }
+            Some(_) => {
+                eprintln!("wsauth-load: --per-second and --secs must be positive");
+                return ExitCode::from(2);
+            }
+        },
+        _ => None,
+    };
     let mut report = match cli.cmd {
         Cmd::Connect {
             connections,
@@ -288,6 +340,15 @@ async fn run(cli: Cli, nofile: Option<u64>) -> ExitCode {
                 c.pid,
             )
             .await
+        }
+        Cmd::Rpc {
+            sessions,
+            method,
+            ramp,
+            ..
+        } => {
+            let pace = pace.unwrap_or(Pace::BackToBack { calls: 1000 });
+            scenarios::rpc(ctx, sessions, method, pace, ramp.into(), c.pid).await
         }
     };
     report.extra.insert("client_nofile".into(), json!(nofile));

@@ -1,4 +1,7 @@
-//! The four scenarios: connect, resume, refresh, fanout.
+//! The scenarios: connect, resume, refresh, fanout, and rpc (in `scenarios/rpc.rs`).
+
+mod rpc;
+pub use rpc::{Pace, rpc};
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
