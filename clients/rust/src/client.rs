@@ -496,7 +496,7 @@ impl Driver {
                             reason: "".into(),
                         };
                         let bound = Duration::from_secs(1);
-                        let _ = tokio::time::timeout(bound, ws.close(Some(frame))).await;
+                        let _ = tokio::time::timeout(bound, Ws::close(&mut ws, Some(frame))).await;
                         let _ = tokio::time::timeout(bound, async {
                             while let Some(Ok(_)) = ws.next().await {}
                         })

@@ -543,11 +543,9 @@ impl Machine {
                 self.on_frame(now, &text);
             }
             Input::Heard(c) if c == self.conn && self.socket => self.heard(now),
-            Input::Timer(kind) => {
-                if self.timers.get(&kind).is_some_and(|at| *at <= now) {
-                    self.timers.remove(&kind);
-                    self.on_timer(now, kind);
-                }
+            Input::Timer(kind) if self.timers.get(&kind).is_some_and(|at| *at <= now) => {
+                self.timers.remove(&kind);
+                self.on_timer(now, kind);
             }
             Input::Token(id, result) => match self.token_req {
                 Some((want, purpose)) if want == id => {
@@ -614,8 +612,10 @@ impl Machine {
         self.uniform(ceiling)
     }
 
+    /// Uniform in [0, max] (the high bits of a 64×64-bit product: no modulo bias).
     fn uniform(&mut self, max: u64) -> u64 {
-        self.rng.next_u64() % (max.saturating_add(1)).max(1)
+        let span = u128::from(max) + 1;
+        u64::try_from((u128::from(self.rng.next_u64()) * span) >> 64).unwrap_or(max)
     }
 
     fn request_token(&mut self, now: u64, purpose: Purpose) {
@@ -911,11 +911,9 @@ impl Machine {
                     self.complete(r, v.get("data").cloned().unwrap_or(Value::Null));
                 }
             }
-            "pong" => {
-                if id.is_some() && id == self.ping {
-                    self.ping = None;
-                    self.cancel(TimerKind::PongDeadline);
-                }
+            "pong" if id.is_some() && id == self.ping => {
+                self.ping = None;
+                self.cancel(TimerKind::PongDeadline);
             }
             "message" => {
                 let seq = v["seq"].as_u64().unwrap_or(0);
@@ -1289,3 +1287,6 @@ impl Machine {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
