@@ -50,7 +50,9 @@ pub struct ChatConfig {
     pub token_ttl_s: u64,
     /// The browser client's files, served at `/client/`.
     pub client_dir: PathBuf,
-    /// wsauth's configuration; [`serve`] adds a generated HS256 secret and admin key.
+    /// wsauth's configuration; [`serve`] adds a generated HS256 secret and admin
+    /// key, and on loopback, when no origin is configured, allows only the page's
+    /// own origins.
     pub wsauth: wsauth_server::config::Config,
 }
 
@@ -166,7 +168,13 @@ impl Running {
 /// Starts the chat: wsauth with a generated HS256 secret, the application's
 /// routes beside it, on `config.listen`.
 pub async fn serve(config: ChatConfig) -> Result<Running, StartError> {
+    let listener = wsauth_axum::listener(config.listen, 1024).map_err(StartError::Listen)?;
+    let addr = listener.local_addr().map_err(StartError::Listen)?;
     let mut wsauth_config = config.wsauth;
+    if wsauth_config.allowed_origins.is_empty() && addr.ip().is_loopback() {
+        // Only this page may open WebSockets from a browser.
+        wsauth_config.allowed_origins = page_origins(addr.port());
+    }
     let secrets = wsauth_server::dev::prepare(&mut wsauth_config);
     wsauth_config
         .validate(true)
@@ -186,8 +194,6 @@ pub async fn serve(config: ChatConfig) -> Result<Running, StartError> {
         logins: logins.clone(),
     };
     let app = router(web).route("/ws", wsauth.route());
-    let listener = wsauth_axum::listener(config.listen, 1024).map_err(StartError::Listen)?;
-    let addr = listener.local_addr().map_err(StartError::Listen)?;
     let (stop, stopped) = oneshot::channel::<()>();
     // The peer address feeds wsauth's per-IP cap of unauthenticated connections.
     let service = app.into_make_service_with_connect_info::<SocketAddr>();
@@ -206,6 +212,14 @@ pub async fn serve(config: ChatConfig) -> Result<Running, StartError> {
         server,
         wsauth,
     })
+}
+
+/// The origins of the page served on loopback at `port`.
+pub fn page_origins(port: u16) -> Vec<String> {
+    ["127.0.0.1", "localhost", "[::1]"]
+        .iter()
+        .map(|host| format!("http://{host}:{port}"))
+        .collect()
 }
 
 fn router(web: Web) -> Router {

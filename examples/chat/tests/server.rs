@@ -311,3 +311,25 @@ async fn bad_calls_are_app_errors_with_details_and_the_session_goes_on() {
     assert_eq!(running.chat().kept("lobby"), 1);
     running.shutdown().await;
 }
+
+#[tokio::test]
+async fn only_the_pages_origin_may_open_a_websocket() {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let running = chat().await;
+    let with_origin = |origin: &str| {
+        let mut request = running.ws_url().into_client_request().expect("request");
+        request
+            .headers_mut()
+            .insert("origin", origin.parse().expect("header"));
+        request
+    };
+    let page = format!("http://localhost:{}", running.addr().port());
+    tokio_tungstenite::connect_async(with_origin(&page))
+        .await
+        .expect("the page's origin may connect");
+    let refused = tokio_tungstenite::connect_async(with_origin("http://evil.example"))
+        .await
+        .expect_err("another origin may not");
+    assert!(refused.to_string().contains("403"), "{refused}");
+    running.shutdown().await;
+}
