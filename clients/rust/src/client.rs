@@ -95,6 +95,12 @@ impl Config {
         self
     }
 
+    /// Send a `ping` after this much silence, instead of the server's `heartbeat_ms`.
+    pub fn silence(mut self, bound: Duration) -> Config {
+        self.settings.silence_ms = Some(millis(bound));
+        self
+    }
+
     /// The default rpc timeout [10 s].
     pub fn rpc_timeout(mut self, bound: Duration) -> Config {
         self.rpc_timeout = bound;

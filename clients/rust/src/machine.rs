@@ -64,6 +64,9 @@ pub struct Settings {
     pub auth_timeout_ms: u64,
     /// How long a `logout` waits for the server's close.
     pub close_timeout_ms: u64,
+    /// The silence after which a `ping` is sent; `None`: the `heartbeat_ms` of
+    /// `authenticated`.
+    pub silence_ms: Option<u64>,
 }
 
 impl Default for Settings {
@@ -77,6 +80,7 @@ impl Default for Settings {
             pong_timeout_ms: 10_000,
             auth_timeout_ms: 10_000,
             close_timeout_ms: 5_000,
+            silence_ms: None,
         }
     }
 }
@@ -784,7 +788,12 @@ impl Machine {
                 }
                 let session_id = str_of("session_id").unwrap_or_default();
                 let expires_at = v["expires_at"].as_u64().unwrap_or(0);
-                self.heartbeat_ms = v["heartbeat_ms"].as_u64().unwrap_or(25_000).max(1);
+                self.heartbeat_ms = self
+                    .settings
+                    .silence_ms
+                    .or(v["heartbeat_ms"].as_u64())
+                    .unwrap_or(25_000)
+                    .max(1);
                 self.session = Some(Session {
                     id: session_id.clone(),
                     resume_token: str_of("resume_token").unwrap_or_default(),

@@ -111,6 +111,8 @@ fn data_of(events: &[Event]) -> Vec<Value> {
 /// A TCP proxy that can drop every connection and be repointed.
 struct Proxy {
     addr: SocketAddr,
+    /// Connections accepted before this number stop forwarding (half-open).
+    frozen_below: Arc<AtomicUsize>,
     target: Arc<Mutex<SocketAddr>>,
     conns: Arc<Mutex<Vec<JoinHandle<()>>>>,
     accepted: Arc<AtomicUsize>,
@@ -124,14 +126,25 @@ impl Proxy {
         let target = Arc::new(Mutex::new(target));
         let conns: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
         let accepted = Arc::new(AtomicUsize::new(0));
-        let (t, c, n) = (target.clone(), conns.clone(), accepted.clone());
+        let frozen_below = Arc::new(AtomicUsize::new(0));
+        let (t, c, n, f) = (
+            target.clone(),
+            conns.clone(),
+            accepted.clone(),
+            frozen_below.clone(),
+        );
         let task = tokio::spawn(async move {
-            while let Ok((mut inbound, _)) = listener.accept().await {
-                n.fetch_add(1, Ordering::SeqCst);
+            while let Ok((inbound, _)) = listener.accept().await {
+                let number = n.fetch_add(1, Ordering::SeqCst);
                 let to = *t.lock().expect("lock");
+                let f = f.clone();
                 let conn = tokio::spawn(async move {
-                    if let Ok(mut outbound) = TcpStream::connect(to).await {
-                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    if let Ok(outbound) = TcpStream::connect(to).await {
+                        let (ri, wi) = inbound.into_split();
+                        let (ro, wo) = outbound.into_split();
+                        let up = pump(ri, wo, number, f.clone());
+                        let down = pump(ro, wi, number, f);
+                        let _ = tokio::join!(up, down);
                     }
                 });
                 c.lock().expect("lock").push(conn);
@@ -139,6 +152,7 @@ impl Proxy {
         });
         Proxy {
             addr,
+            frozen_below,
             target,
             conns,
             accepted,
@@ -153,8 +167,39 @@ impl Proxy {
         }
     }
 
+    /// Every connection open now stops forwarding but stays open: half-open.
+    fn freeze(&self) {
+        let n = self.accepted.load(Ordering::SeqCst);
+        self.frozen_below.store(n, Ordering::SeqCst);
+    }
+
     fn repoint(&self, to: SocketAddr) {
         *self.target.lock().expect("lock") = to;
+    }
+}
+
+/// Copies one direction until EOF, or swallows everything once connection `number` is frozen.
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    number: usize,
+    frozen_below: Arc<AtomicUsize>,
+) {
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let Ok(n) = from.read(&mut buf).await else {
+            return;
+        };
+        if n == 0 {
+            let _ = to.shutdown().await;
+            return;
+        }
+        if number < frozen_below.load(Ordering::SeqCst) {
+            continue; // half-open: nothing gets through, nothing is closed
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
     }
 }
 
@@ -598,5 +643,55 @@ async fn disconnect_resumes_and_logout_ends() {
             retry: None
         })
     );
+    srv.shutdown().await;
+}
+
+/// A half-open connection: the client pings after a silence, the real server answers
+/// with `pong` (so a quiet connection stays up); once nothing gets through, no `pong`
+/// comes, the client drops the connection and resumes on a new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_half_open_connection_is_detected_by_ping() {
+    let srv = server(server_config()).await;
+    let proxy = Proxy::start(srv.ws_addr).await;
+    let (config, _) = config_for(proxy.addr, "alice", 3600);
+    let config = config
+        .silence(Duration::from_millis(200))
+        .pong_timeout(Duration::from_millis(1_000));
+    let client = Client::connect(config).await.expect("live");
+    let mut events = client.events();
+    client.join("general").await.expect("joined");
+    // Quiet for a while: pings every 200 ms, answered; the connection stays.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    srv.api()
+        .publish("general", &json!(1))
+        .await
+        .expect("publish");
+    let seen = until(&mut events, "message 1", |e| matches!(e, Event::Message(_))).await;
+    assert!(
+        !seen
+            .iter()
+            .any(|e| matches!(e, Event::State(State::Reconnecting) | Event::Error(_))),
+        "{seen:?}"
+    );
+    assert_eq!(proxy.accepted.load(Ordering::SeqCst), 1);
+    proxy.freeze();
+    let seen = until(&mut events, "the resume", |e| {
+        matches!(
+            e,
+            Event::Session {
+                kind: SessionKind::Resumed,
+                ..
+            }
+        )
+    })
+    .await;
+    assert!(seen.contains(&Event::State(State::Reconnecting)));
+    srv.api()
+        .publish("general", &json!(2))
+        .await
+        .expect("publish");
+    let seen = until(&mut events, "message 2", |e| matches!(e, Event::Message(_))).await;
+    assert_eq!(data_of(&seen), vec![json!(2)]);
+    client.close().await;
     srv.shutdown().await;
 }
