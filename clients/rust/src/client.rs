@@ -343,7 +343,7 @@ struct Driver {
     token_tx: mpsc::UnboundedSender<(u64, Result<String, String>)>,
     token_rx: mpsc::UnboundedReceiver<(u64, Result<String, String>)>,
     token_task: Option<JoinHandle<()>>,
-    connecting: Option<JoinHandle<(u64, Outcome)>>,
+    connecting: Option<(u64, JoinHandle<Outcome>)>,
     ws: Option<(u64, Box<Ws>)>,
     timers: HashMap<TimerKind, (Instant, u64)>,
     requests: HashMap<ReqId, Reply>,
@@ -422,7 +422,7 @@ impl Driver {
         if let Some(t) = self.token_task.take() {
             t.abort();
         }
-        if let Some(t) = self.connecting.take() {
+        if let Some((_, t)) = self.connecting.take() {
             t.abort();
         }
         self.timers.clear();
@@ -444,11 +444,11 @@ impl Driver {
         tokio::select! {
             cmd = cmd_rx.recv() => Wake::Cmd(cmd),
             Some((id, r)) = token_rx.recv() => Wake::Token(id, r),
-            joined = async { connecting.as_mut().expect("guarded").await }, if connecting.is_some() => {
-                match joined {
-                    Ok((conn, outcome)) => Wake::Connected(conn, outcome),
-                    Err(_) => Wake::Connected(0, Outcome::Failed),
-                }
+            (conn, joined) = async {
+                let (conn, task) = connecting.as_mut().expect("guarded");
+                (*conn, task.await)
+            }, if connecting.is_some() => {
+                Wake::Connected(conn, joined.unwrap_or(Outcome::Failed))
             }
             read = async { ws.as_mut().expect("guarded").1.next().await }, if ws.is_some() => Wake::Read(read),
             () = async {
@@ -468,14 +468,14 @@ impl Driver {
             match action {
                 Action::Open { conn, bearer } => {
                     self.ws = None;
-                    if let Some(t) = self.connecting.take() {
+                    if let Some((_, t)) = self.connecting.take() {
                         t.abort();
                     }
                     let url = self.url.clone();
                     let bound = self.connect_timeout;
-                    self.connecting = Some(tokio::spawn(async move {
-                        (conn, open(&url, bearer.as_deref(), bound).await)
-                    }));
+                    let task =
+                        tokio::spawn(async move { open(&url, bearer.as_deref(), bound).await });
+                    self.connecting = Some((conn, task));
                 }
                 Action::Send(text) => {
                     let Some((conn, ws)) = self.ws.as_mut() else {
@@ -493,7 +493,7 @@ impl Driver {
                     }
                 }
                 Action::Close(code) => {
-                    if let Some(t) = self.connecting.take() {
+                    if let Some((_, t)) = self.connecting.take() {
                         t.abort();
                     }
                     if let Some((_, mut ws)) = self.ws.take() {
@@ -511,7 +511,7 @@ impl Driver {
                 }
                 Action::Drop => {
                     self.ws = None;
-                    if let Some(t) = self.connecting.take() {
+                    if let Some((_, t)) = self.connecting.take() {
                         t.abort();
                     }
                 }
