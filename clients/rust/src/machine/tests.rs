@@ -883,18 +883,19 @@ enum Step {
 
 fn step() -> impl Strategy<Value = Step> {
     prop_oneof![
-        (0u8..12).prop_map(Step::Frame),
-        (0u8..8).prop_map(Step::Close),
-        Just(Step::Opened),
-        Just(Step::TokenOk),
-        Just(Step::TokenErr),
-        (0u32..70_000).prop_map(Step::Advance),
-        (0u8..8).prop_map(Step::Cmd),
+        4 => (0u8..12).prop_map(Step::Frame),
+        2 => (2u8..4).prop_map(Step::Frame), // more `expiring`
+        1 => (0u8..8).prop_map(Step::Close),
+        2 => Just(Step::Opened),
+        3 => Just(Step::TokenOk),
+        1 => Just(Step::TokenErr),
+        2 => (0u32..70_000).prop_map(Step::Advance),
+        1 => (0u8..8).prop_map(Step::Cmd),
     ]
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(300))]
+    #![proptest_config(ProptestConfig::with_cases(500))]
 
     #[test]
     fn never_two_refreshes_nor_a_reconnect_after_the_stop(steps in proptest::collection::vec(step(), 1..80), seed in any::<u64>()) {
