@@ -695,3 +695,78 @@ async fn a_half_open_connection_is_detected_by_ping() {
     client.close().await;
     srv.shutdown().await;
 }
+
+/// Polls `sessions(sub)` of the server until `pred` holds on their count.
+async fn sessions_until(
+    srv: &ServerHandle,
+    sub: &str,
+    what: &str,
+    pred: impl Fn(usize, usize) -> bool,
+) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let all = srv.api().sessions(sub).await.expect("sessions");
+        let live = all.iter().filter(|s| s.attached).count();
+        if pred(all.len(), live) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: {} sessions, {live} live",
+            all.len()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Dropping every handle closes with 1000 (the session ends on the server), and the
+/// driver task ends (the event stream closes); `disconnect()` keeps it resumable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_the_client_ends_its_session_and_task() {
+    let srv = server(server_config()).await;
+    let (config, _) = config_for(srv.ws_addr, "carol", 3600);
+    let client = Client::connect(config).await.expect("live");
+    let mut events = client.events();
+    sessions_until(&srv, "carol", "live", |all, live| all == 1 && live == 1).await;
+    client.disconnect().await;
+    sessions_until(&srv, "carol", "resumable, detached", |all, live| {
+        all == 1 && live == 0
+    })
+    .await;
+    client.reconnect().await;
+    until(&mut events, "the resume", |e| {
+        matches!(
+            e,
+            Event::Session {
+                kind: SessionKind::Resumed,
+                ..
+            }
+        )
+    })
+    .await;
+    let clone = client.clone();
+    drop(client);
+    clone
+        .publish("user:carol", json!("the clone still works"))
+        .await
+        .expect("published through the clone");
+    drop(clone);
+    sessions_until(&srv, "carol", "ended", |all, _| all == 0).await;
+    let rest = tokio::time::timeout(WAIT, async {
+        let mut rest = Vec::new();
+        while let Some(e) = events.recv().await {
+            rest.push(e);
+        }
+        rest
+    })
+    .await
+    .expect("the event stream ends: the task stopped");
+    assert_eq!(
+        rest.last(),
+        Some(&Event::Closed {
+            code: Some(1000),
+            retry: None
+        })
+    );
+    srv.shutdown().await;
+}
