@@ -26,7 +26,7 @@ const CHANNELS: [&str; 5] = ["general", "team:red", "user:alice", "user:bob", "s
 const PAYLOADS: [&str; 5] = ["1", "\"hi\"", "{\"n\":1}", "[1,2]", "null"];
 
 /// One of each kind of client message, well formed.
-const MESSAGES: [&str; 10] = [
+const MESSAGES: [&str; 11] = [
     r#"{"type":"auth","id":1,"token":"t"}"#,
     r#"{"type":"auth","id":1,"token":"t","user_id":"alice"}"#,
     r#"{"type":"resume","id":1,"session_id":"s_1","resume_token":"r_1","last_seq":0}"#,
@@ -37,6 +37,7 @@ const MESSAGES: [&str; 10] = [
     r#"{"type":"logout"}"#,
     r#"{"type":"rpc","id":6,"method":"chat.send","data":{"n":1}}"#,
     r#"{"type":"rpc","id":7,"method":"chat.send"}"#,
+    r#"{"type":"ping","id":8}"#,
 ];
 
 /// Every [`TokenError`]; `token_errors_are_all_drawn` keeps it complete.

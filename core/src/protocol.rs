@@ -156,6 +156,12 @@ pub enum ClientMessage {
         /// The data, any JSON value.
         data: Payload,
     },
+    /// `ping`: an application-level keepalive (browsers cannot see WebSocket
+    /// pings); answered `pong` at once.
+    Ping {
+        /// Request id to echo.
+        id: Option<u64>,
+    },
     /// `rpc`: call an application method (PROTOCOL §8).
     Rpc {
         /// Request id to echo (required: results may come in any order).
@@ -177,7 +183,8 @@ impl ClientMessage {
             | ClientMessage::Logout { id }
             | ClientMessage::Join { id, .. }
             | ClientMessage::Leave { id, .. }
-            | ClientMessage::Publish { id, .. } => *id,
+            | ClientMessage::Publish { id, .. }
+            | ClientMessage::Ping { id } => *id,
             ClientMessage::Rpc { id, .. } => Some(*id),
         }
     }
@@ -192,6 +199,7 @@ impl ClientMessage {
             ClientMessage::Join { .. } => "join",
             ClientMessage::Leave { .. } => "leave",
             ClientMessage::Publish { .. } => "publish",
+            ClientMessage::Ping { .. } => "ping",
             ClientMessage::Rpc { .. } => "rpc",
         }
     }
@@ -249,7 +257,7 @@ impl ClientMessage {
                 out.last_seq = Some(*last_seq);
             }
             ClientMessage::Refresh { token, .. } => out.token = Some(token.expose()),
-            ClientMessage::Logout { .. } => {}
+            ClientMessage::Logout { .. } | ClientMessage::Ping { .. } => {}
             ClientMessage::Join { channel, .. } | ClientMessage::Leave { channel, .. } => {
                 out.channel = Some(channel);
             }
@@ -419,6 +427,7 @@ impl Fields<'_> {
                 token: Secret(self.string(raw.token, "token", usize::MAX)?),
             }),
             "logout" => Ok(ClientMessage::Logout { id }),
+            "ping" => Ok(ClientMessage::Ping { id }),
             "join" => Ok(ClientMessage::Join {
                 id,
                 channel: self.channel()?,
@@ -627,6 +636,12 @@ pub enum ServerMessage {
         /// The published data.
         data: Payload,
     },
+    /// The answer to a `ping`.
+    Pong {
+        /// The `ping` request's id.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+    },
     /// The result of an `rpc` (PROTOCOL §8).
     RpcResult {
         /// The `rpc` request's id.
@@ -684,6 +699,7 @@ impl ServerMessage {
             | ServerMessage::Joined { id, .. }
             | ServerMessage::Left { id, .. }
             | ServerMessage::Published { id }
+            | ServerMessage::Pong { id }
             | ServerMessage::Error { id, .. } => *id,
             ServerMessage::RpcResult { id, .. } => Some(*id),
             ServerMessage::Expiring { .. } | ServerMessage::Message { .. } => None,

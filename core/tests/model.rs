@@ -148,6 +148,10 @@ enum Transition {
     CallResults {
         reverse: bool,
     },
+    /// An application-level `ping` (not the WebSocket one).
+    AppPing {
+        id: u64,
+    },
 }
 
 fn allowed(patterns: usize, channel: &str) -> bool {
@@ -309,10 +313,12 @@ impl Model {
             | T::Leave { id, .. }
             | T::Publish { id, .. }
             | T::Call { id }
+            | T::AppPing { id }
                 if !live =>
             {
                 self.fatal(Some(id), ErrorCode::NotAuthenticated, 4401)
             }
+            T::AppPing { id } => self.expect.push(Obs::Reply("pong", Some(id))),
             T::Call { id } => {
                 let now = self.now;
                 let Phase::Live(l) = &mut self.phase else {
@@ -501,6 +507,7 @@ impl ReferenceStateMachine for ProtocolModel {
             1 => Just(Transition::RevokeUser),
             10 => Just(Transition::Call { id }),
             4 => any::<bool>().prop_map(|reverse| Transition::CallResults { reverse }),
+            3 => Just(Transition::AppPing { id }),
         ]
         .boxed()
     }
@@ -537,6 +544,7 @@ fn observe(outputs: Vec<(String, Output)>) -> Vec<Obs> {
                 ServerMessage::Published { id } => Obs::Reply("published", id),
                 ServerMessage::Resumed { id, .. } => Obs::Reply("resumed", id),
                 ServerMessage::RpcResult { id, .. } => Obs::Reply("rpc_result", Some(id)),
+                ServerMessage::Pong { id } => Obs::Reply("pong", id),
                 ServerMessage::Expiring { .. } => Obs::Expiring,
                 ServerMessage::Message { channel, .. } => Obs::Message(channel.to_string()),
                 ServerMessage::Error {
@@ -698,6 +706,7 @@ impl StateMachineTest for Harness {
                 format!(r#"{{"type":"rpc","id":{id},"method":"chat.send","data":{id}}}"#),
             ),
             T::CallResults { reverse } => h.world.release_calls(reverse),
+            T::AppPing { id } => send(&mut h, format!(r#"{{"type":"ping","id":{id}}}"#)),
             T::RevokeUser => h.world.revoke(Revocation::Subject {
                 sub: "alice".to_owned(),
                 at_s: (h.world.now() / 1000),

@@ -208,6 +208,9 @@ mod expect {
     pub fn rpc_result() -> Msg {
         msg("rpc_result")
     }
+    pub fn pong() -> Msg {
+        msg("pong")
+    }
     /// An error with this code (its wire name).
     pub fn error(code: &'static str) -> Msg {
         assert!(
@@ -382,6 +385,7 @@ mod expect {
             ServerMessage::Published { .. } => "published",
             ServerMessage::Message { .. } => "message",
             ServerMessage::RpcResult { .. } => "rpc_result",
+            ServerMessage::Pong { .. } => "pong",
             ServerMessage::Error { .. } => "error",
         }
     }
@@ -1435,6 +1439,45 @@ spec!(
     },
     sees: { "A" => [authenticated(), error("IDLE_TIMEOUT").no_id().fatal("reconnect")] },
     ends: { "A" => closed(4408, "IDLE_TIMEOUT").resumable() },
+);
+
+spec!(
+    app_ping_keeps_a_browser_connection_alive,
+    "A browser cannot see WebSocket pings: its `ping` message is answered `pong` with the same id and counts as activity, so a client that only pings is not closed IDLE_TIMEOUT.",
+    |w| {
+        alice_live(&mut w, "A");
+        for id in 2..5 {
+            w.advance(40_000);
+            w.send("A", &format!(r#"{{"type":"ping","id":{id}}}"#));
+        }
+    },
+    sees: { "A" => [authenticated(), pong().id(2), pong().id(3), pong().id(4)] },
+    never: { "A" => [error("IDLE_TIMEOUT")] },
+    ends: { "A" => live() },
+);
+
+spec!(
+    app_ping_is_answered_behind_a_pending_request,
+    "A `ping` measures the connection, not the store: while a `join` waits for a slow store its `pong` comes at once, before `joined`. Before `auth` a `ping` is NOT_AUTHENTICATED like any request.",
+    |w| {
+        alice_live(&mut w, "A");
+        w.hold_replies = true;
+        w.send("A", r#"{"type":"join","id":2,"channel":"general"}"#);
+        w.send("A", r#"{"type":"ping","id":3}"#);
+        w.hold_replies = false;
+        w.release();
+        w.open("B");
+        w.send("B", r#"{"type":"ping","id":1}"#);
+    },
+    sees: {
+        "A" => [pong().id(3), joined().id(2)],
+        "B" => [error("NOT_AUTHENTICATED").id(1).fatal("none")],
+    },
+    never: { "B" => [pong()] },
+    ends: {
+        "A" => live().channels(["general"]),
+        "B" => closed(4401, "NOT_AUTHENTICATED").no_session(),
+    },
 );
 
 spec!(

@@ -1467,3 +1467,18 @@ async fn the_server_api_refuses_without_a_key_and_explains_bad_bodies() {
         assert!(metrics.lines().any(|l| l == line), "no {line} in /metrics");
     }
 }
+
+// ----- §10 What a client library relies on --------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_application_ping_is_answered_pong_with_its_id() {
+    let s = server(test_config()).await;
+    let (mut c, _) = Client::authed(s.ws_addr, &token("alice", json!({}))).await;
+    c.send(json!({"type": "ping", "id": 42})).await;
+    assert_eq!(c.recv().await, json!({"type": "pong", "id": 42}));
+    c.send(json!({"type": "ping"})).await;
+    assert_eq!(c.recv().await, json!({"type": "pong"}));
+    let mut early = Client::connect(s.ws_addr).await;
+    early.send(json!({"type": "ping", "id": 1})).await;
+    assert_eq!(early.expect_fatal("NOT_AUTHENTICATED", 4401).await["id"], 1);
+}

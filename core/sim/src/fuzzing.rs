@@ -81,6 +81,8 @@ pub enum MsgKind {
     RpcFails,
     /// rpc with a method outside the charset
     RpcBadMethod,
+    /// application-level ping
+    Ping,
 }
 
 /// Revocations target 3 issues.
@@ -288,5 +290,6 @@ fn message(w: &World, kind: MsgKind, id: u64, now_s: u64) -> String {
         MsgKind::Rpc => format!(r#"{{"type":"rpc","id":{id},"method":"chat.send","data":{id}}}"#),
         MsgKind::RpcFails => format!(r#"{{"type":"rpc","id":{id},"method":"chat.fail"}}"#),
         MsgKind::RpcBadMethod => format!(r#"{{"type":"rpc","id":{id},"method":"a b"}}"#),
+        MsgKind::Ping => format!(r#"{{"type":"ping","id":{id}}}"#),
     }
 }

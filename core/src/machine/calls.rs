@@ -147,9 +147,22 @@ mod tests {
         assert_eq!(bounded_message(exact.clone()), exact);
         // 'é' is two bytes: the cut may not fall inside one.
         let cut = bounded_message("é".repeat(MAX_APP_MESSAGE_BYTES));
-        assert!(cut.len() <= MAX_APP_MESSAGE_BYTES && cut.ends_with('…'), "{}", cut.len());
-        assert_eq!(cut.trim_end_matches('…').chars().filter(|c| *c != 'é').count(), 0);
-        assert!(cut.len() > MAX_APP_MESSAGE_BYTES - 8, "cut no shorter than needed");
+        assert!(
+            cut.len() <= MAX_APP_MESSAGE_BYTES && cut.ends_with('…'),
+            "{}",
+            cut.len()
+        );
+        assert_eq!(
+            cut.trim_end_matches('…')
+                .chars()
+                .filter(|c| *c != 'é')
+                .count(),
+            0
+        );
+        assert!(
+            cut.len() > MAX_APP_MESSAGE_BYTES - 8,
+            "cut no shorter than needed"
+        );
     }
 
     #[test]

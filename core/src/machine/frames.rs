@@ -45,8 +45,13 @@ impl Connection {
     /// Processes a message at once when no request is pending, else queues it
     /// behind the pending one (up to `max_queued_requests`).
     fn enqueue(&mut self, now: u64, decoded: Queued) {
-        // A live session's calls do not wait behind the pending request.
-        let call = self.is_authenticated() && matches!(decoded, Ok(ClientMessage::Rpc { .. }));
+        // A live session's calls and pings do not wait behind the pending request:
+        // a ping measures the connection, not the store.
+        let call = self.is_authenticated()
+            && matches!(
+                decoded,
+                Ok(ClientMessage::Rpc { .. } | ClientMessage::Ping { .. })
+            );
         if call || !self.phase.is_busy() {
             self.process(now, decoded);
             self.drain_queue(now);

@@ -34,6 +34,7 @@ impl Connection {
             ClientMessage::Leave { id, channel } => self.leave(id, channel),
             ClientMessage::Publish { id, channel, data } => self.publish(id, channel, data),
             ClientMessage::Rpc { id, method, data } => self.call(now, id, method, data),
+            ClientMessage::Ping { id } => self.outputs.send(ServerMessage::Pong { id }),
         }
     }
 
