@@ -139,6 +139,7 @@ function post(port: number, urlPath: string, key: string, body: unknown): Promis
 class Proxy {
   private server = net.createServer((client) => this.accept(client));
   private sockets = new Set<net.Socket>();
+  private pairs = new Set<{ frozen: boolean }>();
   port = 0;
   connections = 0;
   constructor(public target: number) {}
@@ -160,8 +161,16 @@ class Proxy {
         upstream.destroy();
       });
     }
-    client.pipe(upstream);
-    upstream.pipe(client);
+    const pair = { frozen: false };
+    this.pairs.add(pair);
+    client.on("close", () => this.pairs.delete(pair));
+    client.on("data", (d) => pair.frozen || upstream.write(d));
+    upstream.on("data", (d) => pair.frozen || client.write(d));
+  }
+
+  /** The open connections go silent both ways but stay open: a half-open connection. */
+  freezeAll(): void {
+    for (const pair of this.pairs) pair.frozen = true;
   }
 
   /** Every connection dies at once, with no close frame (the client sees 1006). */
@@ -193,7 +202,7 @@ interface Recorded {
   sockets: number;
 }
 
-function recordedClient(url: string, sub: string, lifetimeS: number): Recorded {
+function recordedClient(url: string, sub: string, lifetimeS: number, extra: { pongTimeoutMs?: number } = {}): Recorded {
   const r: Recorded = {
     client: undefined as unknown as WsAuthClient,
     events: [],
@@ -214,6 +223,7 @@ function recordedClient(url: string, sub: string, lifetimeS: number): Recorded {
       return mint(sub, lifetimeS);
     },
     WebSocket: CountingWebSocket,
+    ...extra,
   });
   for (const event of ["state", "message", "gap", "expiring", "error", "closed", "session"] as const) {
     r.client.on(event, (payload: any) => r.events.push({ event, payload, at: Date.now() }));
@@ -408,6 +418,37 @@ test("(d) the user revoked: closed with retry none, no reconnection", { timeout:
     assert.equal(r.tokens, tokens, "no new token asked for");
   } finally {
     r.client.close();
+    await server.stop();
+  }
+});
+
+test("(e) half-open: pings answered by pongs keep a quiet session; a silent connection is dropped and resumed", { timeout: 60_000 }, async (t) => {
+  if (!haveServer("(e) ping/pong")) return;
+  const server = await startServer({ WSAUTH_SESSION__HEARTBEAT_MS: "300" });
+  const proxy = new Proxy(server.wsPort);
+  await proxy.listen();
+  const r = recordedClient(`ws://127.0.0.1:${proxy.port}/ws`, "frank", 3600, { pongTimeoutMs: 1000 });
+  try {
+    await r.client.connect();
+    await r.client.join("room:e");
+    await sleep(2000); // quiet: ~6 pings, each answered
+    assert.equal(r.client.state, "live");
+    assert.equal(r.sockets, 1, "pongs keep the connection");
+    assert.deepEqual(r.of("error"), []);
+    const frozenAt = Date.now();
+    proxy.freezeAll();
+    await until("the half-open connection noticed", () => r.of("error").some((e) => e.code === "CONNECTION_LOST"), 10_000);
+    const noticed = Date.now() - frozenAt;
+    await until("resumed", () => r.of("session").some((s) => s.kind === "resumed"), 10_000);
+    const res = await post(server.adminPort, "/api/publish", API_KEY, { channel: "room:e", data: "after" });
+    assert.equal(res.json.sessions, 1);
+    await until("the message", () => r.of("message").length === 1);
+    // heartbeat 300 ms of silence, then at most 1000 ms for the pong.
+    assert.ok(noticed <= 300 + 1000 + 500, `noticed after ${noticed} ms`);
+    t.diagnostic(`a silent connection was noticed after ${noticed} ms (heartbeat 300, pong bound 1000) and resumed`);
+  } finally {
+    r.client.close();
+    await proxy.close();
     await server.stop();
   }
 });
