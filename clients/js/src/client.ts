@@ -91,6 +91,23 @@ export class WsAuthClient {
     if (options.rpcTimeoutMs !== undefined) machineOptions.rpcTimeoutMs = options.rpcTimeoutMs;
     if (options.pongTimeoutMs !== undefined) machineOptions.pongTimeoutMs = options.pongTimeoutMs;
     this.machine = new Machine(machineOptions);
+    // Browsers: going offline is a transient disconnect (4000, resumable).
+    if (typeof g.addEventListener === "function" && typeof g.navigator === "object") {
+      this.offline = () => this.feed({ type: "offline" });
+      this.online = () => this.feed({ type: "online" });
+      g.addEventListener("offline", this.offline);
+      g.addEventListener("online", this.online);
+    }
+  }
+
+  private offline: (() => void) | undefined;
+  private online: (() => void) | undefined;
+
+  private removeNetworkListeners(): void {
+    const g = globalThis as any;
+    if (this.offline) g.removeEventListener?.("offline", this.offline);
+    if (this.online) g.removeEventListener?.("online", this.online);
+    this.offline = this.online = undefined;
   }
 
   get state(): State {
@@ -178,6 +195,7 @@ export class WsAuthClient {
   }
 
   private perform(action: Action): void {
+    if (action.type === "emit" && action.event === "closed") this.removeNetworkListeners();
     switch (action.type) {
       case "open":
         this.open(action.conn);

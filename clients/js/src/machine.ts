@@ -67,6 +67,9 @@ export type Action =
 export type Input =
   | { type: "connect"; handle: number }
   | { type: "disconnect" }
+  /** The device went offline / came back (browsers' `offline` and `online` events). */
+  | { type: "offline" }
+  | { type: "online" }
   | { type: "close" }
   | { type: "logout"; handle: number }
   | { type: "join"; handle: number; channel: string }
@@ -171,6 +174,8 @@ export class Machine {
   private timers = new Set<string>();
 
   private attempt = 0;
+  /** Offline: no attempt until the device is back online. */
+  private offline = false;
   /** A retry hint of the previous connection end, consumed by the next attempt. */
   private needFreshToken = false;
   private reauthFailures = 0;
@@ -222,6 +227,12 @@ export class Machine {
         break;
       case "disconnect":
         this.onDisconnect();
+        break;
+      case "offline":
+        this.onOffline();
+        break;
+      case "online":
+        this.onOnline();
         break;
       case "close":
         this.onClose();
@@ -302,6 +313,27 @@ export class Machine {
     this.rejectAll(this.connectWaiters, "DISCONNECTED", "disconnect() was called");
     this.connectWaiters = [];
     this.setState("idle");
+  }
+
+  /** Going offline is a transient disconnect (close 4000, resumable); back online, reconnect. */
+  private onOffline(): void {
+    if (this.state === "closed" || this.state === "idle" || this.offline) return;
+    this.offline = true;
+    if (this.handshake === "resume") this.dropSession();
+    this.endSocket(4000, "offline");
+    this.afterSocketGone();
+    this.stopAllTimers();
+    this.tokenInFlight = false;
+    this.setState("reconnecting");
+  }
+
+  private onOnline(): void {
+    if (!this.offline) return;
+    this.offline = false;
+    if (this.state !== "reconnecting") return;
+    this.attempt = 0;
+    if (this.session && this.o.now() >= this.refreshAtTime) this.refreshDue = true;
+    this.proceed();
   }
 
   private onClose(): void {
@@ -550,6 +582,7 @@ export class Machine {
         : backoffDelay(this.attempt, this.o.backoffBaseMs, this.o.backoffCapMs, this.o.random);
     this.attempt += 1;
     this.setState("reconnecting");
+    if (this.offline) return; // the `online` input starts the next attempt
     this.setTimer(T_BACKOFF, delay);
   }
 

@@ -3,7 +3,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 
-import { RpcError, backoffDelay, hintForClose } from "../src/index.js";
+import { Machine, RpcError, backoffDelay, hintForClose, type Action } from "../src/index.js";
 import { authenticated, flush, goLive, harness, nextSocket, seeded, type Harness } from "./fakes.js";
 
 function resumed(id: number, over: Record<string, unknown> = {}): Record<string, unknown> {
@@ -539,4 +539,37 @@ test("close() stops every timer in every state", async () => {
     assert.equal(h.client.state, "closed");
     await assertQuiet(h);
   }
+});
+
+test("the pure machine: offline closes 4000 and waits (no timer); online resumes at once", () => {
+  let t = 0;
+  const m = new Machine({ now: () => t, random: () => 0.5 });
+  const types = (actions: Action[]) => actions.map((a) => a.type);
+  let out = m.handle({ type: "connect", handle: 1 });
+  assert.deepEqual(types(out), ["emit", "getToken", "setTimer"]);
+  const req = (out.find((a) => a.type === "getToken") as { req: number }).req;
+  out = m.handle({ type: "tokenResult", req, ok: true, token: "t" });
+  const open = out.find((a) => a.type === "open") as { conn: number };
+  out = m.handle({ type: "socketOpen", conn: open.conn });
+  const auth = out.find((a) => a.type === "send") as unknown as { frame: { id: number } };
+  m.handle({
+    type: "socketMessage",
+    conn: open.conn,
+    text: JSON.stringify({ type: "authenticated", id: auth.frame.id, session_id: "s", resume_token: "r", user_id: "u", expires_at: 3_600_000, heartbeat_ms: 25_000 }),
+  });
+  assert.equal(m.state, "live");
+  out = m.handle({ type: "offline" });
+  const close = out.find((a) => a.type === "close") as { code: number };
+  assert.equal(close.code, 4000);
+  assert.equal(m.state, "reconnecting");
+  assert.deepEqual(m.activeTimers(), [], "nothing runs while offline");
+  out = m.handle({ type: "online" });
+  const reopen = out.find((a) => a.type === "open") as { conn: number };
+  assert.ok(reopen, "reconnects at once");
+  out = m.handle({ type: "socketOpen", conn: reopen.conn });
+  const resume = out.find((a) => a.type === "send") as { frame: Record<string, unknown> };
+  assert.equal(resume.frame.type, "resume");
+  out = m.handle({ type: "close" });
+  assert.deepEqual(m.activeTimers(), []);
+  assert.ok(out.some((a) => a.type === "close" && a.code === 1000));
 });
