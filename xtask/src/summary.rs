@@ -97,11 +97,14 @@ fn count_libtest(line: &str, totals: &mut Totals) {
 fn count_node(ok: bool, lines: &[String], totals: &mut Totals) {
     let mut counted = false;
     let failed_before = totals.failed;
+    // Skip lines come before the runner's totals: they are applied after them, so that the
+    // skipped tests (which returned early and count as passed) move out of this suite's passes.
+    let mut skips = Vec::new();
     for line in lines {
         let line = line.trim_start();
         let Some(rest) = line.strip_prefix("ℹ ").or_else(|| line.strip_prefix("# ")) else {
             if line.starts_with(MARKER) {
-                totals.skip(line);
+                skips.push(line);
             }
             continue;
         };
@@ -119,6 +122,9 @@ fn count_node(ok: bool, lines: &[String], totals: &mut Totals) {
             _ => continue,
         }
         counted = true;
+    }
+    for line in skips {
+        totals.skip(line);
     }
     if !counted {
         if ok {
@@ -206,6 +212,25 @@ mod tests {
         let tap: Vec<String> = ["# pass 7", "# fail 0"].map(String::from).into();
         count_node(true, &tap, &mut totals);
         assert_eq!((totals.passed, totals.failed, totals.skipped), (11, 1, 1));
+    }
+
+    #[test]
+    fn node_skip_markers_printed_before_the_totals_move_passes_to_skipped() {
+        let lines: Vec<String> = [
+            "WSAUTH-SKIPPED (a) refreshes: target/debug/wsauth-server is missing",
+            "WSAUTH-SKIPPED (c2) redis failover: redis-server is not on PATH",
+            "✔ (a) refreshes (0.5ms)",
+            "ℹ tests 23",
+            "ℹ pass 23",
+            "ℹ fail 0",
+            "ℹ skipped 0",
+        ]
+        .map(String::from)
+        .into();
+        let mut totals = Totals::default();
+        count_node(true, &lines, &mut totals);
+        assert_eq!((totals.passed, totals.failed, totals.skipped), (21, 0, 2));
+        assert_eq!(totals.skip_lines.len(), 2);
     }
 
     #[test]
