@@ -27,6 +27,7 @@ struct Args {
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
+    let default_client = args.client_dir.is_none();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,wsauth_chat=info"));
     tracing_subscriber::fmt().with_env_filter(filter).init();
@@ -40,7 +41,10 @@ async fn main() -> ExitCode {
         client_dir: args.client_dir.unwrap_or_else(default_client_dir),
         ..ChatConfig::default()
     };
-    let client_built = config.client_dir.join("index.js").is_file();
+    let mut client_built = config.client_dir.join("index.js").is_file();
+    if !client_built && default_client {
+        client_built = build_client(&config.client_dir);
+    }
     let client_dir = config.client_dir.display().to_string();
     let running = match serve(config).await {
         Ok(running) => running,
@@ -69,4 +73,22 @@ async fn main() -> ExitCode {
         })
         .await;
     ExitCode::SUCCESS
+}
+
+/// Builds the browser client (`npm ci` in clients/js, whose `prepare` runs `tsc`)
+/// so that one command starts the chat on a fresh clone; `true` when it is built.
+fn build_client(dist: &std::path::Path) -> bool {
+    let Some(package) = dist.parent() else {
+        return false;
+    };
+    println!("  Building the browser client: npm ci in {}", package.display());
+    let built = std::process::Command::new("npm")
+        .arg("ci")
+        .current_dir(package)
+        .status()
+        .is_ok_and(|status| status.success());
+    if !built {
+        eprintln!("  npm ci failed or npm is missing: the page needs Node and npm once");
+    }
+    built && dist.join("index.js").is_file()
 }
