@@ -81,7 +81,10 @@ fn build_client(dist: &std::path::Path) -> bool {
     let Some(package) = dist.parent() else {
         return false;
     };
-    println!("  Building the browser client: npm ci in {}", package.display());
+    println!(
+        "  Building the browser client: npm ci in {}",
+        package.display()
+    );
     let built = std::process::Command::new("npm")
         .arg("ci")
         .current_dir(package)
