@@ -432,7 +432,7 @@ test("(e) half-open: pings answered by pongs keep a quiet session; a silent conn
     await r.client.connect();
     await r.client.join("room:e");
     await sleep(2000); // quiet: ~6 pings, each answered
-    assert.equal(r.client.state, "live");
+    assert.equal(r.client.state, "live", JSON.stringify({ closed: r.of("closed"), errors: r.of("error") }));
     assert.equal(r.sockets, 1, "pongs keep the connection");
     assert.deepEqual(r.of("error"), []);
     const frozenAt = Date.now();
