@@ -672,3 +672,58 @@ fn the_cache_answers_asymmetric_tokens_until_their_time_and_never_hmac_ones() {
     tampered.push(if token.ends_with('A') { 'B' } else { 'A' });
     assert!(v.verify_cached(&tampered, NOW, &cache).is_err());
 }
+
+#[test]
+fn a_published_jwks_is_taken_whole_or_not_at_all() {
+    let ed_public =
+        jsonwebtoken::DecodingKey::from_ed_pem(&key_file("ed25519.pub.pem")).expect("ed");
+    let ed = |kid: &str| {
+        let jwk = jsonwebtoken::jwk::Jwk::from_decoding_key(&ed_public, Some(Algorithm::EdDSA))
+            .expect("jwk");
+        let mut jwk = serde_json::to_value(jwk).expect("json");
+        jwk["kid"] = json!(kid);
+        jwk
+    };
+    let oct = json!({"kty": "oct", "kid": "s", "k": b64url(SECRET)});
+    let enc_only = json!({"kty": "RSA", "use": "enc", "n": "AQAB", "e": "AQAB"});
+    let mut base = KeySet::new();
+    base.add_hmac_secret(Some("hs"), SECRET).expect("hs");
+    let refused: [(Value, fn(&KeyError) -> bool); 5] = [
+        (json!({"keys": [ed("a"), oct]}), |e| {
+            *e == KeyError::SymmetricInPublished
+        }),
+        (json!({"keys": [ed("a"), ed("a")]}), |e| {
+            *e == KeyError::DuplicateKid("a".into())
+        }),
+        (
+            json!({"keys": (0..101).map(|i| ed(&format!("k{i}"))).collect::<Vec<_>>()}),
+            |e| {
+                *e == KeyError::TooManyKeys {
+                    count: 101,
+                    max: 100,
+                }
+            },
+        ),
+        (json!({"keys": [enc_only]}), |e| {
+            matches!(e, KeyError::BadJwks(_))
+        }),
+        (json!({"keys": [ed("hs")]}), |e| {
+            *e == KeyError::DuplicateKid("hs".into())
+        }),
+    ];
+    for (doc, expected) in refused {
+        let mut keys = base.clone();
+        let err = keys
+            .add_published_jwks_json(&doc.to_string(), 100)
+            .expect_err("refused");
+        assert!(expected(&err), "{err}");
+        assert_eq!(keys.len(), 1, "unchanged after {err}");
+    }
+    // The oct key is fine in a file (add_jwks_json), not in a published set.
+    let mut keys = base.clone();
+    assert_eq!(
+        keys.add_published_jwks_json(&json!({"keys": [ed("a"), ed("b")]}).to_string(), 100),
+        Ok(2)
+    );
+    assert_eq!(keys.len(), 3);
+}

@@ -38,6 +38,18 @@ pub enum KeyError {
         /// The modulus's length in bits (0 when it could not be read).
         bits: usize,
     },
+    /// A published JWKS (fetched from an identity provider) holding a symmetric
+    /// (`oct`) key: a secret has no business in a public document.
+    #[error("a published JWKS must not hold symmetric (oct) keys")]
+    SymmetricInPublished,
+    /// A JWKS with more keys than accepted.
+    #[error("JWKS has {count} keys; at most {max} are accepted")]
+    TooManyKeys {
+        /// How many keys the document has.
+        count: usize,
+        /// The limit.
+        max: usize,
+    },
 }
 
 /// RFC 7518 §3.3 requires 2048 bits at least; 1024-bit moduli are within reach of
@@ -228,6 +240,47 @@ impl KeySet {
             added += 1;
         }
         Ok(added)
+    }
+}
+
+impl KeySet {
+    /// Adds the keys of a JWKS an identity provider publishes (fetched over the
+    /// network), all or none: refused when it has more than `max_keys` entries,
+    /// any symmetric (`oct`) key, or no key that may verify signatures, on top of
+    /// what [`KeySet::add_jwks_json`] refuses (bad or duplicate keys, RSA outside
+    /// 2048–8192 bits, an `alg` that does not fit its key). Keys marked for
+    /// encryption only (`use: enc`, or `key_ops` without `verify`) are skipped.
+    /// On an error `self` is unchanged.
+    pub fn add_published_jwks_json(
+        &mut self,
+        json: &str,
+        max_keys: usize,
+    ) -> Result<usize, KeyError> {
+        let set: JwkSet =
+            serde_json::from_str(json).map_err(|e| KeyError::BadJwks(e.classify_name()))?;
+        if set.keys.len() > max_keys {
+            return Err(KeyError::TooManyKeys {
+                count: set.keys.len(),
+                max: max_keys,
+            });
+        }
+        if set
+            .keys
+            .iter()
+            .any(|jwk| matches!(jwk.algorithm, AlgorithmParameters::OctetKey(_)))
+        {
+            return Err(KeyError::SymmetricInPublished);
+        }
+        let mut next = self.clone();
+        match next.add_jwks_json(json)? {
+            0 => Err(KeyError::BadJwks(
+                "no key that may verify signatures".into(),
+            )),
+            added => {
+                *self = next;
+                Ok(added)
+            }
+        }
     }
 }
 
