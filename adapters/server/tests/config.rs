@@ -602,6 +602,46 @@ fn each_validation_error_names_its_key() {
             Box::new(move |c| c.jwt.jwks_file = Some(p.clone()))
         }),
         (
+            "jwt.jwks_url",
+            "must be https://",
+            Box::new(|c| c.jwt.jwks_url = Some("http://idp.example/jwks".into())),
+        ),
+        (
+            "jwt.jwks_url",
+            "must be https://",
+            Box::new(|c| c.jwt.jwks_url = Some("http://127.0.0.1.idp.example/jwks".into())),
+        ),
+        (
+            "jwt.jwks_url",
+            "must be an https:// URL",
+            Box::new(|c| c.jwt.jwks_url = Some("ftp://idp.example/jwks".into())),
+        ),
+        (
+            "jwt.jwks_url",
+            "not a URL",
+            Box::new(|c| c.jwt.jwks_url = Some("idp.example/jwks".into())),
+        ),
+        (
+            "jwt.jwks_url",
+            "user or password",
+            Box::new(|c| c.jwt.jwks_url = Some("https://u:p@idp.example/jwks".into())),
+        ),
+        (
+            "jwt.jwks_refresh_s",
+            "greater than 0",
+            Box::new(|c| c.jwt.jwks_refresh_s = 0),
+        ),
+        (
+            "jwt.jwks_min_refetch_s",
+            "greater than 0",
+            Box::new(|c| c.jwt.jwks_min_refetch_s = 0),
+        ),
+        (
+            "jwt.jwks_max_stale_s",
+            "greater than 0",
+            Box::new(|c| c.jwt.jwks_max_stale_s = 0),
+        ),
+        (
             "jwt.algorithms",
             "`none`",
             Box::new(|c| c.jwt.algorithms = vec!["none".into()]),
@@ -1279,6 +1319,8 @@ fn every_field_can_be_set_from_its_environment_variable() {
             "jwt.hs256_secret_file" => secret_file.path().to_str().unwrap().into(),
             "jwt.public_key_files" => path(0),
             "jwt.jwks_file" => path(1),
+            "jwt.jwks_url" => "https://idp.example/.well-known/jwks.json".into(),
+            "jwt.jwks_start_without_keys" => "true".into(),
             "jwt.algorithms" => "HS256".into(),
             "jwt.issuer" | "jwt.audience" => "x".into(),
             "session.limit_policy" => "reject_new".into(),
@@ -1399,4 +1441,21 @@ fn app_limits_reach_the_core() {
     let session = wsauth_server::server::session_config(&c);
     assert_eq!(session.max_rpc_in_flight, 3);
     assert_eq!(session.rpc_timeout_ms, 750);
+}
+
+#[test]
+fn a_jwks_url_is_https_or_http_on_loopback_and_counts_as_a_key() {
+    for url in [
+        "https://idp.example/.well-known/jwks.json",
+        "http://127.0.0.1:8000/jwks",
+        "http://127.8.9.10/jwks",
+        "http://[::1]:8000/jwks",
+        "http://localhost/jwks",
+    ] {
+        let mut c = valid();
+        c.jwt.hs256_secret = None;
+        c.jwt.jwks_url = Some(url.into());
+        c.validate(false)
+            .unwrap_or_else(|e| panic!("{url} refused: {e}"));
+    }
 }

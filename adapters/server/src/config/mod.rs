@@ -216,6 +216,21 @@ pub struct JwtConfig {
     pub public_key_files: Vec<PathBuf>,
     /// A JWKS document (`{"keys":[…]}`); each key's `kid` is its own.
     pub jwks_file: Option<PathBuf>,
+    /// An identity provider's JWKS, fetched at start and refreshed in the
+    /// background: `https://`, or `http://` on a loopback host only.
+    pub jwks_url: Option<String>,
+    /// Start even when the first fetch of `jwks_url` fails (tokens signed with
+    /// its keys are refused until a fetch succeeds) [false].
+    pub jwks_start_without_keys: bool,
+    /// Seconds between fetches of `jwks_url` when the response has no
+    /// `Cache-Control: max-age` [300].
+    pub jwks_refresh_s: u64,
+    /// An unknown `kid` fetches `jwks_url` again at most once per this many
+    /// seconds [10].
+    pub jwks_min_refetch_s: u64,
+    /// `/readyz` answers 503 once the last good fetch of `jwks_url` is older than
+    /// this many seconds [86400].
+    pub jwks_max_stale_s: u64,
     /// Algorithms accepted; empty accepts every supported one
     /// ([`SUPPORTED_ALGORITHMS`]). `none` is never accepted.
     #[serde(deserialize_with = "string_or_list")]
@@ -241,6 +256,11 @@ impl Default for JwtConfig {
             hs256_secret_file: None,
             public_key_files: Vec::new(),
             jwks_file: None,
+            jwks_url: None,
+            jwks_start_without_keys: false,
+            jwks_refresh_s: 300,
+            jwks_min_refetch_s: 10,
+            jwks_max_stale_s: 86_400,
             algorithms: Vec::new(),
             issuer: None,
             audience: Vec::new(),
@@ -258,6 +278,11 @@ impl fmt::Debug for JwtConfig {
             .field("hs256_secret_file", &self.hs256_secret_file)
             .field("public_key_files", &self.public_key_files)
             .field("jwks_file", &self.jwks_file)
+            .field("jwks_url", &self.jwks_url)
+            .field("jwks_start_without_keys", &self.jwks_start_without_keys)
+            .field("jwks_refresh_s", &self.jwks_refresh_s)
+            .field("jwks_min_refetch_s", &self.jwks_min_refetch_s)
+            .field("jwks_max_stale_s", &self.jwks_max_stale_s)
             .field("algorithms", &self.algorithms)
             .field("issuer", &self.issuer)
             .field("audience", &self.audience)
@@ -275,6 +300,7 @@ impl JwtConfig {
             || self.hs256_secret_file.is_some()
             || !self.public_key_files.is_empty()
             || self.jwks_file.is_some()
+            || self.jwks_url.is_some()
     }
 
     /// The HMAC secret's bytes, from `hs256_secret` or read from

@@ -211,11 +211,26 @@ impl Config {
         {
             v.push("jwt.jwks_file", problem);
         }
+        if let Some(url) = &jwt.jwks_url
+            && let Err(problem) = check_jwks_url(url)
+        {
+            v.push("jwt.jwks_url", problem);
+        }
+        for (key, value) in [
+            ("jwt.jwks_refresh_s", jwt.jwks_refresh_s),
+            ("jwt.jwks_min_refetch_s", jwt.jwks_min_refetch_s),
+            ("jwt.jwks_max_stale_s", jwt.jwks_max_stale_s),
+        ] {
+            if value == 0 {
+                v.push(key, "must be greater than 0");
+            }
+        }
         if !jwt.has_key() && !dev {
             v.push(
                 "jwt",
                 "has no verification key: set jwt.hs256_secret, jwt.hs256_secret_file, \
-                 jwt.public_key_files or jwt.jwks_file (--dev generates a secret for development)",
+                 jwt.public_key_files, jwt.jwks_file or jwt.jwks_url (--dev generates a secret \
+                 for development)",
             );
         }
 
@@ -350,6 +365,33 @@ impl Errors {
         if value == 0 {
             self.push(key, "must be greater than 0");
         }
+    }
+}
+
+/// `https://`, or `http://` on a loopback host (a JWKS fetched in the clear
+/// from elsewhere could be swapped on the way); no user or password in it.
+pub(crate) fn check_jwks_url(url: &str) -> Result<(), String> {
+    let parsed = reqwest::Url::parse(url).map_err(|_| "is not a URL".to_owned())?;
+    if !parsed.username().is_empty() || parsed.password().is_some() {
+        return Err("must not carry a user or password".to_owned());
+    }
+    let Some(host) = parsed.host_str().filter(|h| !h.is_empty()) else {
+        return Err("must have a host".to_owned());
+    };
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    let loopback = bare.eq_ignore_ascii_case("localhost")
+        || bare
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    match parsed.scheme() {
+        "https" => Ok(()),
+        "http" if loopback => Ok(()),
+        "http" => Err(
+            "must be https:// (http:// only on a loopback host such as 127.0.0.1): keys \
+             fetched in the clear could be replaced on the way"
+                .to_owned(),
+        ),
+        _ => Err("must be an https:// URL".to_owned()),
     }
 }
 
