@@ -688,7 +688,8 @@ fn a_published_jwks_is_taken_whole_or_not_at_all() {
     let enc_only = json!({"kty": "RSA", "use": "enc", "n": "AQAB", "e": "AQAB"});
     let mut base = KeySet::new();
     base.add_hmac_secret(Some("hs"), SECRET).expect("hs");
-    let refused: [(Value, fn(&KeyError) -> bool); 5] = [
+    type Expected = fn(&KeyError) -> bool;
+    let refused: [(Value, Expected); 5] = [
         (json!({"keys": [ed("a"), oct]}), |e| {
             *e == KeyError::SymmetricInPublished
         }),

@@ -48,7 +48,7 @@ use wsauth_server::driver::{Driver, Transport};
 use wsauth_server::metrics::Metrics;
 use wsauth_server::server::{OnStore, with_configured_store};
 use wsauth_server::state::{HOUSEKEEPING_EVERY, Shared};
-use wsauth_server::{Api, App, StartError};
+use wsauth_server::{Api, App, KeySource, StartError};
 use wsauth_store::Store;
 use wsauth_store::hub::Hub;
 
@@ -86,6 +86,19 @@ impl WsAuth {
     pub fn with_store<S: Store>(
         config: Config,
         verifier: Verifier,
+        hub: Arc<Hub>,
+        store: Arc<S>,
+        app: App,
+    ) -> Result<WsAuth, StartError> {
+        let verifier = KeySource::fixed(verifier, config.jwt.verify_cache_entries);
+        WsAuth::with_keys(config, verifier, hub, store, app)
+    }
+
+    /// [`with_store`](Self::with_store) with a [`KeySource`] (fixed keys, or a
+    /// JWKS URL's, fetched in the background).
+    pub fn with_keys<S: Store>(
+        config: Config,
+        verifier: KeySource,
         hub: Arc<Hub>,
         store: Arc<S>,
         app: App,
@@ -204,11 +217,11 @@ impl OnStore for Build {
     fn on<S: Store>(
         self,
         config: Config,
-        verifier: Verifier,
+        verifier: KeySource,
         hub: Arc<Hub>,
         store: Arc<S>,
     ) -> Self::Output {
-        WsAuth::with_store(config, verifier, hub, store, self.0)
+        WsAuth::with_keys(config, verifier, hub, store, self.0)
     }
 }
 

@@ -12,6 +12,7 @@ pub mod dev;
 pub mod driver;
 pub mod fdlimit;
 pub mod handshake;
+pub mod keys;
 pub mod limits;
 pub mod logging;
 pub mod metrics;
@@ -23,4 +24,5 @@ pub mod tls;
 
 pub use api::{Api, ApiError};
 pub use app::App;
+pub use keys::KeySource;
 pub use server::{ServerHandle, StartError, start, start_with_app};

@@ -4,7 +4,8 @@
 //! refused most often are kept apart, for `/admin/refusals`.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -54,6 +55,58 @@ struct CloseLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RpcLabel {
     outcome: &'static str,
+}
+
+/// The outcomes `wsauth_jwks_fetch_total` counts.
+pub const JWKS_OUTCOMES: [&str; 5] = ["ok", "http_error", "network", "invalid", "too_large"];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct JwksLabel {
+    outcome: &'static str,
+}
+
+/// The series of the JWKS fetches (`jwt.jwks_url`): the key source owns a clone
+/// and counts into it, [`Metrics`] registers and renders them.
+#[derive(Clone, Default)]
+pub struct JwksMetrics {
+    fetches: Family<JwksLabel, Counter>,
+    keys: Gauge,
+    age: Gauge,
+    /// Unix ms of the last good fetch (of the start while there was none); 0
+    /// without a `jwt.jwks_url`.
+    fresh_since_ms: Arc<AtomicU64>,
+}
+
+impl JwksMetrics {
+    /// Counts one fetch by its outcome (one of [`JWKS_OUTCOMES`]).
+    pub fn fetched(&self, outcome: &'static str) {
+        self.fetches.get_or_create(&JwksLabel { outcome }).inc();
+    }
+
+    /// How many keys the last good document had.
+    pub fn set_keys(&self, n: usize) {
+        self.keys.set(n as i64);
+    }
+
+    /// The keys are as fresh as `at_ms` (Unix ms).
+    pub fn set_fresh_since(&self, at_ms: u64) {
+        self.fresh_since_ms.store(at_ms, Ordering::Relaxed);
+    }
+
+    /// How many fetches had `outcome`.
+    pub fn count(&self, outcome: &'static str) -> u64 {
+        self.fetches.get_or_create(&JwksLabel { outcome }).get()
+    }
+
+    fn update_age(&self, now_ms: u64) {
+        let since = self.fresh_since_ms.load(Ordering::Relaxed);
+        let age_s = if since == 0 {
+            0
+        } else {
+            now_ms.saturating_sub(since) / 1000
+        };
+        self.age.set(age_s as i64);
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -238,6 +291,7 @@ pub struct Metrics {
     rpc: Family<RpcLabel, Counter>,
     rpc_duration: Histogram,
     api_requests: Family<ApiLabels, Counter>,
+    jwks: JwksMetrics,
     auth_percentiles: Percentiles,
     rpc_percentiles: Percentiles,
     verify_percentiles: Percentiles,
@@ -262,6 +316,11 @@ macro_rules! register {
 impl Metrics {
     /// Every series registered, all at zero.
     pub fn new() -> Self {
+        Self::with_jwks(JwksMetrics::default())
+    }
+
+    /// [`Metrics::new`], with the JWKS series the key source counts into.
+    pub fn with_jwks(jwks: JwksMetrics) -> Self {
         let mut m = Metrics {
             registry: Registry::default(),
             started: Instant::now(),
@@ -295,6 +354,7 @@ impl Metrics {
             rpc: Family::default(),
             rpc_duration: latency_histogram(),
             api_requests: Family::default(),
+            jwks,
             auth_percentiles: Percentiles::new(),
             rpc_percentiles: Percentiles::new(),
             verify_percentiles: Percentiles::new(),
@@ -336,6 +396,9 @@ impl Metrics {
             "wsauth_rpc" => m.rpc, "Application calls by outcome (ok, app_error, not_found, unavailable: the backend failed or the call timed out, busy)";
             "wsauth_rpc_duration_seconds" => m.rpc_duration, "Application calls, from the handler's start to its answer";
             "wsauth_api_requests" => m.api_requests, "Server API requests (/api/publish, /api/send) by route and HTTP status";
+            "wsauth_jwks_fetch" => m.jwks.fetches, "Fetches of jwt.jwks_url by outcome (ok, http_error, network, invalid, too_large)";
+            "wsauth_jwks_keys" => m.jwks.keys, "Keys in the last good document of jwt.jwks_url";
+            "wsauth_jwks_age_seconds" => m.jwks.age, "Age of the last good fetch of jwt.jwks_url (0 without one configured)";
         }
         m
     }
@@ -379,6 +442,9 @@ impl Metrics {
         for outcome in RPC_OUTCOMES {
             let _ = self.rpc.get_or_create(&RpcLabel { outcome });
         }
+        for outcome in JWKS_OUTCOMES {
+            let _ = self.jwks.fetches.get_or_create(&JwksLabel { outcome });
+        }
         for route in API_ROUTES {
             for status in [200, 400, 401, 503] {
                 let _ = self
@@ -410,6 +476,7 @@ impl Metrics {
     /// The Prometheus text exposition (OpenMetrics).
     pub fn render(&self, sessions_live: usize) -> String {
         self.sessions_live.set(sessions_live as i64);
+        self.jwks.update_age(crate::state::now_ms());
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);

@@ -23,6 +23,7 @@ use wsauth_store_redis::{RedisConfig, RedisStore};
 
 use crate::app::App;
 use crate::config::{Config, StoreKind};
+use crate::keys::KeySource;
 use crate::limits::IpLimiter;
 use crate::metrics::Metrics;
 use crate::state::{HOUSEKEEPING_EVERY, Shared};
@@ -125,8 +126,20 @@ impl Timings {
     }
 }
 
-/// Builds the verifier from the `jwt` section (and a development secret, if any).
+/// Builds the verifier from the `jwt` section's fixed keys (and a development
+/// secret, if any); `jwt.jwks_url` is [`KeySource::from_config`]'s business.
 pub fn build_verifier(config: &Config, dev_secret: Option<&[u8]>) -> Result<Verifier, StartError> {
+    let (keys, verifier_config) = configured_keys(config, dev_secret)?;
+    Verifier::new(keys, verifier_config).map_err(|e| StartError::Keys(e.to_string()))
+}
+
+/// The fixed keys of the `jwt` section (secret, PEM files, JWKS file, and a
+/// development secret, if any) and the verifier's settings. The key set may be
+/// empty.
+pub fn configured_keys(
+    config: &Config,
+    dev_secret: Option<&[u8]>,
+) -> Result<(KeySet, VerifierConfig), StartError> {
     let jwt = &config.jwt;
     let mut keys = KeySet::new();
     let err = |e: &dyn std::fmt::Display| StartError::Keys(e.to_string());
@@ -174,7 +187,7 @@ pub fn build_verifier(config: &Config, dev_secret: Option<&[u8]>) -> Result<Veri
         max_token_bytes: jwt.max_token_bytes,
         algorithms,
     };
-    Verifier::new(keys, verifier_config).map_err(|e| err(&e))
+    Ok((keys, verifier_config))
 }
 
 /// The core's settings from the configuration.
@@ -222,7 +235,7 @@ impl<S: Store> Shared<S> {
     /// flips to `true`.
     pub fn new(
         config: Arc<Config>,
-        verifier: Verifier,
+        verifier: KeySource,
         hub: Arc<Hub>,
         store: Arc<S>,
         shutdown: watch::Receiver<bool>,
@@ -244,9 +257,7 @@ impl<S: Store> Shared<S> {
             app,
             node,
             session_config: Arc::new(session_config(&config)),
-            verify_cache: std::sync::Mutex::new(wsauth_core::jwt::VerifyCache::new(
-                config.jwt.verify_cache_entries,
-            )),
+            metrics: Arc::new(Metrics::with_jwks(verifier.jwks_metrics())),
             verifier,
             store,
             hub,
@@ -256,7 +267,6 @@ impl<S: Store> Shared<S> {
             },
             ip_limiter: IpLimiter::new(limits.max_unauthenticated_per_ip),
             connection_slots: Arc::new(Semaphore::new(limits.max_connections)),
-            metrics: Arc::new(Metrics::default()),
             shutdown,
             ws_config,
             store_timeout: Duration::from_secs(5),
@@ -274,7 +284,7 @@ pub trait OnStore {
     fn on<S: Store>(
         self,
         config: Config,
-        verifier: Verifier,
+        verifier: KeySource,
         hub: Arc<Hub>,
         store: Arc<S>,
     ) -> Self::Output;
@@ -288,7 +298,7 @@ pub async fn with_configured_store<T: OnStore>(
     dev_secret: Option<&[u8]>,
     then: T,
 ) -> Result<T::Output, StartError> {
-    let verifier = build_verifier(&config, dev_secret)?;
+    let verifier = KeySource::from_config(&config, dev_secret).await?;
     let hub = Hub::new(config.limits.outbound_queue);
     match config.store.kind {
         StoreKind::Memory => {
@@ -326,11 +336,11 @@ impl OnStore for Start {
     fn on<S: Store>(
         self,
         config: Config,
-        verifier: Verifier,
+        verifier: KeySource,
         hub: Arc<Hub>,
         store: Arc<S>,
     ) -> Self::Output {
-        Box::pin(start_with_store(config, verifier, hub, store, self.0))
+        Box::pin(start_with_keys(config, verifier, hub, store, self.0))
     }
 }
 
@@ -375,6 +385,18 @@ pub fn listen(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
 pub async fn start_with_store<S: Store>(
     config: Config,
     verifier: Verifier,
+    hub: Arc<Hub>,
+    store: Arc<S>,
+    app: App,
+) -> Result<ServerHandle, StartError> {
+    let keys = KeySource::fixed(verifier, config.jwt.verify_cache_entries);
+    start_with_keys(config, keys, hub, store, app).await
+}
+
+/// [`start_with_store`] with a [`KeySource`] (fixed keys, or a JWKS URL's).
+pub async fn start_with_keys<S: Store>(
+    config: Config,
+    verifier: KeySource,
     hub: Arc<Hub>,
     store: Arc<S>,
     app: App,

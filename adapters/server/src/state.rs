@@ -9,13 +9,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::{Semaphore, watch};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use wsauth_core::SessionConfig;
-use wsauth_core::jwt::{Verifier, VerifyCache};
 use wsauth_core::upgrade::UpgradePolicy;
 use wsauth_store::Store;
 use wsauth_store::hub::Hub;
 
 use crate::app::App;
 use crate::config::Config;
+use crate::keys::KeySource;
 use crate::limits::IpLimiter;
 use crate::metrics::Metrics;
 
@@ -32,10 +32,9 @@ pub struct Shared<S: Store> {
     pub config: Arc<Config>,
     /// The core's settings, derived from the configuration.
     pub session_config: Arc<SessionConfig>,
-    /// The token verifier.
-    pub verifier: Verifier,
-    /// Tokens verified with asymmetric keys, until their `exp`.
-    pub verify_cache: std::sync::Mutex<VerifyCache>,
+    /// The token verifier's keys, with the cache of tokens verified with
+    /// asymmetric keys.
+    pub verifier: KeySource,
     /// The session store.
     pub store: Arc<S>,
     /// Live sessions on this node.

@@ -44,6 +44,7 @@ use serde::{Deserialize, Serialize, Serializer};
 
 pub use fields::{FIELDS, SECRET_KEYS, env_var};
 pub use sources::{ServeArgs, load, load_toml_text, load_with_env};
+pub(crate) use validate::check_jwks_url;
 pub use validate::{MIN_ADMIN_KEY_CHARS, MIN_HMAC_SECRET_BYTES};
 
 /// The JWT algorithms the server can verify, as they are spelled in a token's
