@@ -147,13 +147,6 @@ pub fn max_age(cache_control: &str) -> Option<Duration> {
     })
 }
 
-impl From<Verifier> for KeySource {
-    /// Fixed keys, with a cache of 10 000 tokens.
-    fn from(verifier: Verifier) -> Self {
-        KeySource::fixed(verifier, 10_000)
-    }
-}
-
 impl KeySource {
     /// Fixed keys: `verifier`, with a cache of `cache_entries` tokens.
     pub fn fixed(verifier: Verifier, cache_entries: usize) -> KeySource {
@@ -281,11 +274,6 @@ impl KeySource {
             jwks.ask_refetch();
         }
         verified
-    }
-
-    /// The verifier's settings.
-    pub fn verifier_config(&self) -> Option<VerifierConfig> {
-        self.current().map(|c| c.verifier.config().clone())
     }
 
     /// Whether the keys are fresh enough to serve: always without a JWKS URL;
