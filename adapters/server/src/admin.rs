@@ -35,6 +35,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/admin/sessions"),
     ("DELETE", "/admin/sessions/{session_id}"),
     ("GET", "/admin/refusals"),
+    ("POST", "/admin/reload"),
     ("POST", "/api/publish"),
     ("POST", "/api/send"),
 ];
@@ -56,6 +57,7 @@ pub fn router<S: Store>(shared: Arc<Shared<S>>) -> Router {
         .route("/admin/sessions", get(sessions::<S>))
         .route("/admin/sessions/{session_id}", delete(end_session::<S>))
         .route("/admin/refusals", get(refusals::<S>))
+        .route("/admin/reload", post(reload::<S>))
         .with_state(shared.clone())
         .merge(crate::api::routes(shared))
 }
@@ -224,6 +226,40 @@ async fn end_session<S: Store>(
             Json(json!({"ended": true})).into_response()
         }
         Err(_) => store_unreachable(),
+    }
+}
+
+/// Re-reads the key and certificate files (see [`crate::reload`]): 200 with
+/// what was reloaded, or 500 with the refused parts named in `error` (the
+/// others reloaded all the same).
+async fn reload<S: Store>(State(shared): State<Arc<Shared<S>>>, headers: HeaderMap) -> Response {
+    if !authorized(&shared, &headers) {
+        return unauthorized();
+    }
+    let reloader = shared.reloader();
+    let Ok(reloaded) = tokio::task::spawn_blocking(move || reloader.reload("admin")).await else {
+        return (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            Json(json!({"error": "the reload did not finish"})),
+        )
+            .into_response();
+    };
+    let parts = json!({
+        "keys": matches!(reloaded.keys, Ok(true)),
+        "tls": matches!(reloaded.tls, Ok(true)),
+    });
+    let refused: Vec<String> = [("keys", &reloaded.keys), ("tls", &reloaded.tls)]
+        .into_iter()
+        .filter_map(|(part, result)| result.as_ref().err().map(|e| format!("{part}: {e}")))
+        .collect();
+    if refused.is_empty() {
+        Json(json!({ "reloaded": parts })).into_response()
+    } else {
+        (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            Json(json!({ "error": refused.join("; "), "reloaded": parts })),
+        )
+            .into_response()
     }
 }
 

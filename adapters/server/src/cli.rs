@@ -162,6 +162,10 @@ fn serve(args: ServeArgs, app: App) -> ExitCode {
         }
     };
     runtime.block_on(async move {
+        // Listened for before the server starts: once it listens, a SIGHUP must
+        // reload, not end the process (the signal's default).
+        #[cfg(unix)]
+        let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
         let banner_config = config.clone();
         let handle = match server::start_with_app(config, None, app).await {
             Ok(h) => h,
@@ -182,6 +186,13 @@ fn serve(args: ServeArgs, app: App) -> ExitCode {
                 )
             );
         }
+        #[cfg(unix)]
+        match hangups {
+            Ok(hangups) => {
+                tokio::spawn(reload_on_hangup(hangups, handle.reloader()));
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot listen for SIGHUP: no reload by signal"),
+        }
         let trigger = handle.shutdown_trigger();
         tokio::spawn(async move {
             wait_for_signal().await;
@@ -191,6 +202,18 @@ fn serve(args: ServeArgs, app: App) -> ExitCode {
         handle.wait().await;
         ExitCode::SUCCESS
     })
+}
+
+/// Reloads the key and certificate files at each SIGHUP.
+#[cfg(unix)]
+async fn reload_on_hangup(
+    mut hangups: tokio::signal::unix::Signal,
+    reloader: crate::reload::Reloader,
+) {
+    while hangups.recv().await.is_some() {
+        let reloader = reloader.clone();
+        let _ = tokio::task::spawn_blocking(move || reloader.reload("SIGHUP")).await;
+    }
 }
 
 async fn wait_for_signal() {

@@ -11,6 +11,10 @@
 //! (`AUTH_FAILED`) and wakes the task, which fetches at most once per
 //! `jwt.jwks_min_refetch_s`, so the client's retry after a key rotation succeeds
 //! however many unknown `kid`s arrive. See `docs/identity-providers.md`.
+//!
+//! [`KeySource::reload`] re-reads the configured key files (SIGHUP,
+//! `POST /admin/reload`) and swaps in a verifier built from them and the JWKS
+//! URL's last fetched keys, or, if a file is refused, keeps the current one.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
@@ -57,6 +61,23 @@ struct Inner {
     current: RwLock<Option<Arc<Current>>>,
     cache_entries: usize,
     jwks: Option<Jwks>,
+    /// What a reload re-reads the key files from (`None`: built from a
+    /// verifier, nothing to re-read).
+    reload: Option<Reloadable>,
+}
+
+/// The configuration the key files are named in, and the development secret.
+struct Reloadable {
+    config: Box<Config>,
+    dev_secret: Option<Vec<u8>>,
+}
+
+/// The keys every verifier of a JWKS URL is built from: the configured ones
+/// and the last good document. Locked while a new verifier is built and swapped
+/// in, so a fetch and a reload never undo each other.
+struct JwksKeys {
+    fixed: KeySet,
+    document: Option<String>,
 }
 
 impl Drop for Inner {
@@ -72,8 +93,8 @@ impl Drop for Inner {
 struct Jwks {
     url: reqwest::Url,
     client: reqwest::Client,
-    /// The configured keys, which every new verifier starts from.
-    fixed: KeySet,
+    /// The configured keys and the last good document.
+    keys: Mutex<JwksKeys>,
     config: VerifierConfig,
     refresh: Duration,
     min_refetch: Duration,
@@ -150,6 +171,11 @@ pub fn max_age(cache_control: &str) -> Option<Duration> {
 impl KeySource {
     /// Fixed keys: `verifier`, with a cache of `cache_entries` tokens.
     pub fn fixed(verifier: Verifier, cache_entries: usize) -> KeySource {
+        KeySource::new(verifier, cache_entries, None)
+    }
+
+    /// [`KeySource::fixed`], which `reload` re-reads the key files of.
+    fn new(verifier: Verifier, cache_entries: usize, reload: Option<Reloadable>) -> KeySource {
         KeySource(Arc::new(Inner {
             current: RwLock::new(Some(Arc::new(Current {
                 verifier,
@@ -157,6 +183,7 @@ impl KeySource {
             }))),
             cache_entries,
             jwks: None,
+            reload,
         }))
     }
 
@@ -170,10 +197,14 @@ impl KeySource {
     ) -> Result<KeySource, StartError> {
         let (fixed, verifier_config) = crate::server::configured_keys(config, dev_secret)?;
         let jwt = &config.jwt;
+        let reload = Some(Reloadable {
+            config: Box::new(config.clone()),
+            dev_secret: dev_secret.map(<[u8]>::to_vec),
+        });
         let Some(url) = &jwt.jwks_url else {
             let verifier = Verifier::new(fixed, verifier_config)
                 .map_err(|e| StartError::Keys(e.to_string()))?;
-            return Ok(KeySource::fixed(verifier, jwt.verify_cache_entries));
+            return Ok(KeySource::new(verifier, jwt.verify_cache_entries, reload));
         };
         crate::config::check_jwks_url(url)
             .map_err(|problem| StartError::Keys(format!("jwks_url {problem}")))?;
@@ -193,10 +224,14 @@ impl KeySource {
         let source = KeySource(Arc::new(Inner {
             current: RwLock::new(current),
             cache_entries: jwt.verify_cache_entries,
+            reload,
             jwks: Some(Jwks {
                 url,
                 client,
-                fixed,
+                keys: Mutex::new(JwksKeys {
+                    fixed,
+                    document: None,
+                }),
                 config: verifier_config,
                 refresh: Duration::from_secs(jwt.jwks_refresh_s),
                 min_refetch: Duration::from_secs(jwt.jwks_min_refetch_s),
@@ -286,6 +321,54 @@ impl KeySource {
         last != 0 && now_ms().saturating_sub(last) < jwks.max_stale.as_millis() as u64
     }
 
+    /// Re-reads the key files the configuration names (`jwt.hs256_secret_file`,
+    /// `jwt.public_key_files`, `jwt.jwks_file`; an inline secret stays as
+    /// configured, the JWKS URL's fetched keys are kept, not refetched) and puts
+    /// them in use, with an empty cache. `Ok(false)`: no key file to re-read.
+    /// `Err`: a file was refused (the message names it and why, never its
+    /// content) and the keys in use stay.
+    pub fn reload(&self) -> Result<bool, String> {
+        let Some(reload) = &self.0.reload else {
+            return Ok(false);
+        };
+        let jwt = &reload.config.jwt;
+        if jwt.hs256_secret_file.is_none()
+            && jwt.public_key_files.is_empty()
+            && jwt.jwks_file.is_none()
+        {
+            return Ok(false);
+        }
+        let (fixed, verifier_config) =
+            crate::server::configured_keys(&reload.config, reload.dev_secret.as_deref())
+                .map_err(|e| e.to_string())?;
+        let Some(jwks) = self.jwks() else {
+            let verifier =
+                Verifier::new(fixed, verifier_config).map_err(|e| format!("jwt: {e}"))?;
+            self.install(verifier);
+            return Ok(true);
+        };
+        let mut keys = jwks.keys.lock().unwrap_or_else(|e| e.into_inner());
+        let mut all = fixed.clone();
+        if let Some(document) = &keys.document {
+            all.add_published_jwks_json(document, MAX_JWKS_KEYS)
+                .map_err(|e| format!("jwt: jwks_url's last document: {e}"))?;
+        }
+        let verifier = Verifier::new(all, jwks.config.clone()).map_err(|e| format!("jwt: {e}"))?;
+        self.install(verifier);
+        keys.fixed = fixed;
+        Ok(true)
+    }
+
+    /// Puts `verifier` in use, with an empty cache, so that a token verified by a
+    /// retired key is not answered from the cache.
+    fn install(&self, verifier: Verifier) {
+        let next = Arc::new(Current {
+            verifier,
+            cache: Mutex::new(VerifyCache::new(self.0.cache_entries)),
+        });
+        *self.0.current.write().unwrap_or_else(|e| e.into_inner()) = Some(next);
+    }
+
     fn retry_delay(&self) -> Duration {
         match self.jwks() {
             Some(j) => j.refresh.min(RETRY_AFTER_FAILURE).max(j.min_refetch),
@@ -338,17 +421,16 @@ impl KeySource {
         }
         let text =
             std::str::from_utf8(&body).map_err(|_| FetchError::Invalid("not UTF-8".to_owned()))?;
-        let mut keys = jwks.fixed.clone();
+        let mut current = jwks.keys.lock().unwrap_or_else(|e| e.into_inner());
+        let mut keys = current.fixed.clone();
         let added = keys
             .add_published_jwks_json(text, MAX_JWKS_KEYS)
             .map_err(|e| FetchError::Invalid(e.to_string()))?;
         let verifier = Verifier::new(keys, jwks.config.clone())
             .map_err(|e| FetchError::Invalid(e.to_string()))?;
-        let next = Arc::new(Current {
-            verifier,
-            cache: Mutex::new(VerifyCache::new(self.0.cache_entries)),
-        });
-        *self.0.current.write().unwrap_or_else(|e| e.into_inner()) = Some(next);
+        self.install(verifier);
+        current.document = Some(text.to_owned());
+        drop(current);
         *jwks.last_document.lock().unwrap_or_else(|e| e.into_inner()) = Some(digest);
         jwks.metrics.set_keys(added);
         tracing::info!(keys = added, "jwt.jwks_url: keys loaded");

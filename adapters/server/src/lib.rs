@@ -18,6 +18,7 @@ pub mod logging;
 pub mod metrics;
 pub mod outbound;
 pub mod proxy;
+pub mod reload;
 pub mod server;
 pub mod state;
 pub mod tls;

@@ -60,6 +60,10 @@ struct RpcLabel {
 /// The outcomes `wsauth_jwks_fetch_total` counts.
 pub const JWKS_OUTCOMES: [&str; 5] = ["ok", "http_error", "network", "invalid", "too_large"];
 
+/// The outcomes `wsauth_config_reloads_total` counts: every part reloaded, or
+/// at least one refused (its old keys or certificate kept).
+pub const RELOAD_OUTCOMES: [&str; 2] = ["ok", "failed"];
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct JwksLabel {
     outcome: &'static str,
@@ -292,6 +296,7 @@ pub struct Metrics {
     rpc_duration: Histogram,
     api_requests: Family<ApiLabels, Counter>,
     jwks: JwksMetrics,
+    config_reloads: Family<JwksLabel, Counter>,
     auth_percentiles: Percentiles,
     rpc_percentiles: Percentiles,
     verify_percentiles: Percentiles,
@@ -355,6 +360,7 @@ impl Metrics {
             rpc_duration: latency_histogram(),
             api_requests: Family::default(),
             jwks,
+            config_reloads: Family::default(),
             auth_percentiles: Percentiles::new(),
             rpc_percentiles: Percentiles::new(),
             verify_percentiles: Percentiles::new(),
@@ -399,6 +405,7 @@ impl Metrics {
             "wsauth_jwks_fetch" => m.jwks.fetches, "Fetches of jwt.jwks_url by outcome (ok, http_error, network, invalid, too_large)";
             "wsauth_jwks_keys" => m.jwks.keys, "Keys in the last good document of jwt.jwks_url";
             "wsauth_jwks_age_seconds" => m.jwks.age, "Age of the last good fetch of jwt.jwks_url (0 without one configured)";
+            "wsauth_config_reloads" => m.config_reloads, "Reloads of the key and certificate files (SIGHUP, POST /admin/reload) by outcome (ok, failed: a part was refused and kept its old files)";
         }
         m
     }
@@ -444,6 +451,9 @@ impl Metrics {
         }
         for outcome in JWKS_OUTCOMES {
             let _ = self.jwks.fetches.get_or_create(&JwksLabel { outcome });
+        }
+        for outcome in RELOAD_OUTCOMES {
+            let _ = self.config_reloads.get_or_create(&JwksLabel { outcome });
         }
         for route in API_ROUTES {
             for status in [200, 400, 401, 503] {
@@ -519,6 +529,13 @@ impl Metrics {
     pub fn call_answered(&self, took: Duration) {
         self.rpc_duration.observe(took.as_secs_f64());
         self.rpc_percentiles.record(took);
+    }
+
+    /// Counts one reload by its outcome (one of [`RELOAD_OUTCOMES`]).
+    pub fn config_reloaded(&self, outcome: &'static str) {
+        self.config_reloads
+            .get_or_create(&JwksLabel { outcome })
+            .inc();
     }
 
     /// A server API request on `route` was answered with `status`.

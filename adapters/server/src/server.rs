@@ -26,6 +26,7 @@ use crate::config::{Config, StoreKind};
 use crate::keys::KeySource;
 use crate::limits::IpLimiter;
 use crate::metrics::Metrics;
+use crate::reload::Reloader;
 use crate::state::{HOUSEKEEPING_EVERY, Shared};
 
 /// Why the server did not start.
@@ -65,6 +66,7 @@ pub struct ServerHandle {
     /// The counters, for tests and the admin API.
     pub metrics: Arc<Metrics>,
     api: crate::api::Api,
+    reloader: Reloader,
 }
 
 impl ServerHandle {
@@ -80,6 +82,12 @@ impl ServerHandle {
     /// every node sharing the store, from the application's own code.
     pub fn api(&self) -> crate::api::Api {
         self.api.clone()
+    }
+
+    /// What reloads the key and certificate files, as SIGHUP and
+    /// `POST /admin/reload` do.
+    pub fn reloader(&self) -> Reloader {
+        self.reloader.clone()
     }
 
     /// Waits until the server stops on its own (it does not, unless it fails).
@@ -148,7 +156,14 @@ pub fn configured_keys(
         .hs256_secret_bytes()
         .map_err(|e| StartError::Keys(e.to_string()))?
     {
-        keys.add_hmac_secret(None, &secret).map_err(|e| err(&e))?;
+        keys.add_hmac_secret(None, &secret).map_err(|e| {
+            match (&jwt.hs256_secret, &jwt.hs256_secret_file) {
+                (None, Some(path)) => {
+                    StartError::Keys(format!("jwt.hs256_secret_file {}: {e}", path.display()))
+                }
+                _ => err(&e),
+            }
+        })?;
     }
     for path in &jwt.public_key_files {
         let pem = std::fs::read(path).map_err(|e| {
@@ -271,6 +286,7 @@ impl<S: Store> Shared<S> {
             ws_config,
             store_timeout: Duration::from_secs(5),
             config,
+            tls: Default::default(),
         })
     }
 }
@@ -434,10 +450,14 @@ pub async fn start_with_keys<S: Store>(
         shutdown_rx.clone(),
         app,
     )?);
+    if let Some(tls) = tls {
+        shared.tls.set(tls);
+    }
     let metrics = shared.metrics.clone();
+    let reloader = shared.reloader();
     let api = crate::api::Api::new(shared.clone());
     let admin_task = tokio::spawn(crate::admin::serve(admin_listener, shared.clone()));
-    let task = tokio::spawn(accept_loop(listener, shared, tls, shutdown_rx));
+    let task = tokio::spawn(accept_loop(listener, shared, shutdown_rx));
     info!(ws = %ws_addr, admin = %admin_addr, path = %config.path, "listening");
     Ok(ServerHandle {
         ws_addr,
@@ -447,13 +467,13 @@ pub async fn start_with_keys<S: Store>(
         admin_task,
         metrics,
         api,
+        reloader,
     })
 }
 
 async fn accept_loop<S: Store>(
     listener: TcpListener,
     shared: Arc<Shared<S>>,
-    tls: Option<tokio_rustls::TlsAcceptor>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let tracker = TaskTracker::new();
@@ -481,7 +501,8 @@ async fn accept_loop<S: Store>(
                     continue;
                 };
                 let shared = shared.clone();
-                let tls = tls.clone();
+                // The acceptor in use now: a reload changes the next connections'.
+                let tls = shared.tls.get();
                 let accepted = std::time::Instant::now();
                 tracker.spawn(async move {
                     let _slot = slot;

@@ -18,6 +18,8 @@ use crate::config::Config;
 use crate::keys::KeySource;
 use crate::limits::IpLimiter;
 use crate::metrics::Metrics;
+use crate::reload::Reloader;
+use crate::tls::TlsSlot;
 
 /// The current time in Unix milliseconds: the one clock read the core never does.
 pub fn now_ms() -> u64 {
@@ -58,9 +60,22 @@ pub struct Shared<S: Store> {
     pub app: App,
     /// This node's id, as the application's calls see it.
     pub node: Arc<str>,
+    /// The TLS acceptor new connections use, when this crate's listener serves
+    /// `wss://` (empty otherwise).
+    pub tls: TlsSlot,
 }
 
 impl<S: Store> Shared<S> {
+    /// What reloads the key and certificate files (SIGHUP, `POST /admin/reload`).
+    pub fn reloader(&self) -> Reloader {
+        Reloader::new(
+            self.verifier.clone(),
+            self.tls.clone(),
+            self.config.tls.clone(),
+            self.metrics.clone(),
+        )
+    }
+
     /// Pings the store, timed and counted like every store call, and records the
     /// answer in `wsauth_store_up`.
     pub async fn check_store(&self) -> bool {

@@ -363,6 +363,7 @@ fn documented_labels() -> BTreeMap<&'static str, &'static [&'static str]> {
         ("wsauth_jwks_fetch", &["outcome"][..]),
         ("wsauth_jwks_keys", &[][..]),
         ("wsauth_jwks_age_seconds", &[][..]),
+        ("wsauth_config_reloads", &["outcome"][..]),
     ])
 }
 
