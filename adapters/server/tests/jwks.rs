@@ -8,143 +8,18 @@
 
 #[path = "../../../tests/common/mod.rs"]
 mod common;
+mod idp;
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::Router;
-use axum::extract::State;
-use axum::http::{HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use common::{Client, WAIT, http, now_s};
-use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey};
+use axum::http::StatusCode;
+use common::{WAIT, http, now_s};
+use idp::{Idp, auth, ec_jwk, ec_token, forged, jwk, jwks, key_file, sample, until};
+use jsonwebtoken::{Algorithm, EncodingKey};
 use serde_json::{Value, json};
 use wsauth_core::jwt::{TokenError, b64url, sign};
 use wsauth_server::config::Config;
 use wsauth_server::{KeySource, StartError};
-
-fn key_file(name: &str) -> Vec<u8> {
-    std::fs::read(format!(
-        "{}/../../core/testdata/keys/{name}",
-        env!("CARGO_MANIFEST_DIR")
-    ))
-    .expect("test key")
-}
-
-/// The public JWK of a PEM public key, with `kid`.
-fn jwk(pem: &str, alg: Algorithm, kid: &str) -> Value {
-    let bytes = key_file(pem);
-    let key = match alg {
-        Algorithm::ES256 => DecodingKey::from_ec_pem(&bytes),
-        _ => DecodingKey::from_rsa_pem(&bytes),
-    }
-    .expect("public key");
-    let jwk = jsonwebtoken::jwk::Jwk::from_decoding_key(&key, Some(alg)).expect("jwk");
-    let mut jwk = serde_json::to_value(jwk).expect("json");
-    jwk["kid"] = json!(kid);
-    jwk
-}
-
-fn ec_jwk(kid: &str) -> Value {
-    jwk("p256.pub.pem", Algorithm::ES256, kid)
-}
-
-fn jwks(keys: &[Value]) -> String {
-    json!({ "keys": keys }).to_string()
-}
-
-/// An ES256 token for `sub` with `kid`, signed with the P-256 test key.
-fn ec_token(kid: &str, sub: &str) -> String {
-    let key = EncodingKey::from_ec_pem(&key_file("p256.key")).expect("p256");
-    let claims = json!({"sub": sub, "exp": now_s() + 3600, "iat": now_s()});
-    sign(&key, Algorithm::ES256, Some(kid), &claims).expect("sign")
-}
-
-/// A token with `kid` whose signature is garbage: refused at the key lookup.
-fn forged(kid: &str) -> String {
-    let header = json!({"alg": "ES256", "kid": kid}).to_string();
-    let claims = json!({"sub": "mallory", "exp": now_s() + 3600}).to_string();
-    format!(
-        "{}.{}.{}",
-        b64url(header.as_bytes()),
-        b64url(claims.as_bytes()),
-        b64url(&[7u8; 64])
-    )
-}
-
-/// What the identity provider answers.
-#[derive(Clone)]
-struct Answer {
-    status: StatusCode,
-    body: String,
-    cache_control: Option<&'static str>,
-    delay: Duration,
-}
-
-/// The test's identity provider.
-struct Idp {
-    answer: Mutex<Answer>,
-    hits: AtomicUsize,
-}
-
-impl Idp {
-    async fn start(body: String) -> (Arc<Idp>, String) {
-        let idp = Arc::new(Idp {
-            answer: Mutex::new(Answer {
-                status: StatusCode::OK,
-                body,
-                cache_control: None,
-                delay: Duration::ZERO,
-            }),
-            hits: AtomicUsize::new(0),
-        });
-        let app = Router::new()
-            .route("/jwks", get(serve))
-            .with_state(idp.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let url = format!("http://{}/jwks", listener.local_addr().expect("addr"));
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
-        (idp, url)
-    }
-
-    fn set(&self, change: impl FnOnce(&mut Answer)) {
-        change(&mut self.answer.lock().expect("answer"));
-    }
-
-    fn publish(&self, body: String) {
-        self.set(|a| {
-            a.status = StatusCode::OK;
-            a.body = body;
-        });
-    }
-
-    fn hits(&self) -> usize {
-        self.hits.load(Ordering::SeqCst)
-    }
-}
-
-async fn serve(State(idp): State<Arc<Idp>>) -> Response {
-    idp.hits.fetch_add(1, Ordering::SeqCst);
-    let answer = idp.answer.lock().expect("answer").clone();
-    tokio::time::sleep(answer.delay).await;
-    let mut response = (answer.status, answer.body).into_response();
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/jwk-set+json"),
-    );
-    if let Some(cc) = answer.cache_control {
-        response
-            .headers_mut()
-            .insert(header::CACHE_CONTROL, HeaderValue::from_static(cc));
-    }
-    response
-}
 
 /// A server configuration with the JWKS URL as its only key source.
 fn config(url: &str) -> Config {
@@ -153,20 +28,6 @@ fn config(url: &str) -> Config {
     c.jwt.jwks_url = Some(url.to_owned());
     c.jwt.jwks_min_refetch_s = 1;
     c
-}
-
-/// Authenticates with `token`: `Ok(sub)` or `Err(code)`.
-async fn auth(addr: std::net::SocketAddr, token: &str) -> Result<String, String> {
-    let mut c = Client::connect(addr).await;
-    c.send(json!({"type": "auth", "id": 1, "token": token}))
-        .await;
-    let reply = c.recv().await;
-    if reply["type"] == "authenticated" {
-        c.close(1000).await;
-        Ok(reply["user_id"].as_str().unwrap_or_default().to_owned())
-    } else {
-        Err(reply["code"].as_str().unwrap_or("?").to_owned())
-    }
 }
 
 /// Retries `token` (each refusal may ask for a refetch) until it authenticates.
@@ -184,28 +45,11 @@ async fn auth_eventually(addr: std::net::SocketAddr, token: &str) -> String {
     }
 }
 
-/// The value of one series in an exposition (`name{labels}` exactly).
-fn sample(exposition: &str, series: &str) -> f64 {
-    exposition
-        .lines()
-        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {series} in\n{exposition}"))
-}
-
 fn fetches(server: &wsauth_server::ServerHandle, outcome: &str) -> f64 {
     sample(
         &server.metrics.render(0),
         &format!("wsauth_jwks_fetch_total{{outcome=\"{outcome}\"}}"),
     )
-}
-
-async fn until(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + WAIT * 2;
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
