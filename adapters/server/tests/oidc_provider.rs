@@ -66,6 +66,22 @@ impl Provider {
             );
             return None;
         };
+        let version = std::process::Command::new(&node)
+            .arg("--version")
+            .output()
+            .map(|out| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+            .unwrap_or_default();
+        let numbers: Vec<u32> = (version.trim_start_matches('v').split('.'))
+            .map_while(|n| n.parse().ok())
+            .collect();
+        if numbers.len() < 2 || (numbers[0], numbers[1]) < (20, 19) {
+            skip(
+                &current_test(),
+                &format!("oidc-provider 9 needs Node 20.19 or later, `node` is {version:?}"),
+                "WSAUTH_REQUIRE_NODE",
+            );
+            return None;
+        }
         if !root()
             .join("tests/oidc/node_modules/oidc-provider")
             .is_dir()
