@@ -41,7 +41,7 @@ const MESSAGES: [&str; 11] = [
 ];
 
 /// Every [`TokenError`]; `token_errors_are_all_drawn` keeps it complete.
-const TOKEN_ERRORS: [TokenError; 18] = [
+const TOKEN_ERRORS: [TokenError; 20] = [
     TokenError::TooLarge { max: 8192 },
     TokenError::Malformed("header"),
     TokenError::EncryptedOrNested,
@@ -60,6 +60,8 @@ const TOKEN_ERRORS: [TokenError; 18] = [
     TokenError::NotYetValid,
     TokenError::IssuedInFuture,
     TokenError::Revoked,
+    TokenError::Inactive,
+    TokenError::Unavailable,
 ];
 
 fn pick(u: &mut Unstructured<'_>, values: &[&str]) -> Result<String> {
@@ -346,6 +348,8 @@ mod tests {
             TokenError::NotYetValid => 15,
             TokenError::IssuedInFuture => 16,
             TokenError::Revoked => 17,
+            TokenError::Inactive => 18,
+            TokenError::Unavailable => 19,
         };
         let drawn: Vec<usize> = TOKEN_ERRORS.iter().map(index).collect();
         assert_eq!(drawn, (0..TOKEN_ERRORS.len()).collect::<Vec<_>>());

@@ -4,7 +4,8 @@ use jsonwebtoken::{Algorithm, EncodingKey};
 use serde_json::{Value, json};
 use wsauth_core::ErrorCode;
 use wsauth_core::jwt::{
-    KeyError, KeySet, TokenError, Verifier, VerifierConfig, VerifyCache, b64url, sign, sign_hs256,
+    KeyError, KeySet, TokenError, Verifier, VerifierConfig, VerifyCache, b64url, looks_like_jwt,
+    sign, sign_hs256, unverified_issuer,
 };
 
 const SECRET: &[u8] = b"verifier-tests-secret-of-at-least-32-bytes";
@@ -727,4 +728,93 @@ fn a_published_jwks_is_taken_whole_or_not_at_all() {
         Ok(2)
     );
     assert_eq!(keys.len(), 3);
+}
+
+#[test]
+fn the_unverified_issuer_routes_a_token_and_refuses_what_verification_would() {
+    let token = |payload: &str| raw_token(r#"{"alg":"HS256"}"#, payload);
+    let a = token(r#"{"sub":"alice","exp":1,"iss":"https://a.example/"}"#);
+    assert_eq!(
+        unverified_issuer(&a, 8192),
+        Ok(Some("https://a.example/".to_owned()))
+    );
+    assert_eq!(
+        unverified_issuer(&token(r#"{"sub":"alice"}"#), 8192),
+        Ok(None)
+    );
+    assert_eq!(
+        unverified_issuer(&token(r#"{"iss":"a","iss":"b"}"#), 8192),
+        Err(TokenError::DuplicateName)
+    );
+    assert_eq!(
+        unverified_issuer(&token(r#"{"iss":7}"#), 8192),
+        Err(TokenError::WrongClaimType("iss"))
+    );
+    assert!(matches!(
+        unverified_issuer("a.b", 8192),
+        Err(TokenError::Malformed(_))
+    ));
+    assert!(matches!(
+        unverified_issuer("a.b.c.d.e", 8192),
+        Err(TokenError::Malformed(_))
+    ));
+    assert_eq!(
+        unverified_issuer(&a, 16),
+        Err(TokenError::TooLarge { max: 16 })
+    );
+}
+
+#[test]
+fn a_jwt_is_told_from_an_opaque_token_by_its_shape() {
+    let jwt = sign_hs256(SECRET, &claims(json!({})));
+    assert!(looks_like_jwt(&jwt));
+    for opaque in [
+        "2YotnFZFEjr1zCsicMWpAA",
+        "a.b.c",
+        "ory_at_abc.def",
+        "",
+        &format!("{jwt}.extra"),
+    ] {
+        assert!(!looks_like_jwt(opaque), "{opaque:?}");
+    }
+}
+
+#[test]
+fn an_introspection_answer_is_checked_by_the_rules_of_a_token_payload() {
+    let config = VerifierConfig {
+        issuer: Some("https://id.example/".to_owned()),
+        audience: vec!["wsauth".to_owned()],
+        ..VerifierConfig::default()
+    };
+    let answer = |extra: Value| {
+        let mut c = claims(json!({"iss": "https://id.example/", "aud": "wsauth", "active": true}));
+        for (k, v) in extra.as_object().expect("object") {
+            c[k] = v.clone();
+        }
+        serde_json::to_vec(&c).expect("json")
+    };
+    let claims = config
+        .check_claims_json(&answer(json!({"scope": "chat"})), NOW)
+        .expect("accepted");
+    assert_eq!(claims.sub, "alice");
+    assert_eq!(claims.extra["scope"], "chat");
+    assert_eq!(claims.extra["active"], true);
+    assert_eq!(
+        config.check_claims_json(&answer(json!({"iss": "https://other/"})), NOW),
+        Err(TokenError::WrongIssuer)
+    );
+    assert_eq!(
+        config.check_claims_json(&answer(json!({"exp": NOW_S - 3600})), NOW),
+        Err(TokenError::Expired)
+    );
+    assert_eq!(
+        config.check_claims_json(b"[1]", NOW),
+        Err(TokenError::Malformed("claims are not a JSON object"))
+    );
+}
+
+#[test]
+fn a_provider_refusal_fails_auth_and_an_unreachable_provider_fails_closed() {
+    assert_eq!(TokenError::Inactive.code(), ErrorCode::AuthFailed);
+    assert_eq!(TokenError::Unavailable.code(), ErrorCode::Internal);
 }

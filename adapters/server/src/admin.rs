@@ -99,7 +99,7 @@ fn unauthorized() -> Response {
 async fn readyz<S: Store>(State(shared): State<Arc<Shared<S>>>) -> Response {
     if !shared.check_store().await {
         (StatusCode::SERVICE_UNAVAILABLE, "store unreachable\n").into_response()
-    } else if !shared.verifier.fresh() {
+    } else if !crate::verify::TokenVerifier::ready(&shared.verifier) {
         (
             StatusCode::SERVICE_UNAVAILABLE,
             "jwt.jwks_url: no good fetch within jwt.jwks_max_stale_s\n",

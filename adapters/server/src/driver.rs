@@ -27,6 +27,18 @@ use crate::app::{CallContext, SessionEnd, SessionStart};
 use crate::limits::IpGuard;
 use crate::outbound::Outbound;
 use crate::state::{Shared, now_ms};
+use crate::verify::TokenVerifier;
+use wsauth_core::jwt::TokenError;
+
+/// The reply a verification's result is to the core.
+fn reply_of(
+    verified: Result<Arc<wsauth_core::jwt::Claims>, wsauth_core::jwt::TokenError>,
+) -> Reply {
+    match verified {
+        Ok(claims) => Reply::Verified(claims),
+        Err(e) => Reply::NotVerified(e),
+    }
+}
 
 /// A WebSocket library as the driver uses it: its socket, a stream of frames
 /// read and a sink of frames to write in the library's own message type, and
@@ -80,6 +92,11 @@ struct StoreCalls {
 /// the result with how long the handler took.
 type AppCall = Pin<Box<dyn Future<Output = (RequestId, CallResult, Duration)> + Send>>;
 
+/// A verification that had to wait (introspection, a JWKS refetch, an
+/// embedder's remote check), on its own task: the request it answers, the
+/// reply, and how long it took.
+type VerifyCall = Pin<Box<dyn Future<Output = (RequestId, Reply, Duration)> + Send>>;
+
 /// One connection, from its upgrade request to its end.
 pub struct Driver<S: Store, T: Transport> {
     shared: Arc<Shared<S>>,
@@ -94,6 +111,8 @@ pub struct Driver<S: Store, T: Transport> {
     refresh_started: Option<Instant>,
     /// The application calls under way, answered in any order.
     calls: FuturesUnordered<AppCall>,
+    /// The verifications under way.
+    verifies: FuturesUnordered<VerifyCall>,
     /// The session the application was told started on this connection, so
     /// that it is told of its end once.
     started_session: Option<(String, String)>,
@@ -128,6 +147,7 @@ impl<S: Store, T: Transport> Driver<S, T> {
             store_calls: StoreCalls::default(),
             refresh_started: None,
             calls: FuturesUnordered::new(),
+            verifies: FuturesUnordered::new(),
             started_session: None,
         }
     }
@@ -155,6 +175,10 @@ impl<S: Store, T: Transport> Driver<S, T> {
             }
             if self.has_store_calls() {
                 self.finish_store_calls().await;
+                continue;
+            }
+            if let Some((request, reply, took)) = self.verifies.next().await {
+                self.verified(request, reply, took);
                 continue;
             }
             // Waiting on nothing: only a timer can move the machine now.
@@ -231,6 +255,9 @@ impl<S: Store, T: Transport> Driver<S, T> {
                 answer = next_answer(&mut self.store_calls.current) => {
                     self.store_calls.current = None;
                     self.answered(answer);
+                }
+                Some((request, reply, took)) = self.verifies.next(), if !self.verifies.is_empty() => {
+                    self.verified(request, reply, took);
                 }
                 Some((request, result, took)) = self.calls.next(), if !self.calls.is_empty() => {
                     self.shared.metrics.call_answered(took);
@@ -409,13 +436,23 @@ impl<S: Store, T: Transport> Driver<S, T> {
                 if purpose == VerifyPurpose::Refresh {
                     self.refresh_started = Some(started);
                 }
-                let verified = self.shared.verifier.verify(token.expose(), now_ms());
-                let reply = match verified {
-                    Ok(claims) => Reply::Verified(claims),
-                    Err(e) => Reply::NotVerified(e),
-                };
-                self.shared.metrics.verified(started.elapsed());
-                self.conn.handle(now_ms(), Input::Reply(request, reply));
+                let now = now_ms();
+                match self.shared.verifier.verify_now(token.expose(), now) {
+                    Some(verified) => self.verified(request, reply_of(verified), started.elapsed()),
+                    None => {
+                        let verifier = self.shared.verifier.clone();
+                        let task = tokio::spawn(async move {
+                            reply_of(verifier.verify(token.expose(), now).await)
+                        });
+                        self.verifies.push(Box::pin(async move {
+                            // A verifier that panicked fails closed.
+                            let reply = task
+                                .await
+                                .unwrap_or(Reply::NotVerified(TokenError::Unavailable));
+                            (request, reply, started.elapsed())
+                        }));
+                    }
+                }
             }
             Output::Store(request) => self.store_calls.waiting.push_back(request),
             Output::Listen(attachment) => {
@@ -436,6 +473,12 @@ impl<S: Store, T: Transport> Driver<S, T> {
             Output::Event(e) => self.event(e),
             Output::AcceptUpgrade | Output::RejectUpgrade { .. } => {}
         }
+    }
+
+    /// Feeds a verification's answer.
+    fn verified(&mut self, request: RequestId, reply: Reply, took: Duration) {
+        self.shared.metrics.verified(took);
+        self.conn.handle(now_ms(), Input::Reply(request, reply));
     }
 
     /// Starts an application call on a task of its own (a handler that panics

@@ -12,6 +12,7 @@ pub mod dev;
 pub mod driver;
 pub mod fdlimit;
 pub mod handshake;
+pub mod introspect;
 pub mod keys;
 pub mod limits;
 pub mod logging;
@@ -22,8 +23,9 @@ pub mod reload;
 pub mod server;
 pub mod state;
 pub mod tls;
+pub mod verify;
 
 pub use api::{Api, ApiError};
 pub use app::App;
-pub use keys::KeySource;
 pub use server::{ServerHandle, StartError, start, start_with_app};
+pub use verify::{KeySource, TokenVerifier, VerifyFuture};

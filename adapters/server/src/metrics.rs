@@ -57,6 +57,8 @@ struct RpcLabel {
     outcome: &'static str,
 }
 
+/// The outcomes `wsauth_introspection_requests_total` counts.
+pub const INTROSPECTION_OUTCOMES: [&str; 3] = ["active", "inactive", "error"];
 /// The outcomes `wsauth_jwks_fetch_total` counts.
 pub const JWKS_OUTCOMES: [&str; 5] = ["ok", "http_error", "network", "invalid", "too_large"];
 
@@ -69,16 +71,17 @@ struct JwksLabel {
     outcome: &'static str,
 }
 
-/// The series of the JWKS fetches (`jwt.jwks_url`): the key source owns a clone
-/// and counts into it, [`Metrics`] registers and renders them.
+/// The series of the key sources (JWKS URLs, introspection): the key source
+/// owns a clone and counts into it, [`Metrics`] registers and renders them.
 #[derive(Clone, Default)]
 pub struct JwksMetrics {
     fetches: Family<JwksLabel, Counter>,
     keys: Gauge,
     age: Gauge,
-    /// Unix ms of the last good fetch (of the start while there was none); 0
-    /// without a `jwt.jwks_url`.
-    fresh_since_ms: Arc<AtomicU64>,
+    introspections: Family<JwksLabel, Counter>,
+    /// Unix ms of each JWKS's last good fetch (of the start while there was
+    /// none); the age shown is the oldest's.
+    sources: Arc<std::sync::Mutex<Vec<Arc<AtomicU64>>>>,
 }
 
 impl JwksMetrics {
@@ -87,14 +90,28 @@ impl JwksMetrics {
         self.fetches.get_or_create(&JwksLabel { outcome }).inc();
     }
 
-    /// How many keys the last good document had.
-    pub fn set_keys(&self, n: usize) {
-        self.keys.set(n as i64);
+    /// The keys of the last good documents changed by `delta`.
+    pub fn add_keys(&self, delta: i64) {
+        self.keys.inc_by(delta);
     }
 
-    /// The keys are as fresh as `at_ms` (Unix ms).
-    pub fn set_fresh_since(&self, at_ms: u64) {
-        self.fresh_since_ms.store(at_ms, Ordering::Relaxed);
+    /// A new JWKS source, as fresh as `now_ms` (Unix ms) until its first good
+    /// fetch: the clock it sets after each good fetch.
+    pub fn source(&self, now_ms: u64) -> Arc<AtomicU64> {
+        let clock = Arc::new(AtomicU64::new(now_ms));
+        self.sources
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(clock.clone());
+        clock
+    }
+
+    /// Counts one introspection request by its outcome (`active`,
+    /// `inactive`, `error`).
+    pub fn introspected(&self, outcome: &'static str) {
+        self.introspections
+            .get_or_create(&JwksLabel { outcome })
+            .inc();
     }
 
     /// How many fetches had `outcome`.
@@ -103,12 +120,14 @@ impl JwksMetrics {
     }
 
     fn update_age(&self, now_ms: u64) {
-        let since = self.fresh_since_ms.load(Ordering::Relaxed);
-        let age_s = if since == 0 {
-            0
-        } else {
-            now_ms.saturating_sub(since) / 1000
-        };
+        let oldest = self
+            .sources
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|since| since.load(Ordering::Relaxed))
+            .min();
+        let age_s = oldest.map_or(0, |since| now_ms.saturating_sub(since) / 1000);
         self.age.set(age_s as i64);
     }
 }
@@ -404,7 +423,8 @@ impl Metrics {
             "wsauth_api_requests" => m.api_requests, "Server API requests (/api/publish, /api/send) by route and HTTP status";
             "wsauth_jwks_fetch" => m.jwks.fetches, "Fetches of jwt.jwks_url by outcome (ok, http_error, network, invalid, too_large)";
             "wsauth_jwks_keys" => m.jwks.keys, "Keys in the last good document of jwt.jwks_url";
-            "wsauth_jwks_age_seconds" => m.jwks.age, "Age of the last good fetch of jwt.jwks_url (0 without one configured)";
+            "wsauth_jwks_age_seconds" => m.jwks.age, "Age of the oldest last good fetch of the JWKS URLs (0 without one configured)";
+            "wsauth_introspection_requests" => m.jwks.introspections, "Token introspection requests (jwt.introspection_url) by outcome (active, inactive, error)";
             "wsauth_config_reloads" => m.config_reloads, "Reloads of the key and certificate files (SIGHUP, POST /admin/reload) by outcome (ok, failed: a part was refused and kept its old files)";
         }
         m
@@ -454,6 +474,12 @@ impl Metrics {
         }
         for outcome in RELOAD_OUTCOMES {
             let _ = self.config_reloads.get_or_create(&JwksLabel { outcome });
+        }
+        for outcome in INTROSPECTION_OUTCOMES {
+            let _ = self
+                .jwks
+                .introspections
+                .get_or_create(&JwksLabel { outcome });
         }
         for route in API_ROUTES {
             for status in [200, 400, 401, 503] {

@@ -1,5 +1,5 @@
 //! Reloading the key and certificate files without a restart (SIGHUP,
-//! `POST /admin/reload`): the JWT key files ([`KeySource::reload`]) and the TLS
+//! `POST /admin/reload`): the JWT key files ([`TokenVerifier::reload`]) and the TLS
 //! certificate and key ([`TlsSlot`]), each all-or-nothing and independent of the
 //! other. A refused file leaves the old keys or certificate in force. The
 //! configuration file itself is not re-read.
@@ -9,9 +9,9 @@ use std::sync::Arc;
 use tracing::{info, warn};
 
 use crate::config::TlsConfig;
-use crate::keys::KeySource;
 use crate::metrics::Metrics;
 use crate::tls::TlsSlot;
+use crate::verify::{KeySource, TokenVerifier};
 
 /// What reloads the files: cheap to clone, for a signal handler or the admin
 /// API.

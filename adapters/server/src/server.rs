@@ -23,11 +23,11 @@ use wsauth_store_redis::{RedisConfig, RedisStore};
 
 use crate::app::App;
 use crate::config::{Config, StoreKind};
-use crate::keys::KeySource;
 use crate::limits::IpLimiter;
 use crate::metrics::Metrics;
 use crate::reload::Reloader;
 use crate::state::{HOUSEKEEPING_EVERY, Shared};
+use crate::verify::KeySource;
 
 /// Why the server did not start.
 #[derive(Debug, thiserror::Error)]
@@ -148,7 +148,15 @@ pub fn configured_keys(
     config: &Config,
     dev_secret: Option<&[u8]>,
 ) -> Result<(KeySet, VerifierConfig), StartError> {
-    let jwt = &config.jwt;
+    jwt_keys(&config.jwt, dev_secret)
+}
+
+/// [`configured_keys`] of a `[jwt]`-shaped section (also an entry of
+/// `[[jwt.issuers]]`, as [`crate::verify`] presents it).
+pub fn jwt_keys(
+    jwt: &crate::config::JwtConfig,
+    dev_secret: Option<&[u8]>,
+) -> Result<(KeySet, VerifierConfig), StartError> {
     let mut keys = KeySet::new();
     let err = |e: &dyn std::fmt::Display| StartError::Keys(e.to_string());
     // The secret, or the file holding it (read the way validation read it).
@@ -198,7 +206,7 @@ pub fn configured_keys(
     let verifier_config = VerifierConfig {
         issuer: jwt.issuer.clone(),
         audience: jwt.audience.clone(),
-        leeway_s: Timings::of(config).leeway_s,
+        leeway_s: jwt.leeway_s,
         max_token_bytes: jwt.max_token_bytes,
         algorithms,
     };

@@ -15,11 +15,11 @@ use wsauth_store::hub::Hub;
 
 use crate::app::App;
 use crate::config::Config;
-use crate::keys::KeySource;
 use crate::limits::IpLimiter;
 use crate::metrics::Metrics;
 use crate::reload::Reloader;
 use crate::tls::TlsSlot;
+use crate::verify::KeySource;
 
 /// The current time in Unix milliseconds: the one clock read the core never does.
 pub fn now_ms() -> u64 {

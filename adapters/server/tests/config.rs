@@ -1335,6 +1335,14 @@ fn every_field_can_be_set_from_its_environment_variable() {
             "app.rpc_secret_file" => secret_file.path().to_str().unwrap().into(),
             "app.rpc_methods" => "chat.*".into(),
             "api_key" => "an-api-key-of-sixteen-chars".into(),
+            "jwt.issuers" => format!(
+                r#"[{{ issuer = "https://a.example/", jwks_file = "{}" }}]"#,
+                path(0)
+            ),
+            "jwt.oidc_issuer" | "jwt.introspection_url" => "https://id.example".into(),
+            "jwt.introspection_client_id" => "wsauth".into(),
+            "jwt.introspection_client_secret" => SECRET.into(),
+            "jwt.introspection_client_secret_file" => secret_file.path().to_str().unwrap().into(),
             "log.format" => "json".into(),
             "log.level" => "debug".into(),
             k if k.starts_with("features.") => "off".into(),
@@ -1363,6 +1371,16 @@ fn every_field_can_be_set_from_its_environment_variable() {
         }
         if *key == "app.rpc_url" {
             vars.push(("WSAUTH_APP__RPC_SECRET".into(), SECRET.into()));
+        }
+        if key.starts_with("jwt.introspection_") {
+            vars.push((
+                "WSAUTH_JWT__INTROSPECTION_URL".into(),
+                "https://id.example/introspect".into(),
+            ));
+            vars.push((
+                "WSAUTH_JWT__INTROSPECTION_CLIENT_ID".into(),
+                "client".into(),
+            ));
         }
         let loaded = load_with_env(&dev(), vars.clone())
             .unwrap_or_else(|e| panic!("{key} from {env}={v}: {e}"));

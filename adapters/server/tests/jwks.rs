@@ -232,22 +232,30 @@ async fn a_token_signed_with_the_published_key_authenticates_over_a_websocket() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_rotated_key_verifies_after_one_refetch_and_the_retired_one_stops() {
+async fn a_rotated_key_verifies_at_its_first_use_after_one_refetch_and_the_retired_one_stops() {
     let (idp, url) = Idp::start(jwks(&[ec_jwk("old")])).await;
     let server = common::server(config(&url)).await;
     let old = ec_token("old", "alice");
     assert_eq!(auth(server.ws_addr, &old).await, Ok("alice".to_owned()));
 
-    // The provider publishes the new key and retires the old one.
+    // Within jwks_min_refetch_s of the last fetch, an unknown kid is refused
+    // at once (no fetch may start).
+    let started = common::server(config(&url)).await;
+    assert_eq!(
+        auth(started.ws_addr, &ec_token("new", "bob")).await,
+        Err("AUTH_FAILED".to_owned()),
+        "an unknown kid right after a fetch is refused at once"
+    );
+    started.shutdown().await;
+
+    // The provider publishes the new key and retires the old one. Past the
+    // interval, the first token with the new kid waits for one refetch and
+    // authenticates: no refusal, no restart.
     idp.publish(jwks(&[ec_jwk("new")]));
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
     let before = idp.hits();
     let new = ec_token("new", "bob");
-    assert_eq!(
-        auth(server.ws_addr, &new).await,
-        Err("AUTH_FAILED".to_owned()),
-        "an unknown kid is refused at once"
-    );
-    assert_eq!(auth_eventually(server.ws_addr, &new).await, "bob");
+    assert_eq!(auth(server.ws_addr, &new).await, Ok("bob".to_owned()));
     assert_eq!(idp.hits() - before, 1, "one refetch, no restart");
     // The old token was verified (and cached) before: the retired key's
     // tokens no longer verify.
@@ -293,7 +301,7 @@ async fn a_flood_of_unknown_kids_fetches_at_most_once_per_min_refetch() {
         for i in 0..100 {
             let kid = format!("random-{batch}-{i}-{}", rand_u64());
             assert_eq!(
-                keys.verify(&forged(&kid), common::now_ms()).err(),
+                keys.verify(&forged(&kid), common::now_ms()).await.err(),
                 Some(TokenError::UnknownKid)
             );
         }
@@ -311,6 +319,7 @@ async fn a_flood_of_unknown_kids_fetches_at_most_once_per_min_refetch() {
     // The known key still verifies.
     assert!(
         keys.verify(&ec_token("k", "alice"), common::now_ms())
+            .await
             .is_ok()
     );
 }
@@ -341,23 +350,27 @@ async fn a_failing_or_slow_refetch_keeps_the_old_keys_and_is_counted() {
     assert_eq!(fetches(&server, "ok"), 1.0);
     assert_eq!(sample(&server.metrics.render(0), "wsauth_jwks_keys"), 1.0);
 
-    // A slow provider: verification does not wait for the fetch in flight.
+    // A slow provider (5 s): an unknown kid waits for the refetch at most
+    // UNKNOWN_KID_WAIT (3 s), then is refused; a known key does not wait at all.
     idp.set(|a| {
         a.status = StatusCode::OK;
-        a.delay = Duration::from_secs(3);
+        a.delay = Duration::from_secs(5);
     });
     let hits = idp.hits();
     tokio::time::sleep(Duration::from_millis(1_100)).await;
-    assert_eq!(
-        auth(server.ws_addr, &forged("unknown-2")).await,
-        Err("AUTH_FAILED".to_owned())
-    );
+    let addr = server.ws_addr;
+    let unknown = tokio::spawn(async move { auth(addr, &forged("unknown-2")).await });
     until("the slow refetch to start", || idp.hits() > hits).await;
     assert_eq!(auth(server.ws_addr, &token).await, Ok("alice".to_owned()));
+    assert!(!unknown.is_finished(), "the unknown kid did not wait");
+    assert_eq!(
+        unknown.await.expect("auth task"),
+        Err("AUTH_FAILED".to_owned())
+    );
     assert_eq!(
         fetches(&server, "ok"),
         1.0,
-        "the slow fetch was still in flight"
+        "the unknown kid waited for the whole slow fetch"
     );
     until("the slow refetch to end", || fetches(&server, "ok") >= 2.0).await;
     server.shutdown().await;
@@ -416,12 +429,12 @@ async fn hostile_documents_are_refused_and_the_old_keys_stay() {
                 Instant::now() < deadline,
                 "{what}: not refused as {outcome}"
             );
-            let _ = keys.verify(&forged("unknown"), common::now_ms());
+            let _ = keys.verify(&forged("unknown"), common::now_ms()).await;
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         assert!(idp.hits() > hits);
         assert!(
-            keys.verify(&token, common::now_ms()).is_ok(),
+            keys.verify(&token, common::now_ms()).await.is_ok(),
             "{what}: the old key was dropped"
         );
     }

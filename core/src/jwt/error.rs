@@ -59,6 +59,14 @@ pub enum TokenError {
     /// `iat` in the future beyond the leeway.
     #[error("token issued in the future")]
     IssuedInFuture,
+    /// The identity provider answered that the token is not active
+    /// (introspection's `active: false`).
+    #[error("token is not active")]
+    Inactive,
+    /// The token could not be checked: the identity provider that must answer
+    /// for it is unreachable or answered nothing usable. Fails closed.
+    #[error("token could not be checked: the identity provider is unavailable")]
+    Unavailable,
     /// The token's `jti` or `sub` is revoked (decided by the store, not the verifier).
     #[error("token revoked")]
     Revoked,
@@ -81,7 +89,9 @@ impl TokenError {
             | TokenError::NoMatchingKey
             | TokenError::BadSignature
             | TokenError::WrongIssuer
-            | TokenError::WrongAudience => ErrorCode::AuthFailed,
+            | TokenError::WrongAudience
+            | TokenError::Inactive => ErrorCode::AuthFailed,
+            TokenError::Unavailable => ErrorCode::Internal,
             TokenError::Expired => ErrorCode::TokenExpired,
             TokenError::NotYetValid | TokenError::IssuedInFuture => ErrorCode::TokenNotYetValid,
             TokenError::Revoked => ErrorCode::TokenRevoked,

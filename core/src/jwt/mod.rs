@@ -17,4 +17,6 @@ pub use cache::{TokenKey, VerifyCache};
 pub use claims::Claims;
 pub use error::TokenError;
 pub use keys::{KeyError, KeySet};
-pub use verify::{Verifier, VerifierConfig, b64url, sign, sign_hs256};
+pub use verify::{
+    Verifier, VerifierConfig, b64url, looks_like_jwt, sign, sign_hs256, unverified_issuer,
+};

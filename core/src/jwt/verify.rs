@@ -108,14 +108,7 @@ impl Verifier {
     }
 
     fn claims_of(&self, payload: &[u8], now_ms: u64) -> Result<Claims, TokenError> {
-        let claims = match RawClaims::parse(payload) {
-            Ok(claims) => claims,
-            Err(ObjectError::Duplicate) => return Err(TokenError::DuplicateName),
-            Err(ObjectError::NotAnObject) => {
-                return Err(TokenError::Malformed("claims are not a JSON object"));
-            }
-        };
-        self.check_claims(claims, now_ms)
+        self.config.check_claims_json(payload, now_ms)
     }
 
     /// The signature layer alone: size, framing, header checks, key selection and
@@ -248,25 +241,42 @@ impl Verifier {
             }
         }
     }
+}
+
+impl VerifierConfig {
+    /// Checks a JSON object of claims by the rules a verified token's payload
+    /// follows (types, `sub`, `exp`, issuer, audience, times with the leeway):
+    /// a JWT's payload once its signature verified, or an introspection answer
+    /// (RFC 7662), whose members have the same names.
+    pub fn check_claims_json(&self, json: &[u8], now_ms: u64) -> Result<Claims, TokenError> {
+        let claims = match RawClaims::parse(json) {
+            Ok(claims) => claims,
+            Err(ObjectError::Duplicate) => return Err(TokenError::DuplicateName),
+            Err(ObjectError::NotAnObject) => {
+                return Err(TokenError::Malformed("claims are not a JSON object"));
+            }
+        };
+        self.check_claims(claims, now_ms)
+    }
 
     fn check_claims(&self, raw: RawClaims, now_ms: u64) -> Result<Claims, TokenError> {
         let claims = parse_claims(raw)?;
-        if let Some(expected) = &self.config.issuer {
+        if let Some(expected) = &self.issuer {
             match &claims.iss {
                 None => return Err(TokenError::MissingClaim("iss")),
                 Some(i) if i != expected => return Err(TokenError::WrongIssuer),
                 Some(_) => {}
             }
         }
-        if !self.config.audience.is_empty() {
+        if !self.audience.is_empty() {
             if claims.aud.is_empty() {
                 return Err(TokenError::MissingClaim("aud"));
             }
-            if !claims.aud.iter().any(|a| self.config.audience.contains(a)) {
+            if !claims.aud.iter().any(|a| self.audience.contains(a)) {
                 return Err(TokenError::WrongAudience);
             }
         }
-        let leeway_ms = self.config.leeway_s.saturating_mul(1000);
+        let leeway_ms = self.leeway_s.saturating_mul(1000);
         if now_ms >= crate::rules::token_ends_at(claims.exp_ms, leeway_ms) {
             return Err(TokenError::Expired);
         }
@@ -279,6 +289,49 @@ impl Verifier {
         }
         Ok(claims)
     }
+}
+
+/// The `iss` claim of a token whose signature is not checked yet, to choose
+/// the one issuer whose keys may check it (`[[jwt.issuers]]`): `Ok(None)` when
+/// the token has no `iss`. Refuses what verification would refuse as malformed
+/// (not three parts, not base64url, not a JSON object, a duplicate name, `iss`
+/// not a string). The answer is a routing hint only: the chosen issuer's
+/// verifier checks the signature, then `iss` again.
+pub fn unverified_issuer(
+    token: &str,
+    max_token_bytes: usize,
+) -> Result<Option<String>, TokenError> {
+    if token.len() > max_token_bytes {
+        return Err(TokenError::TooLarge {
+            max: max_token_bytes,
+        });
+    }
+    let mut parts = token.split('.');
+    let (Some(_), Some(payload_b64), Some(_), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(TokenError::Malformed("expected three dot-separated parts"));
+    };
+    let payload =
+        b64::decode(payload_b64).map_err(|_| TokenError::Malformed("payload is not base64url"))?;
+    match RawClaims::parse(&payload) {
+        Ok(claims) => optional_string(claims.iss, "iss"),
+        Err(ObjectError::Duplicate) => Err(TokenError::DuplicateName),
+        Err(ObjectError::NotAnObject) => Err(TokenError::Malformed("claims are not a JSON object")),
+    }
+}
+
+/// Whether `token` has the shape of a JWS compact token (three dot-separated
+/// base64url parts, the first a JSON object), as opposed to an opaque token for
+/// introspection. Nothing is verified.
+pub fn looks_like_jwt(token: &str) -> bool {
+    let mut parts = token.split('.');
+    let (Some(header), Some(_), Some(_), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return false;
+    };
+    b64::decode(header).is_ok_and(|bytes| RawHeader::parse(&bytes).is_ok())
 }
 
 /// Each claim checked for its type, in a fixed order, so the first wrong one is

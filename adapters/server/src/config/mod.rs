@@ -220,6 +220,30 @@ pub struct JwtConfig {
     /// An identity provider's JWKS, fetched at start and refreshed in the
     /// background: `https://`, or `http://` on a loopback host only.
     pub jwks_url: Option<String>,
+    /// An OpenID Connect issuer: its discovery document
+    /// (`/.well-known/openid-configuration`) names the JWKS URL, which is then
+    /// used as `jwks_url` is. Its `issuer` must equal this exactly; tokens'
+    /// `iss` must too, unless `issuer` is set.
+    pub oidc_issuer: Option<String>,
+    /// More issuers, each with its own keys: a token goes to the one whose
+    /// `issuer` equals its `iss`, before any `kid` is looked at.
+    pub issuers: Vec<IssuerConfig>,
+    /// An OAuth 2.0 introspection endpoint (RFC 7662) for opaque tokens:
+    /// `https://`, or `http://` on a loopback host only.
+    pub introspection_url: Option<String>,
+    /// The client id wsauth authenticates to `introspection_url` with (HTTP Basic).
+    pub introspection_client_id: Option<String>,
+    /// Its client secret. Prefer `introspection_client_secret_file`.
+    #[serde(serialize_with = "serialize_secret")]
+    pub introspection_client_secret: Option<String>,
+    /// A file holding the client secret; mutually exclusive with
+    /// `introspection_client_secret`.
+    pub introspection_client_secret_file: Option<PathBuf>,
+    /// Active introspection answers kept, by token hash, until the token's
+    /// `exp` [10000].
+    pub introspection_cache_entries: usize,
+    /// Longest wait on the introspection endpoint, in ms [2000].
+    pub introspection_timeout_ms: u64,
     /// Start even when the first fetch of `jwks_url` fails (tokens signed with
     /// its keys are refused until a fetch succeeds) [false].
     pub jwks_start_without_keys: bool,
@@ -258,6 +282,14 @@ impl Default for JwtConfig {
             public_key_files: Vec::new(),
             jwks_file: None,
             jwks_url: None,
+            oidc_issuer: None,
+            issuers: Vec::new(),
+            introspection_url: None,
+            introspection_client_id: None,
+            introspection_client_secret: None,
+            introspection_client_secret_file: None,
+            introspection_cache_entries: 10_000,
+            introspection_timeout_ms: 2_000,
             jwks_start_without_keys: false,
             jwks_refresh_s: 300,
             jwks_min_refetch_s: 10,
@@ -280,6 +312,23 @@ impl fmt::Debug for JwtConfig {
             .field("public_key_files", &self.public_key_files)
             .field("jwks_file", &self.jwks_file)
             .field("jwks_url", &self.jwks_url)
+            .field("oidc_issuer", &self.oidc_issuer)
+            .field("issuers", &self.issuers)
+            .field("introspection_url", &self.introspection_url)
+            .field("introspection_client_id", &self.introspection_client_id)
+            .field(
+                "introspection_client_secret",
+                &Redacted(&self.introspection_client_secret),
+            )
+            .field(
+                "introspection_client_secret_file",
+                &self.introspection_client_secret_file,
+            )
+            .field(
+                "introspection_cache_entries",
+                &self.introspection_cache_entries,
+            )
+            .field("introspection_timeout_ms", &self.introspection_timeout_ms)
             .field("jwks_start_without_keys", &self.jwks_start_without_keys)
             .field("jwks_refresh_s", &self.jwks_refresh_s)
             .field("jwks_min_refetch_s", &self.jwks_min_refetch_s)
@@ -302,6 +351,29 @@ impl JwtConfig {
             || !self.public_key_files.is_empty()
             || self.jwks_file.is_some()
             || self.jwks_url.is_some()
+            || self.oidc_issuer.is_some()
+    }
+
+    /// Whether tokens can be checked at all: a key of this section, an entry of
+    /// `issuers`, or an introspection endpoint.
+    pub fn has_verification(&self) -> bool {
+        self.has_key() || !self.issuers.is_empty() || self.introspection_url.is_some()
+    }
+
+    /// The introspection client secret, from `introspection_client_secret` or
+    /// read from `introspection_client_secret_file`; `None` when neither is set.
+    pub fn introspection_secret(&self) -> Result<Option<String>, ConfigError> {
+        const KEY: &str = "jwt.introspection_client_secret_file";
+        match (
+            &self.introspection_client_secret,
+            &self.introspection_client_secret_file,
+        ) {
+            (Some(secret), _) => Ok(Some(secret.clone())),
+            (None, Some(path)) => String::from_utf8(read_secret_file(KEY, path)?)
+                .map(Some)
+                .map_err(|_| ConfigError::new(KEY, "is not UTF-8")),
+            (None, None) => Ok(None),
+        }
     }
 
     /// The HMAC secret's bytes, from `hs256_secret` or read from
@@ -321,6 +393,38 @@ impl JwtConfig {
         path.file_stem()
             .and_then(|s| s.to_str())
             .filter(|s| !s.is_empty())
+    }
+}
+
+/// One issuer of `[[jwt.issuers]]`: the `iss` it answers for, the claims and
+/// algorithms it requires, and its own keys (at least one source).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IssuerConfig {
+    /// The `iss` this entry answers for, compared byte for byte; defaults to
+    /// `oidc_issuer`.
+    pub issuer: Option<String>,
+    /// Accepted audiences (see `jwt.audience`).
+    #[serde(deserialize_with = "string_or_list")]
+    pub audience: Vec<String>,
+    /// Accepted algorithms (see `jwt.algorithms`).
+    #[serde(deserialize_with = "string_or_list")]
+    pub algorithms: Vec<String>,
+    /// PEM public keys; each key's `kid` is its file stem.
+    #[serde(deserialize_with = "string_or_list")]
+    pub public_key_files: Vec<PathBuf>,
+    /// A JWKS document.
+    pub jwks_file: Option<PathBuf>,
+    /// A JWKS URL, fetched as `jwt.jwks_url` is.
+    pub jwks_url: Option<String>,
+    /// An OpenID Connect issuer whose discovery document names the JWKS URL.
+    pub oidc_issuer: Option<String>,
+}
+
+impl IssuerConfig {
+    /// The `iss` this entry answers for.
+    pub fn effective_issuer(&self) -> Option<&str> {
+        self.issuer.as_deref().or(self.oidc_issuer.as_deref())
     }
 }
 

@@ -364,6 +364,22 @@ where
         let Some(value) = value.as_ref().to_str() else {
             return Err(ConfigError::new(key, "is not valid UTF-8").with_origin(origin));
         };
+        if key == "jwt.issuers" {
+            // A list of tables: written as a TOML array of inline tables.
+            let parsed = toml::from_str::<toml::Table>(&format!("issuers = {value}"))
+                .ok()
+                .and_then(|mut t| t.remove("issuers"));
+            let Some(list) = parsed else {
+                return Err(ConfigError::new(
+                    key,
+                    "must be a TOML array of inline tables, as in \
+                     [{ issuer = \"https://id.example/\", jwks_url = \"https://…\" }]",
+                )
+                .with_origin(origin));
+            };
+            layer.set(&key, from_toml(list), origin);
+            continue;
+        }
         layer.set(&key, Value::from(value.to_owned()), origin);
     }
     Ok(layer)

@@ -211,11 +211,25 @@ impl Config {
         {
             v.push("jwt.jwks_file", problem);
         }
-        if let Some(url) = &jwt.jwks_url
-            && let Err(problem) = check_jwks_url(url)
-        {
-            v.push("jwt.jwks_url", problem);
+        for (key, url) in [
+            ("jwt.jwks_url", &jwt.jwks_url),
+            ("jwt.oidc_issuer", &jwt.oidc_issuer),
+            ("jwt.introspection_url", &jwt.introspection_url),
+        ] {
+            if let Some(url) = url
+                && let Err(problem) = check_jwks_url(url)
+            {
+                v.push(key, problem);
+            }
         }
+        if jwt.jwks_url.is_some() && jwt.oidc_issuer.is_some() {
+            v.push(
+                "jwt.oidc_issuer",
+                "cannot be set together with jwt.jwks_url: discovery finds the JWKS URL",
+            );
+        }
+        self.check_issuers(v);
+        self.check_introspection(v);
         for (key, value) in [
             ("jwt.jwks_refresh_s", jwt.jwks_refresh_s),
             ("jwt.jwks_min_refetch_s", jwt.jwks_min_refetch_s),
@@ -225,12 +239,13 @@ impl Config {
                 v.push(key, "must be greater than 0");
             }
         }
-        if !jwt.has_key() && !dev {
+        if !jwt.has_verification() && !dev {
             v.push(
                 "jwt",
                 "has no verification key: set jwt.hs256_secret, jwt.hs256_secret_file, \
-                 jwt.public_key_files, jwt.jwks_file or jwt.jwks_url (--dev generates a secret \
-                 for development)",
+                 jwt.public_key_files, jwt.jwks_file, jwt.jwks_url, jwt.oidc_issuer, \
+                 [[jwt.issuers]] or jwt.introspection_url (--dev generates a secret for \
+                 development)",
             );
         }
 
@@ -370,6 +385,95 @@ impl Errors {
 
 /// `https://`, or `http://` on a loopback host (a JWKS fetched in the clear
 /// from elsewhere could be swapped on the way); no user or password in it.
+impl Config {
+    /// `[[jwt.issuers]]`: each names its issuer once, has a key source, and
+    /// its files and URLs are usable.
+    fn check_issuers(&self, v: &mut Errors) {
+        const KEY: &str = "jwt.issuers";
+        let mut seen: Vec<&str> = self.jwt.issuer.as_deref().into_iter().collect();
+        for (i, entry) in self.jwt.issuers.iter().enumerate() {
+            let at = format!("entry {} ", i + 1);
+            match entry.effective_issuer() {
+                None => v.push(KEY, format!("{at}has no issuer: set issuer or oidc_issuer")),
+                Some(issuer) if issuer.trim().is_empty() => {
+                    v.push(KEY, format!("{at}has an empty issuer"));
+                }
+                Some(issuer) if seen.contains(&issuer) => v.push(
+                    KEY,
+                    format!(
+                        "{at}repeats the issuer {issuer:?} (of jwt.issuer or another entry): \
+                         each issuer has one set of keys"
+                    ),
+                ),
+                Some(issuer) => seen.push(issuer),
+            }
+            if entry.public_key_files.is_empty()
+                && entry.jwks_file.is_none()
+                && entry.jwks_url.is_none()
+                && entry.oidc_issuer.is_none()
+            {
+                v.push(
+                    KEY,
+                    format!(
+                        "{at}has no key source: set public_key_files, jwks_file, jwks_url or \
+                         oidc_issuer"
+                    ),
+                );
+            }
+            if entry.jwks_url.is_some() && entry.oidc_issuer.is_some() {
+                v.push(
+                    KEY,
+                    format!("{at}sets both jwks_url and oidc_issuer: set one"),
+                );
+            }
+            for url in [&entry.jwks_url, &entry.oidc_issuer].into_iter().flatten() {
+                if let Err(problem) = check_jwks_url(url) {
+                    v.push(KEY, format!("{at}URL {problem}"));
+                }
+            }
+            for path in entry.public_key_files.iter().chain(&entry.jwks_file) {
+                if let Err(problem) = check_file(path) {
+                    v.push(KEY, format!("{at}{problem}"));
+                }
+            }
+            for alg in &entry.algorithms {
+                if alg.eq_ignore_ascii_case("none") || !SUPPORTED_ALGORITHMS.contains(&alg.as_str())
+                {
+                    v.push(
+                        KEY,
+                        format!("{at}has an algorithm wsauth cannot accept: {alg}"),
+                    );
+                }
+            }
+        }
+    }
+
+    /// The introspection endpoint's client credentials.
+    fn check_introspection(&self, v: &mut Errors) {
+        let jwt = &self.jwt;
+        if jwt.introspection_client_secret.is_some()
+            && jwt.introspection_client_secret_file.is_some()
+        {
+            v.push(
+                "jwt.introspection_client_secret_file",
+                "cannot be set together with jwt.introspection_client_secret: set one of them",
+            );
+        }
+        if let Err(e) = jwt.introspection_secret() {
+            v.0.push(e);
+        }
+        if jwt.introspection_url.is_some() && jwt.introspection_client_id.is_none() {
+            v.push(
+                "jwt.introspection_client_id",
+                "is required with jwt.introspection_url",
+            );
+        }
+        if jwt.introspection_timeout_ms == 0 {
+            v.push("jwt.introspection_timeout_ms", "must be greater than 0");
+        }
+    }
+}
+
 pub(crate) fn check_jwks_url(url: &str) -> Result<(), String> {
     let parsed = reqwest::Url::parse(url).map_err(|_| "is not a URL".to_owned())?;
     if !parsed.username().is_empty() || parsed.password().is_some() {
