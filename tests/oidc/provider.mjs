@@ -11,8 +11,8 @@
 // Key rotation, driven by the test on the same port:
 //   POST /__keys  ["k2","k1"]   publish these keys and sign with the first (a kid it has
 //                               not seen is a new RSA 2048 key); answers like GET
-//   GET  /__keys                {"published":["k2","k1"],"jwks_hits":3} (hits of /jwks since
-//                               the last POST)
+//   GET  /__keys                {"published":["k2","k1"],"jwks_hits":3} (fetches of /jwks by
+//                               wsauth, User-Agent wsauth/…, since the last POST)
 // oidc-provider's keystore is fixed when a Provider is built, so a rotation builds a new
 // Provider with the new keys and swaps it in as the http.Server's handler: same issuer, same
 // port, same (static) client. oidc-provider signs with the first key of its `jwks` that fits
@@ -129,7 +129,7 @@ const server = createServer((req, res) => {
     control(req, res, server.issuer).catch((e) => controlAnswer(res, 500, { error: String(e) }));
     return;
   }
-  if (path === '/jwks') jwksHits += 1;
+  if (path === '/jwks' && req.headers['user-agent']?.startsWith('wsauth/')) jwksHits += 1;
   handler(req, res);
 });
 

@@ -171,8 +171,9 @@ impl Provider {
             .as_array()
             .expect("grant types");
         assert!(grants.contains(&json!("client_credentials")), "{doc}");
+        // The provider counts the hits of this path (`jwks_hits`).
+        assert_eq!(endpoint("jwks_uri"), format!("{}/jwks", self.issuer));
         Discovery {
-            jwks_uri: endpoint("jwks_uri"),
             token_endpoint: endpoint("token_endpoint"),
         }
     }
@@ -235,6 +236,16 @@ impl Provider {
     }
 }
 
+impl Provider {
+    /// How often wsauth fetched the provider's JWKS since its last key change.
+    async fn jwks_hits(&self) -> u64 {
+        let (status, body) = request(self.addr, "GET", "/__keys", &[], "").await;
+        assert_eq!(status, 200, "GET /__keys: {body}");
+        let answer: Value = serde_json::from_str(&body).expect("JSON");
+        answer["jwks_hits"].as_u64().expect("jwks_hits")
+    }
+}
+
 impl Drop for Provider {
     fn drop(&mut self) {
         let _ = self.child.start_kill();
@@ -247,7 +258,6 @@ impl Drop for Provider {
 
 /// What the test takes from the discovery document.
 struct Discovery {
-    jwks_uri: String,
     token_endpoint: String,
 }
 
@@ -291,13 +301,12 @@ async fn request(
 }
 
 /// wsauth with the provider as its only key source, as an operator configures it.
-fn config(provider: &Provider, discovery: &Discovery) -> Config {
+fn config(provider: &Provider) -> Config {
     let mut c = common::test_config();
     c.jwt.hs256_secret = None;
-    // Until `jwt.oidc_issuer` (discovery in the server) exists, the test reads the
-    // discovery document itself: this pair becomes `c.jwt.oidc_issuer = Some(issuer)`.
-    c.jwt.jwks_url = Some(discovery.jwks_uri.clone());
-    c.jwt.issuer = Some(provider.issuer.clone());
+    // Discovery in the server: it reads the document the test checked above, and
+    // requires its `issuer` (and so every token's `iss`) to be this one.
+    c.jwt.oidc_issuer = Some(provider.issuer.clone());
     c.jwt.audience = vec![RESOURCE.to_owned()];
     c.jwt.algorithms = vec!["RS256".to_owned()];
     c.jwt.jwks_min_refetch_s = 1;
@@ -345,10 +354,14 @@ async fn provider_tokens_authenticate_and_a_planned_key_rotation_never_fails_one
         return;
     };
     let discovery = provider.discovery().await;
-    let mut c = config(&provider, &discovery);
+    let mut c = config(&provider);
     c.jwt.jwks_refresh_s = 1;
     let server = common::server(c).await;
     let ws = server.ws_addr;
+    assert!(
+        provider.jwks_hits().await >= 1,
+        "discovery led the server to the provider's keys"
+    );
 
     // Stage [k1]: the provider's token authenticates; `sub` is the client's id.
     let (k1_token, kid) = provider.token(&discovery).await;
@@ -397,7 +410,8 @@ async fn a_token_signed_with_a_key_the_server_has_not_fetched_yet_authenticates_
         return;
     };
     let discovery = provider.discovery().await;
-    let server = common::server(config(&provider, &discovery)).await;
+    let server = common::server(config(&provider)).await;
+    let started = tokio::time::Instant::now();
     let ws = server.ws_addr;
     let (k1_token, _) = provider.token(&discovery).await;
     assert_eq!(auth(ws, &k1_token).await, Ok(CLIENT_ID.to_owned()));
@@ -406,11 +420,37 @@ async fn a_token_signed_with_a_key_the_server_has_not_fetched_yet_authenticates_
     provider.publish(&["k2", "k1"]).await;
     let (k2_token, kid) = provider.token(&discovery).await;
     assert_eq!(kid, "k2");
+    // A refetch may start once the last fetch (the start's) is older than
+    // `jwks_min_refetch_s` (1 s), as it is for any real rotation.
+    tokio::time::sleep_until(started + Duration::from_millis(1_100)).await;
     assert_eq!(
         auth(ws, &k2_token).await,
         Ok(CLIENT_ID.to_owned()),
         "the first token with the unknown kid k2 authenticates"
     );
+    assert_eq!(provider.jwks_hits().await, 1, "one refetch, no restart");
     assert_eq!(auth(ws, &k1_token).await, Ok(CLIENT_ID.to_owned()));
     server.shutdown().await;
+}
+
+/// `jwt.oidc_issuer` must equal the discovery document's `issuer` exactly: with a
+/// trailing slash it is another issuer, and the server does not start, saying why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oidc_issuer_other_than_the_discovery_documents_stops_the_start() {
+    let Some(provider) = Provider::start().await else {
+        return;
+    };
+    let mut c = config(&provider);
+    c.jwt.oidc_issuer = Some(format!("{}/", provider.issuer));
+    c.validate(false).expect("a valid configuration");
+    let Err(error) = wsauth_server::start(c, None).await else {
+        panic!("the server started with a mismatched issuer");
+    };
+    let message = error.to_string();
+    assert!(
+        message.contains("issuer")
+            && message.contains(&format!("{:?}", provider.issuer))
+            && message.contains(&format!("{:?}", format!("{}/", provider.issuer))),
+        "the error names both issuers: {message}"
+    );
 }
