@@ -32,10 +32,13 @@ const PIECES: &[Piece] = &[
     },
     Piece {
         name: "node clients",
-        needed_by: "`npm test` of clients/*",
+        needed_by: "`npm test` of clients/*, the OIDC provider tests (tests/oidc)",
         ensure: Setup::node_clients,
     },
 ];
+
+/// Directories of Node packages that Rust tests run (`npm ci` there, no `npm test`).
+const NODE_TEST_PACKAGES: &[&str] = &["tests/oidc"];
 
 /// The Python packages, pinned; installed into `.venv/`.
 pub const REQUIREMENTS: &str = "tests/requirements.txt";
@@ -173,9 +176,14 @@ impl Setup {
         }
     }
 
-    /// `npm ci` in every client with a committed lockfile (`clients/*/package-lock.json`).
+    /// `npm ci` in every client with a committed lockfile (`clients/*/package-lock.json`)
+    /// and in each of [`NODE_TEST_PACKAGES`] that has one.
     fn node_clients(&mut self) -> Status {
-        if self.tools.node_clients.is_empty() {
+        let dirs: Vec<PathBuf> = (self.tools.node_clients.iter().cloned())
+            .chain(NODE_TEST_PACKAGES.iter().map(|dir| self.root.join(dir)))
+            .filter(|dir| dir.join("package-lock.json").is_file())
+            .collect();
+        if dirs.is_empty() {
             return Status::NotNeeded("no clients/*/package-lock.json yet".into());
         }
         let mut status = match version_of("npm") {
@@ -192,18 +200,15 @@ impl Setup {
         };
         self.tools.npm = true;
         if !self.may_install {
-            if self
-                .tools
-                .node_clients
-                .iter()
-                .all(|c| c.join("node_modules").is_dir())
-            {
+            if dirs.iter().all(|c| c.join("node_modules").is_dir()) {
                 return status;
             }
             self.tools.npm = false;
-            return Status::Missing("`npm ci` has not run in every client (--no-install)".into());
+            return Status::Missing(
+                "`npm ci` has not run in every client and test package (--no-install)".into(),
+            );
         }
-        for client in &self.tools.node_clients {
+        for client in &dirs {
             let ci = Command::new("npm")
                 .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
                 .current_dir(client)
@@ -216,8 +221,9 @@ impl Setup {
         }
         if let Status::Found(what) | Status::Installed(what) = &mut status {
             what.push_str(&format!(
-                ", `npm ci` in {} clients",
-                self.tools.node_clients.len()
+                ", `npm ci` in {} clients and {} test packages",
+                self.tools.node_clients.len(),
+                dirs.len() - self.tools.node_clients.len()
             ));
         }
         status
