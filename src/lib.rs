@@ -31,3 +31,10 @@ pub use wsauth_store_redis as store_redis;
 #[cfg(feature = "server")]
 #[doc = include_str!("../docs/app-integration.md")]
 pub mod app_integration {}
+
+/// Identity providers: JWKS URLs, discovery, several issuers, introspection and
+/// your own verifier (`docs/identity-providers.md`, whose Rust example is
+/// compiled here).
+#[cfg(feature = "server")]
+#[doc = include_str!("../docs/identity-providers.md")]
+pub mod identity_providers {}
