@@ -361,6 +361,7 @@ fn documented_labels() -> BTreeMap<&'static str, &'static [&'static str]> {
         ("wsauth_rpc_duration_seconds", &[][..]),
         ("wsauth_api_requests", &["route", "status"][..]),
         ("wsauth_jwks_fetch", &["outcome"][..]),
+        ("wsauth_introspection_requests", &["outcome"][..]),
         ("wsauth_jwks_keys", &[][..]),
         ("wsauth_jwks_age_seconds", &[][..]),
         ("wsauth_config_reloads", &["outcome"][..]),
