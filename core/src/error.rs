@@ -39,6 +39,8 @@ impl CloseCode {
     pub const INVALID_PAYLOAD: CloseCode = CloseCode(1007);
     /// Message over the size limit.
     pub const MESSAGE_TOO_BIG: CloseCode = CloseCode(1009);
+    /// 1008: the client broke a policy before authenticating (too many frames).
+    pub const POLICY_VIOLATION: CloseCode = CloseCode(1008);
     /// Server fault.
     pub const INTERNAL_ERROR: CloseCode = CloseCode(1011);
     /// Try again later: the client did not read fast enough.

@@ -266,7 +266,8 @@ impl Connection {
         }
         match input {
             Input::Frame(frame) => self.on_frame(now, frame),
-            Input::Control => self.note_activity(now),
+            Input::Control => self.on_frames(now, 1, true),
+            Input::Continuations(n) => self.on_frames(now, n, false),
             Input::Reply(request, reply) => self.on_reply(now, request, reply),
             Input::CallResult(request, result) => self.on_call_result(request, result),
             Input::Deliver(delivery) => self.on_delivery(delivery),

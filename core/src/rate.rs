@@ -24,6 +24,11 @@ impl TokenBucket {
 
     /// Takes one token if there is one.
     pub fn try_take(&mut self, now_ms: u64) -> bool {
+        self.try_take_n(1, now_ms)
+    }
+
+    /// Takes `n` tokens if there are that many; else takes none.
+    pub fn try_take_n(&mut self, n: u32, now_ms: u64) -> bool {
         let elapsed = now_ms.saturating_sub(self.last_ms);
         self.last_ms = self.last_ms.max(now_ms);
         // per_sec tokens a second = per_sec milli-tokens a millisecond.
@@ -32,8 +37,9 @@ impl TokenBucket {
             .level_milli
             .saturating_add(refill)
             .min(self.capacity_milli);
-        if self.level_milli >= 1000 {
-            self.level_milli -= 1000;
+        let wanted = u64::from(n).saturating_mul(1000);
+        if self.level_milli >= wanted {
+            self.level_milli -= wanted;
             true
         } else {
             false
@@ -56,6 +62,16 @@ mod tests {
         // After a long pause the bucket is full again, not more.
         let taken = (0..250).filter(|_| b.try_take(60_000)).count();
         assert_eq!(taken, 200);
+    }
+
+    #[test]
+    fn several_tokens_are_taken_all_or_none() {
+        let mut b = TokenBucket::new(1000, 100, 0);
+        assert!(b.try_take_n(60, 0));
+        assert!(!b.try_take_n(60, 0), "40 left: none taken");
+        assert!(b.try_take_n(40, 0));
+        assert!(!b.try_take(0));
+        assert!(b.try_take_n(5, 5), "5 ms refill 5 tokens");
     }
 
     #[test]

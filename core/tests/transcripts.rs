@@ -1442,6 +1442,29 @@ spec!(
 );
 
 spec!(
+    frame_flood_ends_the_connection,
+    "Every frame counts against a budget of 2000 at once, then 1000 a second, pings and continuation frames included (neither carries a message the rate limit would see): past it the connection ends RATE_LIMITED, closed 4429 once authenticated and 1008 before.",
+    |w| {
+        alice_live(&mut w, "A");
+        w.pings("A", 1_500);
+        w.advance(1_000);
+        w.pings("A", 1_400);
+        w.send("A", r#"{"type":"ping","id":2}"#);
+        w.pings("A", 1_001);
+        w.open("B");
+        w.continuations("B", 2_001);
+    },
+    sees: {
+        "A" => [authenticated(), pong().id(2), error("RATE_LIMITED").no_id()],
+        "B" => [error("RATE_LIMITED").no_id()],
+    },
+    ends: {
+        "A" => closed(4429, "RATE_LIMITED").resumable(),
+        "B" => closed(1008, "RATE_LIMITED").no_session(),
+    },
+);
+
+spec!(
     app_ping_keeps_a_browser_connection_alive,
     "A browser cannot see WebSocket pings: its `ping` message is answered `pong` with the same id and counts as activity, so a client that only pings is not closed IDLE_TIMEOUT.",
     |w| {

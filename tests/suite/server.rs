@@ -223,6 +223,55 @@ async fn rate_limit_closes_4429() {
     c.expect_fatal("RATE_LIMITED", 4429).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ping_flood_closes_4429_once_authenticated_and_1008_before() {
+    let mut config = test_config();
+    config.limits.frames_per_second = 100;
+    config.limits.frame_burst = 200;
+    let s = server(config).await;
+    let (mut c, _) = Client::authed(s.ws_addr, &token("alice", json!({}))).await;
+    for _ in 0..400 {
+        let _ = c.ws.feed(Message::Ping(Default::default())).await;
+    }
+    let _ = c.ws.flush().await;
+    c.expect_fatal("RATE_LIMITED", 4429).await;
+
+    let mut c = Client::connect(s.ws_addr).await;
+    for _ in 0..400 {
+        let _ = c.ws.feed(Message::Ping(Default::default())).await;
+    }
+    let _ = c.ws.flush().await;
+    c.expect_fatal("RATE_LIMITED", 1008).await;
+}
+
+listener_case! {
+why = "axum reassembles continuation frames below wsauth, which never sees them";
+async fn a_flood_of_empty_continuation_frames_is_counted_and_closed() {
+    let mut config = test_config();
+    config.limits.frames_per_second = 100;
+    config.limits.frame_burst = 200;
+    let s = server(config).await;
+    for authenticated in [true, false] {
+        let mut c = if authenticated {
+            Client::authed(s.ws_addr, &token("alice", json!({}))).await.0
+        } else {
+            Client::connect(s.ws_addr).await
+        };
+        // A text message that never ends: its first frame, then empty
+        // non-final continuations, which produce no message at all.
+        let first = Frame::message(b"{".to_vec(), OpCode::Data(Data::Text), false);
+        let _ = c.ws.feed(Message::Frame(first)).await;
+        for _ in 0..1_000 {
+            let more = Frame::message(Vec::new(), OpCode::Data(Data::Continue), false);
+            let _ = c.ws.feed(Message::Frame(more)).await;
+        }
+        let _ = c.ws.flush().await;
+        let close = if authenticated { 4429 } else { 1008 };
+        c.expect_fatal("RATE_LIMITED", close).await;
+    }
+}
+}
+
 // ----- §3 Session lifetime ------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -19,6 +19,7 @@ use wsauth_store::Store;
 
 use crate::driver::{Driver, Transport};
 use crate::handshake::{self, UpgradeRequest};
+use crate::meter::{FrameCount, FrameMeter};
 use crate::state::Shared;
 
 /// Serves one accepted socket (already through TLS when configured).
@@ -80,8 +81,13 @@ where
         UpgradeDecision::Proceed { subprotocol, token } => (subprotocol, token),
     };
 
-    let mut driver =
-        Driver::<S, Tungstenite<IO>>::new(shared.clone(), peer, started, unauthenticated, token);
+    let mut driver = Driver::<S, Tungstenite<FrameMeter<IO>>>::new(
+        shared.clone(),
+        peer,
+        started,
+        unauthenticated,
+        token,
+    );
     // Boxed: the pre-upgrade wait lives only for the handshake.
     if let Err(refusal) = Box::pin(driver.authenticate_before_upgrade()).await {
         if let Some((status, body)) = refusal {
@@ -97,6 +103,10 @@ where
         return;
     }
     let UpgradeRequest { leftover, .. } = request;
+    let frames = Arc::new(FrameCount::default());
+    let mut io = FrameMeter::new(io, frames.clone());
+    io.observe(&leftover);
+    driver.count_frames(frames);
     let ws =
         WebSocketStream::from_partially_read(io, leftover, Role::Server, Some(shared.ws_config))
             .await;

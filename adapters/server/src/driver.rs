@@ -25,10 +25,29 @@ use wsauth_store::hub::{ConnEvent, Mailbox};
 
 use crate::app::{CallContext, SessionEnd, SessionStart};
 use crate::limits::IpGuard;
+use crate::meter::FrameCount;
 use crate::outbound::Outbound;
 use crate::state::{Shared, now_ms};
 use crate::verify::TokenVerifier;
 use wsauth_core::jwt::TokenError;
+
+/// When the writer task ends (never while there is none).
+async fn writer_end(
+    writer: &mut Option<tokio::task::JoinHandle<()>>,
+) -> Result<(), tokio::task::JoinError> {
+    match writer {
+        Some(handle) => handle.await,
+        None => std::future::pending().await,
+    }
+}
+
+/// When the frame meter reports (never without one).
+async fn frames_reported(frames: &Option<Arc<FrameCount>>) {
+    match frames {
+        Some(count) => count.reported().await,
+        None => std::future::pending().await,
+    }
+}
 
 /// The reply a verification's result is to the core.
 fn reply_of(
@@ -113,6 +132,9 @@ pub struct Driver<S: Store, T: Transport> {
     calls: FuturesUnordered<AppCall>,
     /// The verifications under way.
     verifies: FuturesUnordered<VerifyCall>,
+    /// The continuation frames the transport counts below the WebSocket
+    /// library, when it can ([`crate::meter`]).
+    frames: Option<Arc<FrameCount>>,
     /// The session the application was told started on this connection, so
     /// that it is told of its end once.
     started_session: Option<(String, String)>,
@@ -148,6 +170,7 @@ impl<S: Store, T: Transport> Driver<S, T> {
             refresh_started: None,
             calls: FuturesUnordered::new(),
             verifies: FuturesUnordered::new(),
+            frames: None,
             started_session: None,
         }
     }
@@ -226,15 +249,34 @@ impl<S: Store, T: Transport> Driver<S, T> {
         }
     }
 
+    /// Feeds the core the continuation frames `count` receives (the transport
+    /// counts them below the WebSocket library).
+    pub fn count_frames(&mut self, count: Arc<FrameCount>) {
+        self.frames = Some(count);
+    }
+
     /// Runs the connection on its upgraded socket until it ends.
     pub async fn run(mut self, ws: T::Socket) {
         let (sink, mut stream) = ws.split();
-        let writer = tokio::spawn(self.out.clone().run_writer(sink));
+        let mut writer = Some(tokio::spawn(self.out.clone().run_writer(sink)));
         let mut shutdown = self.shared.shutdown.clone();
         self.pump().await;
         while !self.conn.is_closed() {
             let deadline = self.conn.poll_timeout();
             tokio::select! {
+                // The writer stopped before the connection ended: the socket
+                // failed under it. The session ends as for a lost peer.
+                ended = writer_end(&mut writer) => {
+                    writer = None;
+                    debug!(peer = %self.peer, failed = ?ended.err(), "the socket's writer stopped");
+                    self.conn.handle(now_ms(), Input::PeerClosed(PeerClose::Lost));
+                }
+                () = frames_reported(&self.frames) => {
+                    let counted = self.frames.as_ref().map_or(0, |f| f.take());
+                    if counted > 0 {
+                        self.conn.handle(now_ms(), Input::Continuations(counted));
+                    }
+                }
                 frame = stream.next() => {
                     let input = self.frame_input(&frame);
                     self.conn.handle(now_ms(), input);
@@ -275,10 +317,10 @@ impl<S: Store, T: Transport> Driver<S, T> {
         self.drain_without_socket().await;
         // Let the writer send what is queued and the close frame; a client that does
         // not read does not hold the task for long.
-        let mut writer = writer;
-        if tokio::time::timeout(Duration::from_secs(2), &mut writer)
-            .await
-            .is_err()
+        if let Some(mut writer) = writer
+            && tokio::time::timeout(Duration::from_secs(2), &mut writer)
+                .await
+                .is_err()
         {
             writer.abort();
         }

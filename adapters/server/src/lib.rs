@@ -16,6 +16,7 @@ pub mod introspect;
 pub mod keys;
 pub mod limits;
 pub mod logging;
+pub mod meter;
 pub mod metrics;
 pub mod outbound;
 pub mod proxy;

@@ -226,6 +226,8 @@ pub fn session_config(config: &Config) -> SessionConfig {
         max_message_bytes: l.max_message_bytes,
         rate_per_sec: l.messages_per_second,
         rate_burst: l.message_burst,
+        frame_rate_per_sec: l.frames_per_second,
+        frame_burst: l.frame_burst,
         max_queued_requests: s.max_queued_requests,
         max_channels: s.max_channels,
         max_rpc_in_flight: config.app.max_rpc_in_flight,

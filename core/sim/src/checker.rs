@@ -195,6 +195,9 @@ impl InvariantChecker {
                     } if *fatal => {
                         let close = if message.contains("UTF-8") {
                             CloseCode::INVALID_PAYLOAD
+                        } else if message.contains("too many frames") && !track.live_seen {
+                            // The frame budget, before authentication.
+                            CloseCode::POLICY_VIOLATION
                         } else {
                             code.close_code().unwrap_or(CloseCode::CLIENT_BUG)
                         };

@@ -370,6 +370,21 @@ impl World {
         self.feed(name, Input::Control);
     }
 
+    /// The client sends `n` pings at once (control frames).
+    pub fn pings(&mut self, name: &str, n: u32) {
+        self.line(name, format!("<- {n} pings"));
+        for _ in 0..n {
+            self.feed(name, Input::Control);
+        }
+    }
+
+    /// The client sends `n` empty continuation frames (never a final one), as
+    /// the driver counts them.
+    pub fn continuations(&mut self, name: &str, n: u32) {
+        self.line(name, format!("<- {n} empty continuation frames"));
+        self.feed(name, Input::Continuations(n));
+    }
+
     /// The socket closes from the client's side.
     pub fn peer_close(&mut self, name: &str, how: PeerClose) {
         let shown = match how {

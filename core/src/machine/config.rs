@@ -19,6 +19,11 @@ pub struct SessionConfig {
     pub rate_per_sec: u32,
     /// Burst of data frames [200].
     pub rate_burst: u32,
+    /// Sustained frames per second of any kind (control frames and
+    /// continuation frames included) [1000].
+    pub frame_rate_per_sec: u32,
+    /// Burst of frames of any kind [2000].
+    pub frame_burst: u32,
     /// Requests a client may pipeline while one is being answered [64]; more is
     /// `RATE_LIMITED`.
     pub max_queued_requests: usize,
@@ -43,6 +48,8 @@ impl Default for SessionConfig {
             max_message_bytes: 64 * 1024,
             rate_per_sec: 100,
             rate_burst: 200,
+            frame_rate_per_sec: 1_000,
+            frame_burst: 2_000,
             max_queued_requests: 64,
             max_channels: 256,
             max_rpc_in_flight: 16,

@@ -7,12 +7,39 @@ use crate::error::{CloseCode, ErrorCode};
 use crate::protocol::{ClientMessage, DecodeError, decode_client_message};
 
 impl Connection {
+    /// `n` frames of any kind arrived (`activity`: a control frame, which also
+    /// keeps the connection from idling). Past the frame budget the connection
+    /// ends: `RATE_LIMITED`, closed 4429, or 1008 before authentication.
+    pub(super) fn on_frames(&mut self, now: u64, n: u32, activity: bool) {
+        if activity {
+            self.note_activity(now);
+        }
+        let Some(open) = self.phase.open_mut() else {
+            return;
+        };
+        if open.frames.try_take_n(n, now) {
+            return;
+        }
+        self.outputs.event(Event::RateLimited);
+        let close = if self.is_authenticated() {
+            CloseCode::LIMIT
+        } else {
+            CloseCode::POLICY_VIOLATION
+        };
+        self.fail_with_close(
+            None,
+            ErrorCode::RateLimited,
+            "too many frames".into(),
+            close,
+        );
+    }
+
     pub(super) fn on_frame(&mut self, now: u64, frame: Frame<'_>) {
         self.note_activity(now);
         let Some(open) = self.phase.open_mut() else {
             return;
         };
-        if !open.rate.try_take(now) {
+        if !open.frames.try_take(now) || !open.rate.try_take(now) {
             self.outputs.event(Event::RateLimited);
             self.fail(None, ErrorCode::RateLimited);
             return;

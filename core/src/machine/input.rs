@@ -48,8 +48,12 @@ pub enum Frame<'a> {
 pub enum Input<'a> {
     /// A data frame arrived.
     Frame(Frame<'a>),
-    /// A control frame (ping or pong) arrived: activity, not counted against the rate.
+    /// A control frame (ping or pong) arrived: activity, counted against the
+    /// frame budget, not the message rate.
     Control,
+    /// This many continuation frames arrived (the driver's count of frames
+    /// that carry no message of their own): counted against the frame budget.
+    Continuations(u32),
     /// The answer to an [`Output::Verify`] or a [`StoreRequest`]. Answers that match
     /// no pending request (late ones, after a close) are ignored.
     Reply(RequestId, Reply),

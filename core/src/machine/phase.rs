@@ -77,6 +77,8 @@ impl Phase {
 pub(super) struct Open {
     pub(super) timers: TimerTable,
     pub(super) rate: TokenBucket,
+    /// Frames of every kind, data, control and continuation.
+    pub(super) frames: TokenBucket,
     pub(super) queue: VecDeque<Queued>,
 }
 
@@ -88,6 +90,7 @@ impl Open {
         Open {
             timers,
             rate: TokenBucket::new(config.rate_per_sec, config.rate_burst, now),
+            frames: TokenBucket::new(config.frame_rate_per_sec, config.frame_burst, now),
             queue: VecDeque::new(),
         }
     }

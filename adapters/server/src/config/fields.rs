@@ -57,6 +57,8 @@ pub const FIELDS: &[(&str, &str, &str)] = &[
     ("limits.handshake_timeout_ms", "WSAUTH_LIMITS__HANDSHAKE_TIMEOUT_MS", "5000"),
     ("limits.messages_per_second", "WSAUTH_LIMITS__MESSAGES_PER_SECOND", "100"),
     ("limits.message_burst", "WSAUTH_LIMITS__MESSAGE_BURST", "200"),
+    ("limits.frames_per_second", "WSAUTH_LIMITS__FRAMES_PER_SECOND", "1000"),
+    ("limits.frame_burst", "WSAUTH_LIMITS__FRAME_BURST", "2000"),
     ("limits.max_unauthenticated_per_ip", "WSAUTH_LIMITS__MAX_UNAUTHENTICATED_PER_IP", "1024"),
     ("limits.max_connections", "WSAUTH_LIMITS__MAX_CONNECTIONS", "100000"),
     ("limits.outbound_queue", "WSAUTH_LIMITS__OUTBOUND_QUEUE", "256"),

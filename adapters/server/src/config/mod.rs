@@ -603,6 +603,11 @@ pub struct Limits {
     pub messages_per_second: u32,
     /// Burst of data frames per connection [200].
     pub message_burst: u32,
+    /// Sustained frames of any kind (pings and continuation frames included)
+    /// per second per connection [1000].
+    pub frames_per_second: u32,
+    /// Burst of frames of any kind per connection [2000].
+    pub frame_burst: u32,
     /// Connections per IP not yet authenticated [1024].
     pub max_unauthenticated_per_ip: usize,
     /// Open sockets in total [100000].
@@ -623,6 +628,8 @@ impl Default for Limits {
             handshake_timeout_ms: 5_000,
             messages_per_second: 100,
             message_burst: 200,
+            frames_per_second: 1_000,
+            frame_burst: 2_000,
             max_unauthenticated_per_ip: 1024,
             max_connections: 100_000,
             outbound_queue: 256,

@@ -330,6 +330,8 @@ impl Config {
             u64::from(l.messages_per_second),
         );
         v.positive("limits.message_burst", u64::from(l.message_burst));
+        v.positive("limits.frames_per_second", u64::from(l.frames_per_second));
+        v.positive("limits.frame_burst", u64::from(l.frame_burst));
         v.positive(
             "limits.max_unauthenticated_per_ip",
             l.max_unauthenticated_per_ip as u64,
