@@ -772,6 +772,64 @@ async fn a_client_that_does_not_read_is_closed_slow_consumer() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_outbound_queue_is_bounded_in_bytes_not_only_in_messages() {
+    let mut config = test_config();
+    // 256 messages of 60 KB would be 15 MB held for one client that does not read.
+    config.limits.outbound_queue_bytes = 65_536;
+    config.limits.messages_per_second = 100_000;
+    config.limits.message_burst = 100_000;
+    let s = server(config).await;
+    // A reader whose kernel buffer is small and fixed (no autotuning), so that
+    // what the server holds is the server's queue.
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(8 * 1024).expect("rcvbuf");
+    let stream = socket.connect(s.ws_addr).await.expect("connect");
+    let (ws, _) = tokio_tungstenite::client_async(
+        format!("ws://{}/ws", s.ws_addr),
+        tokio_tungstenite::MaybeTlsStream::Plain(stream),
+    )
+    .await
+    .expect("upgrade");
+    let mut slow = Client { ws };
+    slow.send(
+        json!({"type": "auth", "id": 1, "token": token("slow", json!({"channels": ["firehose"]}))}),
+    )
+    .await;
+    assert_eq!(slow.recv().await["type"], "authenticated");
+    slow.send(json!({"type": "join", "id": 2, "channel": "firehose"}))
+        .await;
+    assert_eq!(slow.recv().await["type"], "joined");
+    let (mut fast, _) =
+        Client::authed(s.ws_addr, &token("fast", json!({"channels": ["firehose"]}))).await;
+    let chunk = "x".repeat(60_000);
+    let closed = || {
+        s.metrics
+            .closes()
+            .keys()
+            .any(|(close, e)| *close == 1013 && *e == "SLOW_CONSUMER")
+    };
+    let mut published = 0;
+    while published < 400 && !closed() {
+        fast.send(
+            json!({"type": "publish", "id": 10 + published, "channel": "firehose", "data": chunk}),
+        )
+        .await;
+        assert_eq!(fast.recv().await["type"], "published");
+        published += 1;
+        if published % 16 == 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    assert!(closed(), "not closed after {published} messages");
+    // Counted in messages only, the queue would have taken 256 of them, on top
+    // of what the socket buffers held.
+    assert!(
+        published < 256,
+        "closed only after {published} messages of 60 KB"
+    );
+}
+
 // ----- Load ---------------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -159,7 +159,10 @@ impl<S: Store, T: Transport> Driver<S, T> {
             None => Connection::new(config, now_ms()),
         };
         Driver {
-            out: Outbound::new(shared.config.limits.outbound_queue),
+            out: Outbound::new(
+                shared.config.limits.outbound_queue,
+                shared.config.limits.outbound_queue_bytes,
+            ),
             shared,
             peer,
             started,
@@ -457,11 +460,13 @@ impl<S: Store, T: Transport> Driver<S, T> {
         match output {
             Output::Send(msg) => {
                 self.shared.metrics.message_out();
-                let frame = T::text(msg.to_json());
+                let json = msg.to_json();
+                let bytes = json.len();
+                let frame = T::text(json);
                 if self.conn.is_closed() {
                     // The error and close that end a connection are bounded by that end.
                     self.out.push_final(frame);
-                } else if !self.out.push(frame) {
+                } else if !self.out.push(frame, bytes) {
                     self.conn.handle(now_ms(), Input::OutboundFull);
                 }
             }

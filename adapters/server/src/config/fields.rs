@@ -62,6 +62,7 @@ pub const FIELDS: &[(&str, &str, &str)] = &[
     ("limits.max_unauthenticated_per_ip", "WSAUTH_LIMITS__MAX_UNAUTHENTICATED_PER_IP", "1024"),
     ("limits.max_connections", "WSAUTH_LIMITS__MAX_CONNECTIONS", "100000"),
     ("limits.outbound_queue", "WSAUTH_LIMITS__OUTBOUND_QUEUE", "256"),
+    ("limits.outbound_queue_bytes", "WSAUTH_LIMITS__OUTBOUND_QUEUE_BYTES", "1048576"),
     ("limits.listen_backlog", "WSAUTH_LIMITS__LISTEN_BACKLOG", "4096"),
     ("tls.cert_file", "WSAUTH_TLS__CERT_FILE", "unset"),
     ("tls.key_file", "WSAUTH_TLS__KEY_FILE", "unset"),

@@ -614,6 +614,8 @@ pub struct Limits {
     pub max_connections: usize,
     /// Messages queued per connection before `SLOW_CONSUMER` [256].
     pub outbound_queue: usize,
+    /// Bytes queued per connection before `SLOW_CONSUMER` [1048576].
+    pub outbound_queue_bytes: usize,
     /// Connections the kernel queues for `accept` [4096] (capped by
     /// `net.core.somaxconn`). Past it, a new connection's SYN is dropped and its
     /// client waits a second to retry.
@@ -633,6 +635,7 @@ impl Default for Limits {
             max_unauthenticated_per_ip: 1024,
             max_connections: 100_000,
             outbound_queue: 256,
+            outbound_queue_bytes: 1024 * 1024,
             listen_backlog: 4096,
         }
     }

@@ -338,6 +338,9 @@ impl Config {
         );
         v.positive("limits.max_connections", l.max_connections as u64);
         v.positive("limits.outbound_queue", l.outbound_queue as u64);
+        if l.outbound_queue_bytes < 65_536 {
+            v.push("limits.outbound_queue_bytes", "must be at least 65536");
+        }
         v.positive("limits.listen_backlog", u64::from(l.listen_backlog));
     }
 
