@@ -436,6 +436,32 @@ async fn per_user_limit_under_both_policies() {
     assert_eq!(first.recv().await["type"], "left", "the first one lives on");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn by_default_one_user_holds_at_most_32_sessions() {
+    let s = server(test_config()).await;
+    let (mut oldest, _) = Client::authed(s.ws_addr, &token("alice", json!({}))).await;
+    let mut others = Vec::new();
+    for _ in 1..32 {
+        others.push(
+            Client::authed(s.ws_addr, &token("alice", json!({})))
+                .await
+                .0,
+        );
+    }
+    // 32 live: the oldest is still there.
+    oldest
+        .send(json!({"type": "leave", "id": 2, "channel": "x"}))
+        .await;
+    assert_eq!(oldest.recv().await["type"], "left");
+    // The 33rd evicts it.
+    others.push(
+        Client::authed(s.ws_addr, &token("alice", json!({})))
+            .await
+            .0,
+    );
+    oldest.expect_fatal("SESSION_REPLACED", 4409).await;
+}
+
 // ----- §4 Resume ----------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

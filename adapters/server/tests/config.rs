@@ -94,7 +94,7 @@ fn defaults_are_the_protocols_numbers() {
     assert_eq!(c.session.refresh_notice_ms, 60_000);
     assert_eq!(c.session.resume_grace_ms, 30_000);
     assert_eq!(c.session.resume_buffer, 256);
-    assert_eq!(c.session.max_sessions_per_user, None);
+    assert_eq!(c.session.max_sessions_per_user, Some(32));
     assert_eq!(c.session.limit_policy, LimitPolicy::EvictOldest);
     assert_eq!(c.session.max_token_lifetime_s, 24 * 3600);
     assert_eq!(c.session.max_channels, 256);

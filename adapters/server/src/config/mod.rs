@@ -458,7 +458,8 @@ pub struct SessionSettings {
     pub resume_grace_ms: u64,
     /// Messages kept per session for replay on resume [256].
     pub resume_buffer: usize,
-    /// Sessions per `sub`; `None` is unlimited, 0 is an error.
+    /// Sessions per `sub` [32]; 0 is an error. Unlimited only with
+    /// `features.session_limits = false`.
     pub max_sessions_per_user: Option<usize>,
     /// What a new session over `max_sessions_per_user` does [evict_oldest].
     pub limit_policy: LimitPolicy,
@@ -480,7 +481,7 @@ impl Default for SessionSettings {
             refresh_notice_ms: 60_000,
             resume_grace_ms: 30_000,
             resume_buffer: 256,
-            max_sessions_per_user: None,
+            max_sessions_per_user: Some(32),
             limit_policy: LimitPolicy::EvictOldest,
             max_token_lifetime_s: 86_400,
             max_channels: 256,
