@@ -242,6 +242,7 @@ pub fn store_settings(config: &Config) -> StoreSettings {
     StoreSettings {
         resume_grace_ms: timings.resume_grace_ms,
         resume_buffer: s.resume_buffer,
+        resume_buffer_bytes: s.resume_buffer_bytes,
         max_sessions_per_user: s
             .max_sessions_per_user
             .filter(|_| config.features.session_limits),

@@ -272,7 +272,8 @@ impl RedisStore {
                     .arg(to)
                     .arg(now_ms)
                     .arg(self.settings.resume_grace_ms)
-                    .arg(self.settings.leeway_ms),
+                    .arg(self.settings.leeway_ms)
+                    .arg(self.settings.resume_buffer_bytes),
             )
             .await?;
         Ok(usize::try_from(n).unwrap_or(usize::MAX))

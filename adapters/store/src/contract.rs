@@ -442,6 +442,35 @@ where
         assert_eq!(resumed.channels, vec!["general".to_owned()]);
     }
 
+    // The replay buffer is bounded in bytes too: the oldest messages go first.
+    {
+        let settings = StoreSettings {
+            resume_buffer_bytes: 2_500,
+            ..StoreSettings::default()
+        };
+        let (store, _rec) = fresh(settings).await;
+        let (a, ta, ea) = create(&store, claims("alice", "j1", None), T0).await;
+        store.subscribe(&a, ea, "general").await.expect("sub");
+        store.detach(&a, ea, T0).await.expect("detach");
+        // 1,000 bytes of data each: two fit in 2,500 bytes (with what a store
+        // keeps beside the data), three do not.
+        let data = Payload::from_json(&format!("\"{}\"", "x".repeat(998))).expect("json");
+        for _ in 0..5 {
+            store
+                .publish("general", Some("carol"), data.clone(), T0)
+                .await
+                .expect("publish");
+        }
+        let (resumed, _) = store
+            .resume_session(&a, &ta, T0 + 1)
+            .await
+            .expect("answers")
+            .expect("resumes");
+        assert_eq!(resumed.last_seq, 5);
+        let seqs: Vec<u64> = resumed.buffered.iter().map(|d| d.seq).collect();
+        assert_eq!(seqs, vec![4, 5], "the buffer keeps what fits in its bytes");
+    }
+
     // The server's publish (PROTOCOL §9): joined sessions only, no `from`, and the
     // same per-session seq, buffer and notices as a user's publish.
     {
@@ -981,6 +1010,7 @@ fn rule_settings(edge: Edge) -> StoreSettings {
     StoreSettings {
         resume_grace_ms: RULE_GRACE_MS,
         resume_buffer: RULE_BUFFER as usize,
+        resume_buffer_bytes: 0,
         max_sessions_per_user: Some(RULE_MAX_SESSIONS),
         limit_policy: match edge {
             Edge::Limit { policy, .. } => policy,

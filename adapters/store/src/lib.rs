@@ -37,6 +37,9 @@ pub struct StoreSettings {
     pub resume_grace_ms: u64,
     /// Messages kept per session for replay [256].
     pub resume_buffer: usize,
+    /// Bytes of messages kept per session for replay [1 MiB]; the oldest go
+    /// first, and a resume that needs them reports a `gap`. 0: no byte bound.
+    pub resume_buffer_bytes: usize,
     /// Sessions per `sub`, detached ones within grace included [unlimited].
     pub max_sessions_per_user: Option<usize>,
     /// What the limit does.
@@ -52,6 +55,7 @@ impl Default for StoreSettings {
         StoreSettings {
             resume_grace_ms: 30_000,
             resume_buffer: 256,
+            resume_buffer_bytes: 1024 * 1024,
             max_sessions_per_user: None,
             limit_policy: LimitPolicy::EvictOldest,
             max_token_lifetime_ms: 24 * 3600 * 1000,

@@ -30,6 +30,8 @@ struct Session {
     expiring_sent: bool,
     joined: BTreeSet<String>,
     buffer: VecDeque<Delivery>,
+    /// The bytes of the data in `buffer`.
+    buffer_bytes: usize,
     last_seq: u64,
 }
 
@@ -317,6 +319,7 @@ impl MemoryStore {
                     expiring_sent: false,
                     joined: BTreeSet::new(),
                     buffer: VecDeque::new(),
+                    buffer_bytes: 0,
                     last_seq: 0,
                 },
             );
@@ -408,6 +411,7 @@ impl MemoryStore {
                 }
             };
             let cap = self.settings.resume_buffer;
+            let cap_bytes = self.settings.resume_buffer_bytes;
             let mut n = 0;
             // Shared by every copy of the delivery: a fan-out copies no names.
             let channel_name: Arc<str> = channel.into();
@@ -425,9 +429,13 @@ impl MemoryStore {
                     data: data.clone(),
                 };
                 if cap > 0 {
+                    s.buffer_bytes += delivery.data.get().len();
                     s.buffer.push_back(delivery.clone());
-                    while s.buffer.len() > cap {
-                        s.buffer.pop_front();
+                    while s.buffer.len() > cap || (cap_bytes > 0 && s.buffer_bytes > cap_bytes) {
+                        let Some(oldest) = s.buffer.pop_front() else {
+                            break;
+                        };
+                        s.buffer_bytes -= oldest.data.get().len();
                     }
                 }
                 if s.attached() {

@@ -458,6 +458,8 @@ pub struct SessionSettings {
     pub resume_grace_ms: u64,
     /// Messages kept per session for replay on resume [256].
     pub resume_buffer: usize,
+    /// Bytes of messages kept per session for replay [1048576]; 0: no byte bound.
+    pub resume_buffer_bytes: usize,
     /// Sessions per `sub` [32]; 0 is an error. Unlimited only with
     /// `features.session_limits = false`.
     pub max_sessions_per_user: Option<usize>,
@@ -481,6 +483,7 @@ impl Default for SessionSettings {
             refresh_notice_ms: 60_000,
             resume_grace_ms: 30_000,
             resume_buffer: 256,
+            resume_buffer_bytes: 1024 * 1024,
             max_sessions_per_user: Some(32),
             limit_policy: LimitPolicy::EvictOldest,
             max_token_lifetime_s: 86_400,

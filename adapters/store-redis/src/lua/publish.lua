@@ -1,10 +1,11 @@
--- ARGV: prefix, channel, body, buffer_cap, to, now, grace, leeway
+-- ARGV: prefix, channel, body, buffer_cap, to, now, grace, leeway, buffer_bytes
 -- body is `"channel":…,"from":…,"data":…` as JSON members, encoded by the caller
 -- (no `from` when the server publishes or sends).
 -- to: 'c' for the sessions joined to the channel (publish), or 'u:<sub>' for every
 -- session of that user alive now, attached or within grace, joined or not
 -- (send_to_user, on the channel user:<sub>).
 local ch, body, cap, to = ARGV[2], ARGV[3], tonumber(ARGV[4]), ARGV[5]
+local cap_bytes = tonumber(ARGV[9])
 local ids, index
 if to == 'c' then
   index = P .. 'c:' .. ch
@@ -27,10 +28,24 @@ for _, id in ipairs(ids) do
     local seq = redis.call('HINCRBY', k, 'seq', 1)
     if cap > 0 then
       local b = P .. 'sb:' .. id
-      if redis.call('RPUSH', b, '{"seq":' .. seq .. ',' .. body .. '}') == 1 then
+      local entry = '{"seq":' .. seq .. ',' .. body .. '}'
+      local len = redis.call('RPUSH', b, entry)
+      -- 'bb': the bytes in the buffer; reset when the buffer starts anew.
+      local bytes
+      if len == 1 then
         redis.call('PEXPIRE', b, redis.call('PTTL', k))
+        bytes = #entry
+        redis.call('HSET', k, 'bb', bytes)
+      else
+        bytes = redis.call('HINCRBY', k, 'bb', #entry)
       end
-      redis.call('LTRIM', b, -cap, -1)
+      -- The oldest go first, past the count or the bytes.
+      while len > cap or (cap_bytes > 0 and bytes > cap_bytes) do
+        local oldest = redis.call('LPOP', b)
+        if not oldest then break end
+        len = len - 1
+        bytes = redis.call('HINCRBY', k, 'bb', -#oldest)
+      end
     end
     if f[1] == '1' then
       local t = targets[f[3]]
