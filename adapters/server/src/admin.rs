@@ -97,8 +97,17 @@ fn unauthorized() -> Response {
 }
 
 async fn readyz<S: Store>(State(shared): State<Arc<Shared<S>>>) -> Response {
-    if !shared.check_store().await {
-        (StatusCode::SERVICE_UNAVAILABLE, "store unreachable\n").into_response()
+    if *shared.shutdown.borrow() {
+        // Draining: the load balancer should stop sending new connections now.
+        (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response()
+    } else if !shared.check_store().await {
+        let lag_ms = shared.store.notice_stream().lag_ms;
+        let body = if lag_ms > shared.config.store.max_notice_lag_ms {
+            "notice stream unread for longer than store.max_notice_lag_ms\n"
+        } else {
+            "store unreachable\n"
+        };
+        (StatusCode::SERVICE_UNAVAILABLE, body).into_response()
     } else if !crate::verify::TokenVerifier::ready(&shared.verifier) {
         (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -111,6 +120,9 @@ async fn readyz<S: Store>(State(shared): State<Arc<Shared<S>>>) -> Response {
 }
 
 async fn metrics<S: Store>(State(shared): State<Arc<Shared<S>>>) -> Response {
+    shared
+        .metrics
+        .set_notice_stream(shared.store.notice_stream());
     let body = shared.metrics.render(shared.hub.live_sessions());
     (
         [(

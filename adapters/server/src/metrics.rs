@@ -42,6 +42,14 @@ struct OutcomeLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: &'static str,
+}
+
+/// The reasons of `wsauth_store_notices_lost_total`.
+pub const NOTICE_LOSS_REASONS: [&str; 3] = ["trimmed", "stream_gone", "lag"];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct KindLabel {
     kind: &'static str,
 }
@@ -287,6 +295,8 @@ pub struct Metrics {
     connections_open: Gauge,
     sessions_live: Gauge,
     store_up: Gauge,
+    notices_lost: Family<ReasonLabel, Counter>,
+    notice_lag: Gauge<f64, std::sync::atomic::AtomicU64>,
     upgrades_refused: Family<CodeLabel, Counter>,
     auth: Family<AuthLabels, Counter>,
     refresh: Family<OutcomeLabels, Counter>,
@@ -351,6 +361,8 @@ impl Metrics {
             connections_open: Gauge::default(),
             sessions_live: Gauge::default(),
             store_up: Gauge::default(),
+            notices_lost: Family::default(),
+            notice_lag: Gauge::default(),
             upgrades_refused: Family::default(),
             auth: Family::default(),
             refresh: Family::default(),
@@ -394,6 +406,8 @@ impl Metrics {
             "wsauth_connections_open" => m.connections_open, "Sockets open on this node (upgraded or not)";
             "wsauth_sessions_live" => m.sessions_live, "Sessions with a live connection on this node";
             "wsauth_store_up" => m.store_up, "1 when the store answered the last check, else 0";
+            "wsauth_store_notices_lost" => m.notices_lost, "Times this node closed every connection (1011, resumable) because notices for it may have been lost, by reason (trimmed: trimmed from its stream before it read them; stream_gone: its stream lost across a reconnect; lag: unread for longer than store.max_notice_lag_ms)";
+            "wsauth_store_notice_lag_seconds" => m.notice_lag, "How long since this node last read its notice stream up to date (Redis store; 0 for the in-memory one)";
             "wsauth_upgrades_refused" => m.upgrades_refused, "Upgrade requests refused with an HTTP status, by error code";
             "wsauth_auth" => m.auth, "Authentications (auth message, header or query token) by method, outcome and error code";
             "wsauth_refresh" => m.refresh, "Token refreshes by outcome and error code";
@@ -433,6 +447,9 @@ impl Metrics {
     /// Creates every labelled series whose labels are known in advance, at zero, so
     /// that a query sees 0 rather than no data before the first event.
     fn create_known_series(&self) {
+        for reason in NOTICE_LOSS_REASONS {
+            let _ = self.notices_lost.get_or_create(&ReasonLabel { reason });
+        }
         let codes = ErrorCode::ALL.iter().map(|c| c.as_str());
         for code in codes.clone() {
             let _ = self.upgrades_refused.get_or_create(&CodeLabel { code });
@@ -569,6 +586,20 @@ impl Metrics {
         self.api_requests
             .get_or_create(&ApiLabels { route, status })
             .inc();
+    }
+
+    /// What the store reports of this node's notice stream (read before each
+    /// exposition).
+    pub fn set_notice_stream(&self, stats: wsauth_store::NoticeStreamStats) {
+        let counts = [stats.lost_trimmed, stats.lost_gone, stats.lost_lag];
+        for (reason, count) in NOTICE_LOSS_REASONS.into_iter().zip(counts) {
+            let counter = self.notices_lost.get_or_create(&ReasonLabel { reason });
+            let seen = counter.get();
+            if count > seen {
+                counter.inc_by(count - seen);
+            }
+        }
+        self.notice_lag.set(stats.lag_ms as f64 / 1000.0);
     }
 
     /// Whether the store answered its last check.

@@ -295,7 +295,7 @@ impl<S: Store> Shared<S> {
             connection_slots: Arc::new(Semaphore::new(limits.max_connections)),
             shutdown,
             ws_config,
-            store_timeout: Duration::from_secs(5),
+            store_timeout: Duration::from_millis(config.store.call_timeout_ms),
             config,
             tls: Default::default(),
         })
@@ -339,8 +339,9 @@ pub async fn with_configured_store<T: OnStore>(
             let url = config.store.url.clone().ok_or_else(|| {
                 StartError::Store("store.url is required when store.kind is redis".into())
             })?;
-            let redis_config =
+            let mut redis_config =
                 RedisConfig::new(url, &config.store.key_prefix, config.effective_node_id());
+            redis_config.max_notice_lag = Duration::from_millis(config.store.max_notice_lag_ms);
             let store = RedisStore::connect(
                 redis_config,
                 store_settings(&config),

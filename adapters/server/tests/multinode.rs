@@ -1058,3 +1058,356 @@ async fn api_publish_reaches_a_channel_joined_on_three_nodes() {
         }
     }
 }
+
+// ------------------------------------------------- notice stream faults (issue 15)
+
+/// A TCP proxy in front of Redis that the test can pause (bytes are held, in both
+/// directions, until it resumes) or cut (every connection closed, new ones refused).
+struct RedisProxy {
+    addr: SocketAddr,
+    state: tokio::sync::watch::Sender<ProxyState>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum ProxyState {
+    Open,
+    Paused,
+    Cut,
+}
+
+impl RedisProxy {
+    async fn start(redis_port: u16) -> RedisProxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("proxy bind");
+        let addr = listener.local_addr().expect("proxy addr");
+        let (state, watch) = tokio::sync::watch::channel(ProxyState::Open);
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((client, _)) = listener.accept().await else {
+                    continue;
+                };
+                if *watch.borrow() == ProxyState::Cut {
+                    drop(client);
+                    continue;
+                }
+                let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", redis_port)).await
+                else {
+                    continue;
+                };
+                let (cr, cw) = client.into_split();
+                let (sr, sw) = server.into_split();
+                tokio::spawn(pipe(cr, sw, watch.clone()));
+                tokio::spawn(pipe(sr, cw, watch.clone()));
+            }
+        });
+        RedisProxy { addr, state, task }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://{}/", self.addr)
+    }
+
+    fn set(&self, state: ProxyState) {
+        self.state.send_replace(state);
+    }
+}
+
+impl Drop for RedisProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Copies `from` to `to` while the proxy is open; holds the bytes while it is
+/// paused; ends (closing both halves) when it is cut.
+async fn pipe(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mut state: tokio::sync::watch::Receiver<ProxyState>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        // Nothing is read while paused: the sender's bytes wait in the kernel.
+        if unpaused(&mut state).await != ProxyState::Open {
+            return;
+        }
+        let n = tokio::select! {
+            read = from.read(&mut buf) => match read {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            },
+            _ = state.wait_for(|s| *s == ProxyState::Cut) => return,
+        };
+        // Read just before a pause: held until the proxy resumes.
+        if unpaused(&mut state).await != ProxyState::Open {
+            return;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Waits until the proxy is not paused: open, or cut (also when it is gone).
+async fn unpaused(state: &mut tokio::sync::watch::Receiver<ProxyState>) -> ProxyState {
+    match state.wait_for(|s| *s != ProxyState::Paused).await {
+        Ok(s) => *s,
+        Err(_) => ProxyState::Cut,
+    }
+}
+
+/// `redis-cli -p <port> <args>`: its output.
+fn redis_cli(port: u16, args: &[&str]) -> String {
+    let out = Command::new("redis-cli")
+        .arg("-p")
+        .arg(port.to_string())
+        .args(args)
+        .output()
+        .expect("redis-cli runs");
+    assert!(out.status.success(), "redis-cli {args:?}: {out:?}");
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// The key of node `name`'s notice stream.
+fn stream_of(redis: &RedisServer, name: &str) -> String {
+    let keys = redis_cli(
+        redis.port(),
+        &["--scan", "--pattern", &format!("multinode:in:{name}:*")],
+    );
+    let keys: Vec<&str> = keys.lines().collect();
+    assert_eq!(keys.len(), 1, "one stream for node {name}: {keys:?}");
+    keys[0].to_owned()
+}
+
+/// Appends `n` entries that no node acts on to `stream`, trimmed as the scripts
+/// trim (`prelude.lua`'s `tell`), in one script.
+fn flood(redis: &RedisServer, stream: &str, n: u64) {
+    let script = "for i = 1, tonumber(ARGV[1]) do \
+                  redis.call('XADD', KEYS[1], 'MAXLEN', '~', '100000', '*', 'm', '{\"kind\":\"filler\"}') \
+                  end return 1";
+    redis_cli(redis.port(), &["EVAL", script, "1", stream, &n.to_string()]);
+}
+
+/// The value of the sample `series` (name with labels) in `node`'s `/metrics`.
+async fn metric(node: &Node, series: &str) -> Option<f64> {
+    let (status, body) = http(node.admin, "GET", "/metrics", None, None).await;
+    assert_eq!(status, 200);
+    body.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+}
+
+fn logged(node: &Node, needle: &str) -> bool {
+    node.logs
+        .lock()
+        .expect("logs")
+        .iter()
+        .any(|l| l.contains(needle))
+}
+
+/// Issue 15, finding 1: node a, still connected but behind, had the revocation
+/// trimmed from its stream before reading it. It must notice on its next read and
+/// close its connections 1011 (resumable); the revoked session does not resume.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_behind_its_trimmed_stream_closes_its_sockets_and_the_revoked_one_stays_out() {
+    if !available("trimmed_stream") {
+        return;
+    }
+    let redis = RedisServer::start();
+    let proxy = RedisProxy::start(redis.port()).await;
+    let a = Node::start("a", &proxy.url(), &[]);
+    let b = Node::start("b", &redis.url(), &[]);
+    let t = token("trim-victim", json!({"channels": ["*"], "jti": "trim-jti"}));
+    let (mut victim, o) = auth(a.ws, &t).await;
+    let session = o.ok();
+    join(&mut victim, "before").await;
+    let (mut bystander, _) = authed(a.ws, "trim-bystander").await;
+    let stream = stream_of(&redis, "a");
+
+    // Node a stops reading (the proxy holds its bytes). One entry first, so that
+    // the read a had waiting in Redis is answered before the revocation.
+    proxy.set(ProxyState::Paused);
+    flood(&redis, &stream, 1);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let (status, body) = http(
+        b.admin,
+        "POST",
+        "/admin/revoke",
+        Some(ADMIN_KEY),
+        Some(json!({"jti": "trim-jti"})),
+    )
+    .await;
+    assert_eq!((status, body.trim()), (200, r#"{"revoked":1}"#));
+    let flooded = Instant::now();
+    flood(&redis, &stream, 110_000);
+    println!("110000 entries appended in {:?}", flooded.elapsed());
+    proxy.set(ProxyState::Open);
+    let resumed_reading = Instant::now();
+
+    // Both sockets on a close 1011, resumable: a cannot tell what it missed.
+    for (who, c) in [("victim", &mut victim), ("bystander", &mut bystander)] {
+        let watch = tokio::time::timeout(Duration::from_secs(4), c.until_closed()).await;
+        let Ok((seen, ended)) = watch else {
+            panic!(
+                "{who}: the socket on a is still open 4 s after a read on past the trimmed revocation"
+            );
+        };
+        println!(
+            "{who}: closed {:?} after a read again: {ended:?}",
+            resumed_reading.elapsed()
+        );
+        let codes: Vec<_> = seen
+            .iter()
+            .filter(|m| m["type"] == "error")
+            .map(|m| m["code"].clone())
+            .collect();
+        assert!(
+            ended == Ended::Close(1011) || ended == Ended::Close(4403),
+            "{who}: {ended:?} after {seen:?}"
+        );
+        assert!(
+            !codes.is_empty(),
+            "{who}: no error before the close: {seen:?}"
+        );
+    }
+    // The revoked session does not come back; the other one does.
+    let (_, o) = resume(a.ws, &session, 0).await;
+    assert!(
+        matches!(o, Outcome::Fatal(..)),
+        "the revoked session resumed: {o:?}"
+    );
+    assert!(
+        logged(&a, "trimmed"),
+        "no log line on a says notices were trimmed:\n{}",
+        a.log_tail(20)
+    );
+    assert_eq!(
+        metric(&a, "wsauth_store_notices_lost_total{reason=\"trimmed\"}").await,
+        Some(1.0)
+    );
+}
+
+/// Issue 15, finding 2: node a loses Redis (the proxy cuts it off) and cannot read
+/// its notices. After `store.max_notice_lag_ms` its sockets close 1011 (resumable)
+/// and it reports not ready; the log and the metrics say why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_cut_off_from_redis_closes_its_sockets_after_the_notice_lag_bound() {
+    if !available("notice_lag_bound") {
+        return;
+    }
+    let redis = RedisServer::start();
+    let proxy = RedisProxy::start(redis.port()).await;
+    let a = Node::start(
+        "a",
+        &proxy.url(),
+        &[("WSAUTH_STORE__MAX_NOTICE_LAG_MS", "1500")],
+    );
+    let (mut live, _) = authed(a.ws, "cut-live").await;
+    join(&mut live, "cut").await;
+    proxy.set(ProxyState::Cut);
+    let cut = Instant::now();
+    let watch = tokio::time::timeout(Duration::from_secs(5), live.until_closed()).await;
+    let Ok((seen, ended)) = watch else {
+        panic!("the socket on a is still open 5 s after a lost Redis (bound: 1.5 s)");
+    };
+    let took = cut.elapsed();
+    println!("cut off: the live socket closed after {took:?}: {ended:?} {seen:?}");
+    assert_eq!(ended, Ended::Close(1011), "{seen:?}");
+    // The bound counts from the last read, at most a quarter of it before the cut.
+    assert!(
+        took >= Duration::from_millis(1000),
+        "closed well before the bound: {took:?}"
+    );
+    assert_eq!(readyz(&a).await, 503);
+    assert!(
+        logged(&a, "store.max_notice_lag_ms"),
+        "no log line on a names the bound:\n{}",
+        a.log_tail(20)
+    );
+    assert_eq!(
+        metric(&a, "wsauth_store_notices_lost_total{reason=\"lag\"}").await,
+        Some(1.0)
+    );
+}
+
+/// Issue 15, finding 8: with Redis down (stopped: connections refused; or
+/// unreachable: nothing answers), a new auth and a resume are refused (INTERNAL,
+/// 1011) within about a second, not after the 5 s store timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn with_redis_down_auth_and_resume_fail_closed_within_about_a_second() {
+    if !available("fail_fast") {
+        return;
+    }
+    let mut redis = RedisServer::start();
+    let proxy = RedisProxy::start(redis.port()).await;
+    let a = Node::start("a", &proxy.url(), &[]);
+    let (c, session) = authed(a.ws, "fast-resumer").await;
+    c.drop_connection();
+    wait_detached(&a, "fast-resumer", &session["session_id"]).await;
+    let mut took = Vec::new();
+    for fault in ["unreachable", "stopped"] {
+        if fault == "unreachable" {
+            proxy.set(ProxyState::Paused);
+        } else {
+            proxy.set(ProxyState::Open);
+            redis.stop();
+        }
+        for what in ["auth", "resume"] {
+            let t = Instant::now();
+            let (_, o) = if what == "auth" {
+                auth(a.ws, &tok("fast-newcomer")).await
+            } else {
+                resume(a.ws, &session, 0).await
+            };
+            let elapsed = t.elapsed();
+            println!("{what} with Redis {fault} answered in {elapsed:?}: {o:?}");
+            match o {
+                Outcome::Fatal(code, ended) => {
+                    assert_eq!(code, "INTERNAL", "{what}, Redis {fault}");
+                    assert_eq!(ended, Ended::Close(1011), "{what}, Redis {fault}");
+                }
+                Outcome::Ok(v) => panic!("{what} succeeded with Redis {fault}: {v}"),
+            }
+            took.push((what, fault, elapsed));
+        }
+    }
+    for (what, fault, elapsed) in took {
+        assert!(
+            elapsed < Duration::from_millis(1500),
+            "{what} with Redis {fault} took {elapsed:?} (docs/operations.md: about 1 s)"
+        );
+    }
+}
+
+/// Issue 15, finding 8: on SIGTERM `/readyz` answers 503 while the connections drain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn readyz_answers_503_as_soon_as_draining_starts() {
+    if !available("readyz_draining") {
+        return;
+    }
+    let redis = RedisServer::start();
+    let a = Node::start("a", &redis.url(), &[("WSAUTH_SHUTDOWN_DRAIN_MS", "5000")]);
+    assert_eq!(readyz(&a).await, 200);
+    // A connection that never sends its upgrade keeps the drain going (until
+    // limits.handshake_timeout_ms or the drain time).
+    let _silent = tokio::net::TcpStream::connect(a.ws).await.expect("connect");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let pid = i32::try_from(a.child.id()).expect("pid");
+    // SAFETY: `kill` with a child's pid and a signal number has no memory effects.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let deadline = Instant::now() + Duration::from_millis(500);
+    loop {
+        let ready = readyz(&a).await;
+        if ready == 503 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "/readyz still answers {ready} 500 ms after SIGTERM, while connections drain"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(logged(&a, "graceful shutdown"), "{}", a.log_tail(10));
+}

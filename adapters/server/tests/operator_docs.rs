@@ -333,6 +333,8 @@ fn documented_labels() -> BTreeMap<&'static str, &'static [&'static str]> {
         ("wsauth_connections_open", &[][..]),
         ("wsauth_sessions_live", &[][..]),
         ("wsauth_store_up", &[][..]),
+        ("wsauth_store_notice_lag_seconds", &[][..]),
+        ("wsauth_store_notices_lost", &["reason"][..]),
         ("wsauth_upgrades_refused", &["code"][..]),
         ("wsauth_auth", &["method", "outcome", "code"][..]),
         ("wsauth_refresh", &["outcome", "code"][..]),

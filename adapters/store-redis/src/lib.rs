@@ -12,9 +12,9 @@
 //! scripts ran, which is `seq` order for every session.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncConnectionConfig, Client, RedisError, Script, Value};
@@ -24,8 +24,9 @@ use tokio::sync::oneshot;
 use wsauth_core::jwt::Claims;
 use wsauth_core::{Delivery, Payload, ResumedSession, Revocation, Secret};
 use wsauth_store::{
-    CreateOutcome, LimitPolicy, Notice, Notify, RefreshOutcome, SessionInfo, Store, StoreError,
-    StoreSettings, StoreStats, hash_resume_token, new_resume_token, new_session_id,
+    CreateOutcome, LimitPolicy, Notice, NoticeStreamStats, Notify, RefreshOutcome, SessionInfo,
+    Store, StoreError, StoreSettings, StoreStats, hash_resume_token, new_resume_token,
+    new_session_id,
 };
 
 mod claims;
@@ -45,6 +46,11 @@ pub struct RedisConfig {
     pub node_id: String,
     /// Longest wait for one Redis reply.
     pub response_timeout: Duration,
+    /// Longest time this node may go without having read its notice stream up to
+    /// date (`store.max_notice_lag_ms`). Past it the node's connections are closed
+    /// resumable ([`Notify::notices_lost`]), and until the stream is read again
+    /// [`Store::ping`] fails and no session is created or resumed on this node.
+    pub max_notice_lag: Duration,
 }
 
 impl std::fmt::Debug for RedisConfig {
@@ -58,7 +64,7 @@ impl std::fmt::Debug for RedisConfig {
 }
 
 impl RedisConfig {
-    /// A configuration with a 2 s reply timeout.
+    /// A configuration with a 2 s reply timeout and a 10 s notice lag bound.
     pub fn new(
         url: impl Into<String>,
         key_prefix: impl Into<String>,
@@ -69,6 +75,7 @@ impl RedisConfig {
             key_prefix: key_prefix.into(),
             node_id: node_id.into(),
             response_timeout: Duration::from_secs(2),
+            max_notice_lag: Duration::from_secs(10),
         }
     }
 }
@@ -115,8 +122,10 @@ pub struct RedisStore {
     scripts: Scripts,
     marks: Arc<Marks>,
     next_mark: AtomicU64,
+    stream: Arc<StreamHealth>,
     reader: tokio::task::JoinHandle<()>,
     health: tokio::task::JoinHandle<()>,
+    watchdog: tokio::task::JoinHandle<()>,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -132,6 +141,7 @@ impl Drop for RedisStore {
     fn drop(&mut self) {
         self.reader.abort();
         self.health.abort();
+        self.watchdog.abort();
     }
 }
 
@@ -205,14 +215,17 @@ impl RedisStore {
             .query_async(&mut conn)
             .await
             .map_err(unavailable)?;
+        let stream = Arc::new(StreamHealth::new(config.max_notice_lag));
         let reader = tokio::spawn(read_inbox(
             client,
             stream_key,
             first_id,
-            notify,
+            notify.clone(),
             marks.clone(),
+            stream.clone(),
         ));
         let health = tokio::spawn(keep_link_fresh(conn.clone()));
+        let watchdog = tokio::spawn(watch_notice_lag(stream.clone(), notify));
         Ok(RedisStore {
             settings,
             prefix: config.key_prefix,
@@ -222,8 +235,10 @@ impl RedisStore {
             scripts: Scripts::new(),
             marks,
             next_mark: AtomicU64::new(1),
+            stream,
             reader,
             health,
+            watchdog,
         })
     }
 
@@ -436,7 +451,10 @@ fn dispatch(text: &str, notify: &dyn Notify, marks: &Marks) {
     }
 }
 
-type StreamReply = Option<Vec<(String, Vec<(String, Vec<(String, String)>)>)>>;
+/// Entries as `XRANGE` answers them: id, then field-value pairs.
+type Entries = Vec<(String, Vec<(String, String)>)>;
+
+type StreamReply = Option<Vec<(String, Entries)>>;
 
 /// How long a node's stream lives after its last write; a node refreshes it while it
 /// runs, so only a dead node's stream goes.
@@ -449,7 +467,7 @@ async fn still_there(
     key: &str,
     id: &str,
 ) -> Result<bool, RedisError> {
-    let entries: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
+    let entries: Entries = redis::cmd("XRANGE")
         .arg(key)
         .arg(id)
         .arg(id)
@@ -458,21 +476,146 @@ async fn still_there(
     Ok(!entries.is_empty())
 }
 
+/// What the reader knows of this node's notice stream, shared with the watchdog
+/// ([`watch_notice_lag`]) and with the store's calls.
+struct StreamHealth {
+    /// `store.max_notice_lag_ms`.
+    bound: Duration,
+    started: Instant,
+    /// When (ms after `started`) the stream was last read up to date.
+    read_at_ms: AtomicU64,
+    /// The bound was passed and the stream has not been read up to date since.
+    stale: AtomicBool,
+    /// Notices lost, by why: trimmed before they were read, the stream gone on a
+    /// reconnect, the bound passed.
+    lost_trimmed: AtomicU64,
+    lost_gone: AtomicU64,
+    lost_lag: AtomicU64,
+}
+
+impl StreamHealth {
+    fn new(bound: Duration) -> Self {
+        StreamHealth {
+            bound,
+            started: Instant::now(),
+            read_at_ms: AtomicU64::new(0),
+            stale: AtomicBool::new(false),
+            lost_trimmed: AtomicU64::new(0),
+            lost_gone: AtomicU64::new(0),
+            lost_lag: AtomicU64::new(0),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// How long since the stream was last read up to date.
+    fn lag(&self) -> Duration {
+        Duration::from_millis(
+            self.now_ms()
+                .saturating_sub(self.read_at_ms.load(Ordering::Acquire)),
+        )
+    }
+
+    /// The reader has every entry the stream held when its read was answered.
+    fn read_up_to_date(&self) {
+        self.read_at_ms.store(self.now_ms(), Ordering::Release);
+        if self.stale.swap(false, Ordering::AcqRel) {
+            tracing::info!("store: this node reads its notice stream again");
+        }
+    }
+
+    /// Fails while the stream is not read within the bound: a session attached
+    /// now might miss its revocation.
+    fn check(&self) -> Result<(), StoreError> {
+        let lag = self.lag();
+        if lag > self.bound {
+            return Err(StoreError::Unavailable(format!(
+                "redis: this node has not read its notice stream for {} ms \
+                 (store.max_notice_lag_ms = {})",
+                lag.as_millis(),
+                self.bound.as_millis()
+            )));
+        }
+        Ok(())
+    }
+
+    fn stats(&self) -> NoticeStreamStats {
+        NoticeStreamStats {
+            lost_trimmed: self.lost_trimmed.load(Ordering::Relaxed),
+            lost_gone: self.lost_gone.load(Ordering::Relaxed),
+            lost_lag: self.lost_lag.load(Ordering::Relaxed),
+            lag_ms: u64::try_from(self.lag().as_millis()).unwrap_or(u64::MAX),
+        }
+    }
+}
+
+/// Closes the node's connections (resumable) once its notice stream has gone
+/// unread for longer than the bound, and again every bound for as long as it
+/// stays unread (a session that slipped in meanwhile is closed too).
+async fn watch_notice_lag(stream: Arc<StreamHealth>, notify: Arc<dyn Notify>) {
+    let tick = (stream.bound / 4).clamp(Duration::from_millis(10), Duration::from_millis(250));
+    let mut last_close: Option<Instant> = None;
+    loop {
+        tokio::time::sleep(tick).await;
+        let lag = stream.lag();
+        if lag <= stream.bound {
+            last_close = None;
+            continue;
+        }
+        if !stream.stale.swap(true, Ordering::AcqRel) {
+            stream.lost_lag.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(
+                lag_ms = u64::try_from(lag.as_millis()).unwrap_or(u64::MAX),
+                bound_ms = u64::try_from(stream.bound.as_millis()).unwrap_or(u64::MAX),
+                "store: this node has not read its notice stream for longer than \
+                 store.max_notice_lag_ms: closing every connection (resumable); \
+                 not ready until it reads the stream again"
+            );
+        } else if last_close.is_some_and(|at| at.elapsed() < stream.bound) {
+            continue;
+        }
+        last_close = Some(Instant::now());
+        notify.notices_lost();
+    }
+}
+
+/// Compares two stream entry ids (`<ms>-<seq>`): whether `a` is newer than `b`.
+fn newer(a: &str, b: &str) -> bool {
+    let parse = |id: &str| {
+        let (ms, seq) = id.split_once('-').unwrap_or((id, "0"));
+        (
+            ms.parse::<u64>().unwrap_or(0),
+            seq.parse::<u64>().unwrap_or(0),
+        )
+    };
+    parse(a) > parse(b)
+}
+
 /// Reads this node's stream for as long as the store lives, reconnecting with
 /// backoff. After a reconnect it reads on from the last entry it handled; if that
 /// entry is gone (trimmed, or Redis lost its data) notices may have been missed,
 /// and every connection is closed resumable ([`Notify::notices_lost`]).
+///
+/// Every read also asks for the stream's oldest entry: newer than the last entry
+/// read means entries were trimmed before this node read them (a node that fell
+/// more than the stream's length behind), and every connection is closed
+/// resumable as well.
 async fn read_inbox(
     client: Client,
     key: String,
     mut last_id: String,
     notify: Arc<dyn Notify>,
     marks: Arc<Marks>,
+    stream: Arc<StreamHealth>,
 ) {
-    const BLOCK_MS: u64 = 1000;
+    const COUNT: usize = 1024;
+    // Well within the bound, so that an idle stream read up to date never looks late.
+    let block = (stream.bound / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
     let config = AsyncConnectionConfig::new()
         .set_connection_timeout(Some(Duration::from_secs(1)))
-        .set_response_timeout(Some(Duration::from_millis(BLOCK_MS + 2000)));
+        .set_response_timeout(Some(block + Duration::from_secs(2)));
     let mut backoff = Duration::from_millis(50);
     let mut reconnecting = false;
     loop {
@@ -491,7 +634,14 @@ async fn read_inbox(
         if reconnecting {
             match still_there(&mut conn, &key, &last_id).await {
                 Ok(true) => tracing::info!("store: notice stream back; nothing was missed"),
-                Ok(false) => notify.notices_lost(),
+                Ok(false) => {
+                    stream.lost_gone.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(
+                        "store: the last notice this node read is gone from its stream \
+                         (trimmed, or Redis lost its data): closing every connection (resumable)"
+                    );
+                    notify.notices_lost();
+                }
                 Err(_) => {
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(2));
@@ -500,7 +650,7 @@ async fn read_inbox(
             }
         }
         reconnecting = true;
-        let mut refreshed = std::time::Instant::now();
+        let mut refreshed = Instant::now();
         loop {
             if refreshed.elapsed() > Duration::from_secs(60) {
                 let _: Result<i64, RedisError> = redis::cmd("PEXPIRE")
@@ -508,28 +658,53 @@ async fn read_inbox(
                     .arg(INBOX_TTL_MS)
                     .query_async(&mut conn)
                     .await;
-                refreshed = std::time::Instant::now();
+                refreshed = Instant::now();
             }
-            let reply: Result<StreamReply, RedisError> = redis::cmd("XREAD")
+            // One round trip: Redis runs the XRANGE right after the XREAD answers.
+            let reply: Result<(StreamReply, Entries), RedisError> = redis::pipe()
+                .cmd("XREAD")
                 .arg("COUNT")
-                .arg(1024)
+                .arg(COUNT)
                 .arg("BLOCK")
-                .arg(BLOCK_MS)
+                .arg(u64::try_from(block.as_millis()).unwrap_or(1000))
                 .arg("STREAMS")
                 .arg(&key)
                 .arg(&last_id)
+                .cmd("XRANGE")
+                .arg(&key)
+                .arg("-")
+                .arg("+")
+                .arg("COUNT")
+                .arg(1)
                 .query_async(&mut conn)
                 .await;
             match reply {
-                Ok(streams) => {
+                Ok((streams, oldest)) => {
                     backoff = Duration::from_millis(50);
+                    if let Some((oldest, _)) = oldest.first()
+                        && newer(oldest, &last_id)
+                    {
+                        stream.lost_trimmed.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(
+                            last_read = %last_id,
+                            oldest_kept = %oldest,
+                            "store: notices for this node were trimmed from its stream \
+                             before it read them: closing every connection (resumable)"
+                        );
+                        notify.notices_lost();
+                    }
+                    let mut read = 0;
                     for (_, entries) in streams.unwrap_or_default() {
+                        read += entries.len();
                         for (id, fields) in entries {
                             for (_, text) in fields.iter().filter(|(f, _)| f == "m") {
                                 dispatch(text, notify.as_ref(), &marks);
                             }
                             last_id = id;
                         }
+                    }
+                    if read < COUNT {
+                        stream.read_up_to_date();
                     }
                 }
                 Err(e) => {
@@ -609,6 +784,7 @@ impl Store for RedisStore {
         claims: Arc<Claims>,
         now_ms: u64,
     ) -> Result<CreateOutcome, StoreError> {
+        self.stream.check()?;
         let (jti, iat, exp) = claim_args(&claims);
         let session_id = new_session_id();
         let resume_token = new_resume_token();
@@ -669,6 +845,7 @@ impl Store for RedisStore {
         if !plausible_session_id(session_id) {
             return Ok(None);
         }
+        self.stream.check()?;
         let new_token = new_resume_token();
         let s = &self.settings;
         let reply: Value = self
@@ -859,7 +1036,12 @@ impl Store for RedisStore {
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        ping(&self.conn).await.map_err(unavailable)
+        ping(&self.conn).await.map_err(unavailable)?;
+        self.stream.check()
+    }
+
+    fn notice_stream(&self) -> NoticeStreamStats {
+        self.stream.stats()
     }
 
     async fn purge_expired(&self, now_ms: u64) -> Result<(), StoreError> {

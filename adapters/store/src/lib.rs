@@ -153,6 +153,23 @@ pub struct StoreStats {
     pub buffered: usize,
 }
 
+/// How a shared store's notices reach this node, for metrics. A store that
+/// notifies directly (the in-memory one) reports zeros.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NoticeStreamStats {
+    /// Times notices were trimmed from the node's stream before the node read
+    /// them (found on a read).
+    pub lost_trimmed: u64,
+    /// Times the last notice read was gone from the stream on a reconnect
+    /// (trimmed while away, or the store lost its data).
+    pub lost_gone: u64,
+    /// Times the stream went unread for longer than the bound
+    /// (`store.max_notice_lag_ms`).
+    pub lost_lag: u64,
+    /// How long since the stream was last read up to date, in ms.
+    pub lag_ms: u64,
+}
+
 /// Why a store call failed.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum StoreError {
@@ -334,5 +351,11 @@ pub trait Store: Send + Sync + 'static {
     /// in-memory one) has nothing to wait for.
     fn settle(&self) -> impl Future<Output = Result<(), StoreError>> + Send {
         std::future::ready(Ok(()))
+    }
+
+    /// How this node's notices have fared, for metrics ([`Notify::notices_lost`]
+    /// by why, and the current lag). Zeros for a store without a notice stream.
+    fn notice_stream(&self) -> NoticeStreamStats {
+        NoticeStreamStats::default()
     }
 }

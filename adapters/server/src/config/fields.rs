@@ -70,6 +70,8 @@ pub const FIELDS: &[(&str, &str, &str)] = &[
     ("store.kind", "WSAUTH_STORE__KIND", "memory"),
     ("store.url", "WSAUTH_STORE__URL", "unset"),
     ("store.key_prefix", "WSAUTH_STORE__KEY_PREFIX", "wsauth:"),
+    ("store.call_timeout_ms", "WSAUTH_STORE__CALL_TIMEOUT_MS", "1000"),
+    ("store.max_notice_lag_ms", "WSAUTH_STORE__MAX_NOTICE_LAG_MS", "10000"),
     ("log.format", "WSAUTH_LOG__FORMAT", "text"),
     ("log.level", "WSAUTH_LOG__LEVEL", "info"),
     ("features.session_limits", "WSAUTH_FEATURES__SESSION_LIMITS", "true"),

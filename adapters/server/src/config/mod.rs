@@ -667,6 +667,14 @@ pub struct StoreConfig {
     pub url: Option<String>,
     /// Prefix of every key the server writes ["wsauth:"].
     pub key_prefix: String,
+    /// Longest wait on one store call, in ms [1000]. A call that takes longer
+    /// fails closed (`INTERNAL`): with the store down, an auth or a resume is
+    /// answered within about this long.
+    pub call_timeout_ms: u64,
+    /// Longest time a node may go without reading its notice stream (Redis), in
+    /// ms [10000]. Past it the node closes its connections 1011 (resumable) and
+    /// reports not ready until it reads the stream again.
+    pub max_notice_lag_ms: u64,
 }
 
 impl Default for StoreConfig {
@@ -675,6 +683,8 @@ impl Default for StoreConfig {
             kind: StoreKind::Memory,
             url: None,
             key_prefix: "wsauth:".to_owned(),
+            call_timeout_ms: 1_000,
+            max_notice_lag_ms: 10_000,
         }
     }
 }
@@ -685,6 +695,8 @@ impl fmt::Debug for StoreConfig {
             .field("kind", &self.kind)
             .field("url", &self.url.as_deref().map(redact_url))
             .field("key_prefix", &self.key_prefix)
+            .field("call_timeout_ms", &self.call_timeout_ms)
+            .field("max_notice_lag_ms", &self.max_notice_lag_ms)
             .finish()
     }
 }

@@ -356,6 +356,8 @@ impl Config {
     }
 
     fn check_store(&self, v: &mut Errors) {
+        v.positive("store.call_timeout_ms", self.store.call_timeout_ms);
+        v.positive("store.max_notice_lag_ms", self.store.max_notice_lag_ms);
         match (&self.store.kind, &self.store.url) {
             (StoreKind::Redis, None) => v.push("store.url", "is required when store.kind is redis"),
             (StoreKind::Redis, Some(url)) => {
