@@ -243,6 +243,7 @@ pub fn store_settings(config: &Config) -> StoreSettings {
         resume_grace_ms: timings.resume_grace_ms,
         resume_buffer: s.resume_buffer,
         resume_buffer_bytes: s.resume_buffer_bytes,
+        replay_budget_bytes: s.replay_budget_bytes,
         max_sessions_per_user: s
             .max_sessions_per_user
             .filter(|_| config.features.session_limits),

@@ -1011,6 +1011,7 @@ fn rule_settings(edge: Edge) -> StoreSettings {
         resume_grace_ms: RULE_GRACE_MS,
         resume_buffer: RULE_BUFFER as usize,
         resume_buffer_bytes: 0,
+        replay_budget_bytes: 0,
         max_sessions_per_user: Some(RULE_MAX_SESSIONS),
         limit_policy: match edge {
             Edge::Limit { policy, .. } => policy,

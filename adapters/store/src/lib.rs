@@ -40,6 +40,10 @@ pub struct StoreSettings {
     /// Bytes of messages kept per session for replay [1 MiB]; the oldest go
     /// first, and a resume that needs them reports a `gap`. 0: no byte bound.
     pub resume_buffer_bytes: usize,
+    /// Bytes in all the replay buffers of an in-memory store past which new
+    /// sessions are refused (`INTERNAL`) [0: no bound]. Redis bounds its own
+    /// memory (`maxmemory`).
+    pub replay_budget_bytes: usize,
     /// Sessions per `sub`, detached ones within grace included [unlimited].
     pub max_sessions_per_user: Option<usize>,
     /// What the limit does.
@@ -56,6 +60,7 @@ impl Default for StoreSettings {
             resume_grace_ms: 30_000,
             resume_buffer: 256,
             resume_buffer_bytes: 1024 * 1024,
+            replay_budget_bytes: 0,
             max_sessions_per_user: None,
             limit_policy: LimitPolicy::EvictOldest,
             max_token_lifetime_ms: 24 * 3600 * 1000,

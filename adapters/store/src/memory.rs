@@ -113,6 +113,8 @@ struct State {
     next_epoch: u64,
     next_order: u64,
     ids: Ids,
+    /// The bytes in every session's replay buffer.
+    buffered_bytes: usize,
 }
 
 type Notices = Vec<(String, u64, Notice)>;
@@ -174,6 +176,7 @@ impl State {
         let Some(s) = self.sessions.remove(session_id) else {
             return false;
         };
+        self.buffered_bytes -= s.buffer_bytes;
         if let Some(set) = self.by_user.get_mut(&s.claims.sub) {
             set.remove(&(s.created_order, session_id.to_owned()));
             if set.is_empty() {
@@ -413,6 +416,7 @@ impl MemoryStore {
             let cap = self.settings.resume_buffer;
             let cap_bytes = self.settings.resume_buffer_bytes;
             let mut n = 0;
+            let (mut added, mut dropped) = (0, 0);
             // Shared by every copy of the delivery: a fan-out copies no names.
             let channel_name: Arc<str> = channel.into();
             let publisher: Option<Arc<str>> = from.map(Arc::from);
@@ -429,6 +433,7 @@ impl MemoryStore {
                     data: data.clone(),
                 };
                 if cap > 0 {
+                    added += delivery.data.get().len();
                     s.buffer_bytes += delivery.data.get().len();
                     s.buffer.push_back(delivery.clone());
                     while s.buffer.len() > cap || (cap_bytes > 0 && s.buffer_bytes > cap_bytes) {
@@ -436,12 +441,14 @@ impl MemoryStore {
                             break;
                         };
                         s.buffer_bytes -= oldest.data.get().len();
+                        dropped += oldest.data.get().len();
                     }
                 }
                 if s.attached() {
                     notices.push((id, s.epoch, Notice::Deliver(delivery)));
                 }
             }
+            st.buffered_bytes = st.buffered_bytes + added - dropped;
             n
         };
         self.send(notices);
@@ -513,6 +520,13 @@ impl Store for MemoryStore {
         claims: Arc<Claims>,
         now_ms: u64,
     ) -> Result<CreateOutcome, StoreError> {
+        let budget = self.settings.replay_budget_bytes;
+        if budget > 0 && lock(&self.state).buffered_bytes > budget {
+            // Refused before the process is at risk; the client retries later.
+            return Err(StoreError::Unavailable(
+                "the replay buffers are over session.replay_budget_bytes".to_owned(),
+            ));
+        }
         Ok(self.create(claims, now_ms))
     }
 

@@ -48,6 +48,7 @@ pub const FIELDS: &[(&str, &str, &str)] = &[
     ("session.resume_grace_ms", "WSAUTH_SESSION__RESUME_GRACE_MS", "30000"),
     ("session.resume_buffer", "WSAUTH_SESSION__RESUME_BUFFER", "256"),
     ("session.resume_buffer_bytes", "WSAUTH_SESSION__RESUME_BUFFER_BYTES", "1048576"),
+    ("session.replay_budget_bytes", "WSAUTH_SESSION__REPLAY_BUDGET_BYTES", "1073741824"),
     ("session.max_sessions_per_user", "WSAUTH_SESSION__MAX_SESSIONS_PER_USER", "32"),
     ("session.limit_policy", "WSAUTH_SESSION__LIMIT_POLICY", "evict_oldest"),
     ("session.max_token_lifetime_s", "WSAUTH_SESSION__MAX_TOKEN_LIFETIME_S", "86400"),

@@ -460,6 +460,9 @@ pub struct SessionSettings {
     pub resume_buffer: usize,
     /// Bytes of messages kept per session for replay [1048576]; 0: no byte bound.
     pub resume_buffer_bytes: usize,
+    /// With the in-memory store, bytes in all replay buffers past which new
+    /// sessions are refused with `INTERNAL` [1073741824]; 0: no bound.
+    pub replay_budget_bytes: usize,
     /// Sessions per `sub` [32]; 0 is an error. Unlimited only with
     /// `features.session_limits = false`.
     pub max_sessions_per_user: Option<usize>,
@@ -484,6 +487,7 @@ impl Default for SessionSettings {
             resume_grace_ms: 30_000,
             resume_buffer: 256,
             resume_buffer_bytes: 1024 * 1024,
+            replay_budget_bytes: 1024 * 1024 * 1024,
             max_sessions_per_user: Some(32),
             limit_policy: LimitPolicy::EvictOldest,
             max_token_lifetime_s: 86_400,
