@@ -148,13 +148,16 @@ pub fn configured_keys(
     config: &Config,
     dev_secret: Option<&[u8]>,
 ) -> Result<(KeySet, VerifierConfig), StartError> {
-    jwt_keys(&config.jwt, dev_secret)
+    jwt_keys(&config.jwt, config.session.max_token_lifetime_s, dev_secret)
 }
 
 /// [`configured_keys`] of a `[jwt]`-shaped section (also an entry of
-/// `[[jwt.issuers]]`, as [`crate::verify`] presents it).
+/// `[[jwt.issuers]]`, as [`crate::verify`] presents it). Tokens living longer
+/// than `max_token_lifetime_s` (`session.max_token_lifetime_s`, how long a
+/// revocation lasts) are refused, so that none outlives its revocation.
 pub fn jwt_keys(
     jwt: &crate::config::JwtConfig,
+    max_token_lifetime_s: u64,
     dev_secret: Option<&[u8]>,
 ) -> Result<(KeySet, VerifierConfig), StartError> {
     let mut keys = KeySet::new();
@@ -209,6 +212,8 @@ pub fn jwt_keys(
         leeway_s: jwt.leeway_s,
         max_token_bytes: jwt.max_token_bytes,
         algorithms,
+        max_lifetime_s: Some(max_token_lifetime_s),
+        required_typ: jwt.required_typ.clone(),
     };
     Ok((keys, verifier_config))
 }

@@ -40,6 +40,7 @@ pub const FIELDS: &[(&str, &str, &str)] = &[
     ("jwt.audience", "WSAUTH_JWT__AUDIENCE", "[]"),
     ("jwt.leeway_s", "WSAUTH_JWT__LEEWAY_S", "30"),
     ("jwt.max_token_bytes", "WSAUTH_JWT__MAX_TOKEN_BYTES", "8192"),
+    ("jwt.required_typ", "WSAUTH_JWT__REQUIRED_TYP", "unset"),
     ("jwt.verify_cache_entries", "WSAUTH_JWT__VERIFY_CACHE_ENTRIES", "10000"),
     ("session.auth_timeout_ms", "WSAUTH_SESSION__AUTH_TIMEOUT_MS", "5000"),
     ("session.heartbeat_ms", "WSAUTH_SESSION__HEARTBEAT_MS", "25000"),

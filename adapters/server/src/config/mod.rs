@@ -269,6 +269,9 @@ pub struct JwtConfig {
     pub leeway_s: u64,
     /// Largest token accepted, in bytes, checked before decoding [8192].
     pub max_token_bytes: usize,
+    /// When set, a token's header `typ` is required and must equal it (any
+    /// case, `application/` prefix allowed), e.g. `at+jwt` (RFC 9068).
+    pub required_typ: Option<String>,
     /// Tokens signed with RSA, ECDSA or EdDSA kept verified, until their `exp`
     /// [10000]; 0 turns the cache off.
     pub verify_cache_entries: usize,
@@ -299,6 +302,7 @@ impl Default for JwtConfig {
             audience: Vec::new(),
             leeway_s: 30,
             max_token_bytes: 8192,
+            required_typ: None,
             verify_cache_entries: 10_000,
         }
     }
@@ -338,6 +342,7 @@ impl fmt::Debug for JwtConfig {
             .field("audience", &self.audience)
             .field("leeway_s", &self.leeway_s)
             .field("max_token_bytes", &self.max_token_bytes)
+            .field("required_typ", &self.required_typ)
             .field("verify_cache_entries", &self.verify_cache_entries)
             .finish()
     }

@@ -271,6 +271,16 @@ impl Config {
         if jwt.audience.iter().any(|a| a.trim().is_empty()) {
             v.push("jwt.audience", "must not contain an empty audience");
         }
+        if jwt
+            .required_typ
+            .as_deref()
+            .is_some_and(|t| t.trim().is_empty() || t.contains(char::is_whitespace))
+        {
+            v.push(
+                "jwt.required_typ",
+                "must be a media type such as at+jwt when set",
+            );
+        }
         if jwt.max_token_bytes == 0 {
             v.push("jwt.max_token_bytes", "must be greater than 0");
         } else if jwt.max_token_bytes > self.limits.max_message_bytes {
