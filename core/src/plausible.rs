@@ -77,11 +77,12 @@ fn near_base_ms(u: &mut Unstructured<'_>) -> Result<u64> {
 
 impl<'a> Arbitrary<'a> for Frame<'a> {
     fn arbitrary(u: &mut Unstructured<'a>) -> Result<Self> {
-        Ok(match u.int_in_range(0..=9)? {
+        Ok(match u.int_in_range(0..=10)? {
             0..=5 => Frame::Text(u.choose(&MESSAGES)?),
             6 => Frame::Text(<&str>::arbitrary(u)?),
             7 => Frame::InvalidUtf8,
             8 => Frame::Binary(u.int_in_range(0..=64)?),
+            9 => Frame::ProtocolViolation,
             _ => Frame::TooLarge(u.int_in_range(65_537..=1 << 20)?),
         })
     }

@@ -229,6 +229,7 @@ pub fn session_config(config: &Config) -> SessionConfig {
         refresh_notice_ms: s.refresh_notice_ms,
         leeway_ms: Timings::of(config).leeway_ms(),
         max_message_bytes: l.max_message_bytes,
+        max_json_depth: l.max_json_depth,
         rate_per_sec: l.messages_per_second,
         rate_burst: l.message_burst,
         max_queued_requests: s.max_queued_requests,
@@ -293,7 +294,10 @@ impl<S: Store> Shared<S> {
                 allowed_origins: config.allowed_origins.clone(),
                 allow_query_token: config.allow_query_token,
             },
-            ip_limiter: IpLimiter::new(limits.max_unauthenticated_per_ip),
+            ip_limiter: IpLimiter::new(
+                limits.max_unauthenticated_per_ip,
+                limits.max_unauthenticated,
+            ),
             connection_slots: Arc::new(Semaphore::new(limits.max_connections)),
             shutdown,
             ws_config,
@@ -517,17 +521,37 @@ async fn accept_loop<S: Store>(
                 // The acceptor in use now: a reload changes the next connections'.
                 let tls = shared.tls.get();
                 let accepted = std::time::Instant::now();
+                // Counted from accept until authentication, TLS handshake included;
+                // over the cap, refused at once: 429 in cleartext, and with TLS
+                // closed before any handshake work.
+                let Some(unauthenticated) = shared.ip_limiter.try_acquire(peer.ip()) else {
+                    let refusal = AcceptRefusal::TooManyUnauthenticated;
+                    shared.metrics.upgrade_refused(refusal.code());
+                    info!(%peer, code = %refusal.code(), "upgrade refused");
+                    if tls.is_none() {
+                        tracker.spawn(async move {
+                            let mut tcp = tcp;
+                            if let Some((status, body)) = refusal.response() {
+                                let _ = crate::handshake::write_refusal(&mut tcp, status, &body).await;
+                            }
+                            drop(slot);
+                        });
+                    }
+                    continue;
+                };
                 tracker.spawn(async move {
                     let _slot = slot;
                     match tls {
-                        None => crate::conn::serve(shared, tcp, peer, accepted).await,
+                        None => crate::conn::serve(shared, tcp, peer, accepted, unauthenticated).await,
                         // Boxed: a TLS connection's state is several times a plain
                         // one's, and unboxed every plain connection's task would be
                         // as large.
                         Some(acceptor) => Box::pin(async move {
                             let limit = Duration::from_millis(shared.config.limits.handshake_timeout_ms);
                             match tokio::time::timeout(limit, acceptor.accept(tcp)).await {
-                                Ok(Ok(stream)) => crate::conn::serve(shared, stream, peer, accepted).await,
+                                Ok(Ok(stream)) => {
+                                    crate::conn::serve(shared, stream, peer, accepted, unauthenticated).await
+                                }
                                 _ => tracing::debug!(%peer, "TLS handshake failed or timed out"),
                             }
                         })

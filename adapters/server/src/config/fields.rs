@@ -59,6 +59,8 @@ pub const FIELDS: &[(&str, &str, &str)] = &[
     ("limits.messages_per_second", "WSAUTH_LIMITS__MESSAGES_PER_SECOND", "100"),
     ("limits.message_burst", "WSAUTH_LIMITS__MESSAGE_BURST", "200"),
     ("limits.max_unauthenticated_per_ip", "WSAUTH_LIMITS__MAX_UNAUTHENTICATED_PER_IP", "1024"),
+    ("limits.max_unauthenticated", "WSAUTH_LIMITS__MAX_UNAUTHENTICATED", "10000"),
+    ("limits.max_json_depth", "WSAUTH_LIMITS__MAX_JSON_DEPTH", "64"),
     ("limits.max_connections", "WSAUTH_LIMITS__MAX_CONNECTIONS", "100000"),
     ("limits.outbound_queue", "WSAUTH_LIMITS__OUTBOUND_QUEUE", "256"),
     ("limits.listen_backlog", "WSAUTH_LIMITS__LISTEN_BACKLOG", "4096"),

@@ -608,8 +608,13 @@ pub struct Limits {
     pub messages_per_second: u32,
     /// Burst of data frames per connection [200].
     pub message_burst: u32,
-    /// Connections per IP not yet authenticated [1024].
+    /// Connections per client network (an IPv4 address, an IPv6 /64) not yet
+    /// authenticated, counted from TCP accept, before TLS [1024].
     pub max_unauthenticated_per_ip: usize,
+    /// Connections not yet authenticated on the node, from every client [10000].
+    pub max_unauthenticated: usize,
+    /// Deepest nesting of arrays and objects in a message's `data` [64].
+    pub max_json_depth: usize,
     /// Open sockets in total [100000].
     pub max_connections: usize,
     /// Messages queued per connection before `SLOW_CONSUMER` [256].
@@ -629,6 +634,8 @@ impl Default for Limits {
             messages_per_second: 100,
             message_burst: 200,
             max_unauthenticated_per_ip: 1024,
+            max_unauthenticated: 10_000,
+            max_json_depth: 64,
             max_connections: 100_000,
             outbound_queue: 256,
             listen_backlog: 4096,

@@ -344,6 +344,8 @@ impl Config {
             "limits.max_unauthenticated_per_ip",
             l.max_unauthenticated_per_ip as u64,
         );
+        v.positive("limits.max_unauthenticated", l.max_unauthenticated as u64);
+        v.positive("limits.max_json_depth", l.max_json_depth as u64);
         v.positive("limits.max_connections", l.max_connections as u64);
         v.positive("limits.outbound_queue", l.outbound_queue as u64);
         v.positive("limits.listen_backlog", u64::from(l.listen_backlog));
