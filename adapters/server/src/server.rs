@@ -458,6 +458,15 @@ pub async fn start_with_keys<S: Store>(
         Some(tls) => Some(crate::tls::acceptor(&tls.cert_file, &tls.key_file)?),
         None => None,
     };
+    // The admin listener never has TLS of its own: off loopback, its keys and
+    // answers cross the network in cleartext unless something in front encrypts.
+    if !admin_addr.ip().is_loopback() {
+        warn!(
+            admin = %admin_addr,
+            "admin_listen is not a loopback address and the admin listener has no TLS: \
+             the admin and API keys travel in cleartext; put it behind a TLS proxy or a private network"
+        );
+    }
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let shared = Arc::new(Shared::new(
         config.clone(),

@@ -281,3 +281,28 @@ async fn tls_handshakes_in_progress_count_as_unauthenticated() {
         .await
         .expect("upgrade over TLS");
 }
+
+// ----- The dashboard and the admin listener ----------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_may_not_be_framed() {
+    let s = server(test_config()).await;
+    let mut tcp = TcpStream::connect(s.admin_addr).await.expect("connect");
+    tcp.write_all(b"GET /dashboard HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("request");
+    let mut response = Vec::new();
+    tokio::time::timeout(WAIT, tcp.read_to_end(&mut response))
+        .await
+        .expect("answered")
+        .expect("read");
+    let text = String::from_utf8_lossy(&response).to_ascii_lowercase();
+    let head = text.split("\r\n\r\n").next().expect("head");
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(head.contains("\r\nx-frame-options: deny\r\n"), "{head}");
+    let csp = head
+        .lines()
+        .find(|l| l.starts_with("content-security-policy:"))
+        .expect("a CSP");
+    assert!(csp.contains("frame-ancestors 'none'"), "{csp}");
+}
