@@ -35,6 +35,8 @@ impl CloseCode {
     pub const NORMAL: CloseCode = CloseCode(1000);
     /// Going away: server shutdown; the session stays resumable.
     pub const GOING_AWAY: CloseCode = CloseCode(1001);
+    /// Protocol error: a frame that breaks RFC 6455 framing.
+    pub const PROTOCOL_ERROR: CloseCode = CloseCode(1002);
     /// A text frame that is not valid UTF-8.
     pub const INVALID_PAYLOAD: CloseCode = CloseCode(1007);
     /// Message over the size limit.

@@ -31,8 +31,8 @@ pub use machine::{
     SessionFate, StoreRequest, VerifyPurpose,
 };
 pub use protocol::{
-    ClientMessage, DecodeError, ErrorBody, PROTOCOL_VERSION, Payload, Secret, ServerMessage,
-    decode_client_message,
+    ClientMessage, DecodeError, ErrorBody, MAX_JSON_DEPTH, PROTOCOL_VERSION, Payload, Secret,
+    ServerMessage, decode_client_message, decode_client_message_limited,
 };
 pub mod upgrade;
 

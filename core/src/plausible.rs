@@ -41,7 +41,7 @@ const MESSAGES: [&str; 11] = [
 ];
 
 /// Every [`TokenError`]; `token_errors_are_all_drawn` keeps it complete.
-const TOKEN_ERRORS: [TokenError; 20] = [
+const TOKEN_ERRORS: [TokenError; 21] = [
     TokenError::TooLarge { max: 8192 },
     TokenError::Malformed("header"),
     TokenError::EncryptedOrNested,
@@ -62,6 +62,7 @@ const TOKEN_ERRORS: [TokenError; 20] = [
     TokenError::Revoked,
     TokenError::Inactive,
     TokenError::Unavailable,
+    TokenError::LifetimeTooLong { max_s: 86_400 },
 ];
 
 fn pick(u: &mut Unstructured<'_>, values: &[&str]) -> Result<String> {
@@ -76,11 +77,12 @@ fn near_base_ms(u: &mut Unstructured<'_>) -> Result<u64> {
 
 impl<'a> Arbitrary<'a> for Frame<'a> {
     fn arbitrary(u: &mut Unstructured<'a>) -> Result<Self> {
-        Ok(match u.int_in_range(0..=9)? {
+        Ok(match u.int_in_range(0..=10)? {
             0..=5 => Frame::Text(u.choose(&MESSAGES)?),
             6 => Frame::Text(<&str>::arbitrary(u)?),
             7 => Frame::InvalidUtf8,
             8 => Frame::Binary(u.int_in_range(0..=64)?),
+            9 => Frame::ProtocolViolation,
             _ => Frame::TooLarge(u.int_in_range(65_537..=1 << 20)?),
         })
     }
@@ -350,6 +352,7 @@ mod tests {
             TokenError::Revoked => 17,
             TokenError::Inactive => 18,
             TokenError::Unavailable => 19,
+            TokenError::LifetimeTooLong { .. } => 20,
         };
         let drawn: Vec<usize> = TOKEN_ERRORS.iter().map(index).collect();
         assert_eq!(drawn, (0..TOKEN_ERRORS.len()).collect::<Vec<_>>());

@@ -334,12 +334,29 @@ pub fn is_channel_name(name: &str) -> bool {
     !name.is_empty() && !name.chars().any(char::is_control)
 }
 
-/// Decodes one text frame into a client message.
+/// Deepest nesting of arrays and objects accepted in `data` by default
+/// (`limits.max_json_depth`).
+pub const MAX_JSON_DEPTH: usize = 64;
+
+/// Decodes one text frame into a client message, with `data` nested at most
+/// [`MAX_JSON_DEPTH`] deep ([`decode_client_message_limited`]).
 ///
 /// `max_bytes` is the message size limit; a longer text is `MESSAGE_TOO_LARGE` without
 /// being parsed. Unknown extra fields are ignored; duplicate known fields, unknown
 /// types, missing or wrongly typed fields are `BAD_REQUEST`.
 pub fn decode_client_message(text: &str, max_bytes: usize) -> Result<ClientMessage, DecodeError> {
+    decode_client_message_limited(text, max_bytes, MAX_JSON_DEPTH)
+}
+
+/// [`decode_client_message`] with `data` nested at most `max_depth` arrays and
+/// objects deep (`[1]` is 1 deep); deeper is `BAD_REQUEST`, so that no receiver
+/// of the relayed `data` has to parse an unbounded nesting. The depth is counted
+/// by one scan of the raw text, without recursion.
+pub fn decode_client_message_limited(
+    text: &str,
+    max_bytes: usize,
+    max_depth: usize,
+) -> Result<ClientMessage, DecodeError> {
     if text.len() > max_bytes {
         return Err(DecodeError {
             code: ErrorCode::MessageTooLarge,
@@ -360,7 +377,38 @@ pub fn decode_client_message(text: &str, max_bytes: usize) -> Result<ClientMessa
         .ok_or_else(|| DecodeError::bad(id, "missing field `type`"))?;
     let kind: Cow<'_, str> = serde_json::from_str(kind.get())
         .map_err(|_| DecodeError::bad(id, "`type` must be a string"))?;
-    Fields { raw, id }.message(&kind)
+    Fields { raw, id, max_depth }.message(&kind)
+}
+
+/// Whether the JSON text `json` (already known to be valid) nests arrays and
+/// objects deeper than `max`. One pass over the bytes, skipping strings.
+fn nested_deeper_than(json: &str, max: usize) -> bool {
+    let mut depth = 0usize;
+    let mut in_string = false;
+    let mut escaped = false;
+    for &b in json.as_bytes() {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > max {
+                    return true;
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    false
 }
 
 /// The first pass: a JSON object, its known fields kept raw.
@@ -400,6 +448,7 @@ fn parse_fields(text: &str) -> Result<RawFields<'_>, DecodeError> {
 struct Fields<'a> {
     raw: RawFields<'a>,
     id: Option<u64>,
+    max_depth: usize,
 }
 
 impl Fields<'_> {
@@ -444,7 +493,10 @@ impl Fields<'_> {
             "rpc" => Ok(ClientMessage::Rpc {
                 id: id.ok_or_else(|| DecodeError::bad(None, "missing field `id`"))?,
                 method: self.method()?,
-                data: self.raw.data.map_or_else(Payload::null, Payload::from_raw),
+                data: match self.raw.data {
+                    None => Payload::null(),
+                    Some(_) => self.data()?,
+                },
             }),
             _ => Err(DecodeError::bad(id, "unknown message type")),
         }
@@ -505,6 +557,12 @@ impl Fields<'_> {
             .raw
             .data
             .ok_or_else(|| DecodeError::bad(self.id, "missing field `data`"))?;
+        if nested_deeper_than(data.get(), self.max_depth) {
+            return Err(DecodeError::bad(
+                self.id,
+                format!("`data` is nested deeper than {}", self.max_depth),
+            ));
+        }
         Ok(Payload::from_raw(data))
     }
 

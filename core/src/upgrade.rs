@@ -90,8 +90,10 @@ fn refuse(code: ErrorCode) -> UpgradeDecision {
 }
 
 /// Inspects an upgrade request. `headers` are name/value pairs as received (names
-/// in any case, repeated names allowed); `query` is the part of the target after
-/// `?`, if any.
+/// in any case); `query` is the part of the target after `?`, if any. A repeated
+/// `Origin`, `Authorization` or `Sec-WebSocket-Key`, or a `Sec-WebSocket-Key`
+/// that is not the base64 of 16 bytes, is refused 400 `BAD_REQUEST` (a missing
+/// key is the transport's to refuse, as it is for the other upgrade headers).
 pub fn inspect_upgrade<'a, I>(
     headers: I,
     query: Option<&str>,
@@ -101,21 +103,37 @@ where
     I: IntoIterator<Item = (&'a str, &'a [u8])>,
 {
     let mut authorization: Option<&[u8]> = None;
-    let mut authorization_count = 0usize;
     let mut origin: Option<&[u8]> = None;
+    let mut key: Option<&[u8]> = None;
     let mut offers_subprotocol = false;
     for (name, value) in headers {
-        if name.eq_ignore_ascii_case("authorization") {
-            authorization_count += 1;
-            authorization = Some(value);
+        // A header that must appear once, appearing twice: ambiguous (which one
+        // counts depends on who reads the request), never guessed.
+        let once = |seen: &mut Option<&'a [u8]>| match seen.replace(value) {
+            Some(_) => Err(refuse(ErrorCode::BadRequest)),
+            None => Ok(()),
+        };
+        let repeated = if name.eq_ignore_ascii_case("authorization") {
+            once(&mut authorization)
         } else if name.eq_ignore_ascii_case("origin") {
-            origin = Some(value);
-        } else if name.eq_ignore_ascii_case("sec-websocket-protocol") {
-            offers_subprotocol |= std::str::from_utf8(value).is_ok_and(|v| {
-                v.split(',')
-                    .any(|p| p.trim().eq_ignore_ascii_case(PROTOCOL_VERSION))
-            });
+            once(&mut origin)
+        } else if name.eq_ignore_ascii_case("sec-websocket-key") {
+            once(&mut key)
+        } else {
+            if name.eq_ignore_ascii_case("sec-websocket-protocol") {
+                offers_subprotocol |= std::str::from_utf8(value).is_ok_and(|v| {
+                    v.split(',')
+                        .any(|p| p.trim().eq_ignore_ascii_case(PROTOCOL_VERSION))
+                });
+            }
+            Ok(())
+        };
+        if let Err(refusal) = repeated {
+            return refusal;
         }
+    }
+    if key.is_some_and(|k| !is_websocket_key(k)) {
+        return refuse(ErrorCode::BadRequest);
     }
 
     if let Some(origin) = origin
@@ -125,14 +143,12 @@ where
         return refuse(ErrorCode::OriginNotAllowed);
     }
 
-    let token = match (authorization_count, authorization) {
-        (0, _) | (_, None) => None,
-        (1, Some(value)) => match bearer_token(value) {
+    let token = match authorization {
+        None => None,
+        Some(value) => match bearer_token(value) {
             Some(token) => Some((AuthMethod::Header, Secret::new(token))),
             None => return refuse(ErrorCode::InvalidToken),
         },
-        // Several Authorization headers: ambiguous, never guess which one counts.
-        _ => return refuse(ErrorCode::InvalidToken),
     };
     let token = match token {
         Some(t) => Some(t),
@@ -146,6 +162,20 @@ where
     UpgradeDecision::Proceed {
         subprotocol: offers_subprotocol.then_some(PROTOCOL_VERSION),
         token,
+    }
+}
+
+/// Whether `key` is a valid `Sec-WebSocket-Key` (RFC 6455 §4.1): the base64
+/// of exactly 16 bytes, in its canonical form (24 characters, the last two
+/// `==`, no stray bits).
+pub fn is_websocket_key(key: &[u8]) -> bool {
+    let alphabet = |b: &u8| b.is_ascii_alphanumeric() || *b == b'+' || *b == b'/';
+    match key {
+        [data @ .., last, b'=', b'='] if data.len() == 21 => {
+            // The 22nd character carries 2 bits of the 16th byte and 4 zero bits.
+            data.iter().all(alphabet) && matches!(last, b'A' | b'Q' | b'g' | b'w')
+        }
+        _ => false,
     }
 }
 
@@ -297,8 +327,58 @@ mod tests {
                 None,
                 &p
             )),
-            Some((401, ErrorCode::InvalidToken))
+            Some((400, ErrorCode::BadRequest))
         );
+    }
+
+    #[test]
+    fn repeated_single_headers_and_malformed_keys_are_refused_400() {
+        let p = UpgradePolicy {
+            allowed_origins: vec!["https://chat.example".into()],
+            allow_query_token: false,
+        };
+        let bad = Some((400, ErrorCode::BadRequest));
+        const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
+        for headers in [
+            &[
+                ("Origin", "https://evil.example"),
+                ("origin", "https://chat.example"),
+            ][..],
+            &[
+                ("Origin", "https://chat.example"),
+                ("Origin", "https://chat.example"),
+            ],
+            &[("Sec-WebSocket-Key", KEY), ("sec-websocket-key", KEY)],
+            &[
+                ("Authorization", "Bearer a.b.c"),
+                ("Authorization", "Bearer a.b.c"),
+            ],
+        ] {
+            assert_eq!(refused_with(&decide(headers, None, &p)), bad, "{headers:?}");
+        }
+        for key in [
+            "x",
+            "",
+            "dGhlIHNhbXBsZSBub25j",
+            "dGhlIHNhbXBsZSBub25jZQ",
+            "dGhlIHNhbXBsZSBub25jZR==",
+            "dGhlIHNhbXBsZSBub25jZQ==AAAA",
+            "dGhlIHNhbXBsZSBub25jZ-==",
+            " dGhlIHNhbXBsZSBub25jZQ==",
+        ] {
+            assert_eq!(
+                refused_with(&decide(&[("Sec-WebSocket-Key", key)], None, &p)),
+                bad,
+                "{key:?}"
+            );
+        }
+        for key in [KEY, "AAAAAAAAAAAAAAAAAAAAAA==", "/+/+/+/+/+/+/+/+/+/+/w=="] {
+            assert!(is_websocket_key(key.as_bytes()), "{key}");
+            assert_eq!(
+                refused_with(&decide(&[("Sec-WebSocket-Key", key)], None, &p)),
+                None
+            );
+        }
     }
 
     #[test]

@@ -818,3 +818,97 @@ fn a_provider_refusal_fails_auth_and_an_unreachable_provider_fails_closed() {
     assert_eq!(TokenError::Inactive.code(), ErrorCode::AuthFailed);
     assert_eq!(TokenError::Unavailable.code(), ErrorCode::Internal);
 }
+
+#[test]
+fn a_token_living_longer_than_the_revocations_is_refused() {
+    const DAY_S: u64 = 86_400;
+    let v = hs_verifier(VerifierConfig {
+        max_lifetime_s: Some(DAY_S),
+        ..VerifierConfig::default()
+    });
+    // Issue 15, finding 6: `iat` in 2001, `exp` in 2286.
+    let ancient = sign_hs256(
+        SECRET,
+        &claims(json!({"iat": 1_000_000_000u64, "exp": 9_999_999_999u64})),
+    );
+    let e = refused(&v, &ancient, NOW);
+    assert_eq!(e, TokenError::LifetimeTooLong { max_s: DAY_S });
+    assert_eq!(e.code(), ErrorCode::InvalidToken);
+    assert!(e.to_string().contains("86400"), "{e}");
+    // Without `iat`, the lifetime counts from now.
+    let far = sign_hs256(SECRET, &claims(json!({"exp": NOW_S + DAY_S + 1})));
+    assert_eq!(
+        refused(&v, &far, NOW),
+        TokenError::LifetimeTooLong { max_s: DAY_S }
+    );
+    let just = sign_hs256(SECRET, &claims(json!({"exp": NOW_S + DAY_S})));
+    assert!(v.verify(&just, NOW).is_ok(), "exactly the bound");
+    // An old `iat` does not count against a token that ends within the bound.
+    let old_iat = sign_hs256(
+        SECRET,
+        &claims(json!({"iat": NOW_S - 10 * DAY_S, "exp": NOW_S + 3600})),
+    );
+    assert!(v.verify(&old_iat, NOW).is_ok());
+    // An `iat` a little ahead (within the leeway) counts from itself.
+    let ahead = sign_hs256(
+        SECRET,
+        &claims(json!({"iat": NOW_S + 20, "exp": NOW_S + 20 + DAY_S})),
+    );
+    assert!(v.verify(&ahead, NOW).is_ok());
+    // Without a bound, the ancient token still verifies (the default).
+    assert!(
+        hs_verifier(VerifierConfig::default())
+            .verify(&ancient, NOW)
+            .is_ok()
+    );
+    // Introspection answers follow the same rule.
+    let answer = serde_json::to_vec(&claims(json!({"exp": 9_999_999_999u64}))).expect("json");
+    assert_eq!(
+        v.config().check_claims_json(&answer, NOW),
+        Err(TokenError::LifetimeTooLong { max_s: DAY_S })
+    );
+}
+
+#[test]
+fn a_required_typ_must_be_present_and_equal() {
+    let v = hs_verifier(VerifierConfig {
+        required_typ: Some("at+jwt".to_owned()),
+        ..VerifierConfig::default()
+    });
+    let payload = claims(json!({})).to_string();
+    for typ in [
+        "at+jwt",
+        "AT+JWT",
+        "application/at+jwt",
+        "Application/At+JWT",
+    ] {
+        let t = raw_token(&format!(r#"{{"alg":"HS256","typ":"{typ}"}}"#), &payload);
+        assert!(v.verify(&t, NOW).is_ok(), "{typ}");
+    }
+    let none = raw_token(r#"{"alg":"HS256"}"#, &payload);
+    assert_eq!(refused(&v, &none, NOW), TokenError::BadType);
+    for typ in [
+        r#""JWT""#,
+        r#""application/jwt""#,
+        r#""at+jwt2""#,
+        "1",
+        "null",
+    ] {
+        let t = raw_token(&format!(r#"{{"alg":"HS256","typ":{typ}}}"#), &payload);
+        assert_eq!(refused(&v, &t, NOW), TokenError::BadType, "{typ}");
+    }
+    assert_eq!(TokenError::BadType.code(), ErrorCode::InvalidToken);
+    // Configured with the prefix, it means the same.
+    let prefixed = hs_verifier(VerifierConfig {
+        required_typ: Some("application/at+jwt".to_owned()),
+        ..VerifierConfig::default()
+    });
+    let t = raw_token(r#"{"alg":"HS256","typ":"at+jwt"}"#, &payload);
+    assert!(prefixed.verify(&t, NOW).is_ok());
+    // Without the setting, a missing `typ` is fine.
+    assert!(
+        hs_verifier(VerifierConfig::default())
+            .verify(&none, NOW)
+            .is_ok()
+    );
+}

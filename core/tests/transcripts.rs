@@ -1138,6 +1138,32 @@ spec!(
 );
 
 spec!(
+    protocol_violation_closes_1002,
+    "A frame that breaks RFC 6455 framing (unmasked, a reserved bit, an unknown opcode, an oversized control frame) is BAD_REQUEST, closed 1002.",
+    |w| {
+        alice_live(&mut w, "A");
+        w.send_frame("A", Frame::ProtocolViolation);
+    },
+    sees: { "A" => [authenticated(), error("BAD_REQUEST").no_id().fatal("none")] },
+    ends: { "A" => closed(1002, "BAD_REQUEST").ended() },
+);
+
+spec!(
+    error_bad_request_data_too_deep,
+    "BAD_REQUEST: `data` nested deeper than 64 arrays and objects (`limits.max_json_depth`). The id is echoed. Fatal, close 4400.",
+    |w| {
+        alice_live(&mut w, "A");
+        let deep = format!("{}{}", "[".repeat(65), "]".repeat(65));
+        w.send(
+            "A",
+            &format!(r#"{{"type":"publish","id":9,"channel":"general","data":{deep}}}"#),
+        );
+    },
+    sees: { "A" => [authenticated(), error("BAD_REQUEST").id(9).fatal("none")] },
+    ends: { "A" => closed(4400, "BAD_REQUEST").ended() },
+);
+
+spec!(
     error_message_too_large,
     "MESSAGE_TOO_LARGE: a message over the size limit (64 KiB). Fatal, retry reconnect, close 1009; the session stays resumable.",
     |w| {

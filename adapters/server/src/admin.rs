@@ -143,11 +143,14 @@ async fn dashboard<S: Store>(State(shared): State<Arc<Shared<S>>>) -> Response {
     (
         [
             (axum::http::header::CONTENT_TYPE, "text/html; charset=utf-8"),
-            // The page loads nothing from elsewhere; say so to the browser.
+            // The page loads nothing from elsewhere; say so to the browser. No other
+            // page may frame it (clickjacking the key field): `frame-ancestors`,
+            // and `X-Frame-Options` for browsers that predate it.
             (
                 axum::http::header::CONTENT_SECURITY_POLICY,
-                "default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src 'self' data:",
+                "default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src 'self' data:; frame-ancestors 'none'",
             ),
+            (axum::http::header::X_FRAME_OPTIONS, "DENY"),
         ],
         DASHBOARD,
     )

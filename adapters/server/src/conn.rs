@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
+use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError, ProtocolError};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsCloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
 use tracing::{debug, info};
@@ -19,28 +19,24 @@ use wsauth_store::Store;
 
 use crate::driver::{Driver, Transport};
 use crate::handshake::{self, UpgradeRequest};
+use crate::limits::IpGuard;
 use crate::meter::{FrameCount, FrameMeter};
 use crate::state::Shared;
 
-/// Serves one accepted socket (already through TLS when configured).
-pub async fn serve<S, IO>(shared: Arc<Shared<S>>, mut io: IO, peer: SocketAddr, accepted: Instant)
-where
+/// Serves one accepted socket (already through TLS when configured), counted
+/// as `unauthenticated` since its TCP accept.
+pub async fn serve<S, IO>(
+    shared: Arc<Shared<S>>,
+    mut io: IO,
+    peer: SocketAddr,
+    accepted: Instant,
+    unauthenticated: IpGuard,
+) where
     S: Store,
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let started = accepted;
     let _open = shared.metrics.connection_opened();
-    // Counted from accept until authentication; over the cap, refused at once.
-    let Some(unauthenticated) = shared.ip_limiter.try_acquire(peer.ip()) else {
-        refuse(
-            &mut io,
-            AcceptRefusal::TooManyUnauthenticated,
-            &shared,
-            peer,
-        )
-        .await;
-        return;
-    };
     // One deadline for the whole accept: TLS (already done by the caller) and the head.
     let deadline = tokio::time::Instant::from_std(accepted)
         + Duration::from_millis(shared.config.limits.handshake_timeout_ms);
@@ -166,7 +162,27 @@ where
             Err(WsError::Capacity(CapacityError::MessageTooLong { size, .. })) => {
                 Input::Frame(Frame::TooLarge(*size))
             }
+            // A frame breaking RFC 6455 is answered with a 1002 close, not a dropped socket.
+            Err(WsError::Protocol(e)) if is_violation(e) => Input::Frame(Frame::ProtocolViolation),
             Err(e) => return Err(e),
         })
     }
+}
+
+/// Whether tungstenite refused a frame the client sent for breaking RFC 6455
+/// (as opposed to the connection ending or the server's own misuse).
+fn is_violation(e: &ProtocolError) -> bool {
+    matches!(
+        e,
+        ProtocolError::NonZeroReservedBits
+            | ProtocolError::UnmaskedFrameFromClient
+            | ProtocolError::FragmentedControlFrame
+            | ProtocolError::ControlFrameTooBig
+            | ProtocolError::UnknownControlFrameType(_)
+            | ProtocolError::UnknownDataFrameType(_)
+            | ProtocolError::UnexpectedContinueFrame
+            | ProtocolError::ExpectedFragment(_)
+            | ProtocolError::InvalidOpcode(_)
+            | ProtocolError::InvalidCloseSequence
+    )
 }

@@ -36,6 +36,7 @@ impl Introspection {
     /// the client credentials, or `None` without one.
     pub fn from_config(
         jwt: &crate::config::JwtConfig,
+        max_token_lifetime_s: u64,
         metrics: &JwksMetrics,
     ) -> Result<Option<Introspection>, StartError> {
         let Some(url) = &jwt.introspection_url else {
@@ -58,6 +59,10 @@ impl Introspection {
                 leeway_s: jwt.leeway_s,
                 max_token_bytes: jwt.max_token_bytes,
                 algorithms: None,
+                // An answer whose `exp` outlives the revocations is refused as a
+                // JWT would be; there is no header, hence no `typ`.
+                max_lifetime_s: Some(max_token_lifetime_s),
+                required_typ: None,
             },
             cache: Mutex::new(VerifyCache::new(jwt.introspection_cache_entries)),
             metrics: metrics.clone(),

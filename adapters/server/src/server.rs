@@ -148,13 +148,16 @@ pub fn configured_keys(
     config: &Config,
     dev_secret: Option<&[u8]>,
 ) -> Result<(KeySet, VerifierConfig), StartError> {
-    jwt_keys(&config.jwt, dev_secret)
+    jwt_keys(&config.jwt, config.session.max_token_lifetime_s, dev_secret)
 }
 
 /// [`configured_keys`] of a `[jwt]`-shaped section (also an entry of
-/// `[[jwt.issuers]]`, as [`crate::verify`] presents it).
+/// `[[jwt.issuers]]`, as [`crate::verify`] presents it). Tokens living longer
+/// than `max_token_lifetime_s` (`session.max_token_lifetime_s`, how long a
+/// revocation lasts) are refused, so that none outlives its revocation.
 pub fn jwt_keys(
     jwt: &crate::config::JwtConfig,
+    max_token_lifetime_s: u64,
     dev_secret: Option<&[u8]>,
 ) -> Result<(KeySet, VerifierConfig), StartError> {
     let mut keys = KeySet::new();
@@ -209,6 +212,8 @@ pub fn jwt_keys(
         leeway_s: jwt.leeway_s,
         max_token_bytes: jwt.max_token_bytes,
         algorithms,
+        max_lifetime_s: Some(max_token_lifetime_s),
+        required_typ: jwt.required_typ.clone(),
     };
     Ok((keys, verifier_config))
 }
@@ -224,6 +229,7 @@ pub fn session_config(config: &Config) -> SessionConfig {
         refresh_notice_ms: s.refresh_notice_ms,
         leeway_ms: Timings::of(config).leeway_ms(),
         max_message_bytes: l.max_message_bytes,
+        max_json_depth: l.max_json_depth,
         rate_per_sec: l.messages_per_second,
         rate_burst: l.message_burst,
         frame_rate_per_sec: l.frames_per_second,
@@ -292,7 +298,10 @@ impl<S: Store> Shared<S> {
                 allowed_origins: config.allowed_origins.clone(),
                 allow_query_token: config.allow_query_token,
             },
-            ip_limiter: IpLimiter::new(limits.max_unauthenticated_per_ip),
+            ip_limiter: IpLimiter::new(
+                limits.max_unauthenticated_per_ip,
+                limits.max_unauthenticated,
+            ),
             connection_slots: Arc::new(Semaphore::new(limits.max_connections)),
             shutdown,
             ws_config,
@@ -454,6 +463,15 @@ pub async fn start_with_keys<S: Store>(
         Some(tls) => Some(crate::tls::acceptor(&tls.cert_file, &tls.key_file)?),
         None => None,
     };
+    // The admin listener never has TLS of its own: off loopback, its keys and
+    // answers cross the network in cleartext unless something in front encrypts.
+    if !admin_addr.ip().is_loopback() {
+        warn!(
+            admin = %admin_addr,
+            "admin_listen is not a loopback address and the admin listener has no TLS: \
+             the admin and API keys travel in cleartext; put it behind a TLS proxy or a private network"
+        );
+    }
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let shared = Arc::new(Shared::new(
         config.clone(),
@@ -517,17 +535,37 @@ async fn accept_loop<S: Store>(
                 // The acceptor in use now: a reload changes the next connections'.
                 let tls = shared.tls.get();
                 let accepted = std::time::Instant::now();
+                // Counted from accept until authentication, TLS handshake included;
+                // over the cap, refused at once: 429 in cleartext, and with TLS
+                // closed before any handshake work.
+                let Some(unauthenticated) = shared.ip_limiter.try_acquire(peer.ip()) else {
+                    let refusal = AcceptRefusal::TooManyUnauthenticated;
+                    shared.metrics.upgrade_refused(refusal.code());
+                    info!(%peer, code = %refusal.code(), "upgrade refused");
+                    if tls.is_none() {
+                        tracker.spawn(async move {
+                            let mut tcp = tcp;
+                            if let Some((status, body)) = refusal.response() {
+                                let _ = crate::handshake::write_refusal(&mut tcp, status, &body).await;
+                            }
+                            drop(slot);
+                        });
+                    }
+                    continue;
+                };
                 tracker.spawn(async move {
                     let _slot = slot;
                     match tls {
-                        None => crate::conn::serve(shared, tcp, peer, accepted).await,
+                        None => crate::conn::serve(shared, tcp, peer, accepted, unauthenticated).await,
                         // Boxed: a TLS connection's state is several times a plain
                         // one's, and unboxed every plain connection's task would be
                         // as large.
                         Some(acceptor) => Box::pin(async move {
                             let limit = Duration::from_millis(shared.config.limits.handshake_timeout_ms);
                             match tokio::time::timeout(limit, acceptor.accept(tcp)).await {
-                                Ok(Ok(stream)) => crate::conn::serve(shared, stream, peer, accepted).await,
+                                Ok(Ok(stream)) => {
+                                    crate::conn::serve(shared, stream, peer, accepted, unauthenticated).await
+                                }
                                 _ => tracing::debug!(%peer, "TLS handshake failed or timed out"),
                             }
                         })

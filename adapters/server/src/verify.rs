@@ -122,6 +122,7 @@ impl KeySource {
         dev_secret: Option<&[u8]>,
     ) -> Result<KeySource, StartError> {
         let jwt = &config.jwt;
+        let max_lifetime_s = config.session.max_token_lifetime_s;
         let metrics = JwksMetrics::default();
         let timings = JwksTimings {
             start_without_keys: jwt.jwks_start_without_keys,
@@ -143,7 +144,7 @@ impl KeySource {
                     || jwt.jwks_file.is_some(),
                 jwks_url: jwt.jwks_url.clone(),
                 oidc_issuer: jwt.oidc_issuer.clone(),
-                load: Arc::new(move || jwt_keys(&own, dev_secret.as_deref())),
+                load: Arc::new(move || jwt_keys(&own, max_lifetime_s, dev_secret.as_deref())),
             };
             Some(IssuerKeys::start(spec, timings, &metrics).await?)
         } else {
@@ -166,7 +167,7 @@ impl KeySource {
                 jwks_url: entry.jwks_url.clone(),
                 oidc_issuer: entry.oidc_issuer.clone(),
                 load: Arc::new(move || {
-                    jwt_keys(&own, None)
+                    jwt_keys(&own, max_lifetime_s, None)
                         .map_err(|e| StartError::Keys(format!("{load_label}{}", key_cause(&e))))
                 }),
             };
@@ -179,7 +180,7 @@ impl KeySource {
             default,
             issuers,
             max_token_bytes: jwt.max_token_bytes,
-            introspection: Introspection::from_config(jwt, &metrics)?,
+            introspection: Introspection::from_config(jwt, max_lifetime_s, &metrics)?,
             custom: None,
             metrics,
         }))

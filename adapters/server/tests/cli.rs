@@ -293,3 +293,47 @@ fn a_weak_rsa_key_stops_the_start_naming_the_file_and_its_size() {
         "{err}"
     );
 }
+
+#[test]
+fn an_admin_listener_off_loopback_without_tls_is_warned_about_at_start() {
+    let mut child = command()
+        .env(
+            "WSAUTH_JWT__HS256_SECRET",
+            "cli-tests-secret-of-at-least-32-bytes!",
+        )
+        .env("WSAUTH_ADMIN_KEY", "an-admin-key-long-enough")
+        .args(["--listen", "127.0.0.1:0", "--admin-listen", "0.0.0.0:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("the binary starts");
+    // The logs, up to the `listening` line, or whatever came within 10 s.
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut before_listening = Vec::new();
+    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+        match rx.recv_timeout(left) {
+            Ok(line) if line.contains("listening") => break,
+            Ok(line) => before_listening.push(line),
+            Err(_) => break,
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let log = before_listening.join("\n");
+    assert!(
+        log.lines()
+            .any(|l| l.contains("WARN") && l.contains("admin_listen") && l.contains("TLS")),
+        "no warning about the admin listener: {log}"
+    );
+    assert!(!log.contains("an-admin-key-long-enough"));
+}

@@ -1323,6 +1323,7 @@ fn every_field_can_be_set_from_its_environment_variable() {
             "jwt.jwks_start_without_keys" => "true".into(),
             "jwt.algorithms" => "HS256".into(),
             "jwt.issuer" | "jwt.audience" => "x".into(),
+            "jwt.required_typ" => "at+jwt".into(),
             "session.limit_policy" => "reject_new".into(),
             "session.max_sessions_per_user" => "2".into(),
             "tls.cert_file" => path(2),

@@ -359,6 +359,7 @@ impl World {
             Frame::InvalidUtf8 => "<- text frame with invalid UTF-8".to_owned(),
             Frame::Binary(n) => format!("<- binary frame ({n} bytes)"),
             Frame::TooLarge(n) => format!("<- frame over the size limit ({n} bytes)"),
+            Frame::ProtocolViolation => "<- frame breaking the WebSocket protocol".to_owned(),
         };
         self.line(name, shown);
         self.feed(name, Input::Frame(frame));

@@ -20,8 +20,9 @@ pub enum TokenError {
     /// A `crit` header is present.
     #[error("token has a `crit` header")]
     CriticalHeader,
-    /// `typ` present and neither `JWT` nor `at+jwt`.
-    #[error("token `typ` must be JWT or at+jwt")]
+    /// `typ` present and neither `JWT` nor `at+jwt`; or, with a required
+    /// `typ` configured, absent or another.
+    #[error("token `typ` is not an accepted type")]
     BadType,
     /// A claim name appears twice (in the header or the claims).
     #[error("token has duplicate member names")]
@@ -59,6 +60,13 @@ pub enum TokenError {
     /// `iat` in the future beyond the leeway.
     #[error("token issued in the future")]
     IssuedInFuture,
+    /// `exp` lies further from `max(iat, now)` than the configured longest
+    /// lifetime: such a token would outlive its revocations.
+    #[error("token lifetime is longer than {max_s} seconds")]
+    LifetimeTooLong {
+        /// The longest lifetime accepted, in seconds.
+        max_s: u64,
+    },
     /// The identity provider answered that the token is not active
     /// (introspection's `active: false`).
     #[error("token is not active")]
@@ -83,7 +91,8 @@ impl TokenError {
             | TokenError::BadType
             | TokenError::DuplicateName
             | TokenError::MissingClaim(_)
-            | TokenError::WrongClaimType(_) => ErrorCode::InvalidToken,
+            | TokenError::WrongClaimType(_)
+            | TokenError::LifetimeTooLong { .. } => ErrorCode::InvalidToken,
             TokenError::AlgorithmNotAllowed
             | TokenError::UnknownKid
             | TokenError::NoMatchingKey

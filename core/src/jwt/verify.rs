@@ -22,6 +22,16 @@ pub struct VerifierConfig {
     pub max_token_bytes: usize,
     /// Algorithms accepted at all; `None`: every supported one.
     pub algorithms: Option<Vec<Algorithm>>,
+    /// Longest lifetime accepted, in seconds: a token whose `exp` lies further
+    /// than this from `max(iat, now)` is refused ([`TokenError::LifetimeTooLong`]),
+    /// so that no token outlives the revocations of its `jti` or `sub`. `None`:
+    /// no bound.
+    pub max_lifetime_s: Option<u64>,
+    /// When set, the header's `typ` is required and must equal it (ASCII
+    /// case-insensitively, an `application/` prefix on either side ignored),
+    /// e.g. `at+jwt` (RFC 9068). `None`: `typ`, when present, is `JWT` or
+    /// `at+jwt`.
+    pub required_typ: Option<String>,
 }
 
 impl Default for VerifierConfig {
@@ -32,6 +42,8 @@ impl Default for VerifierConfig {
             leeway_s: 30,
             max_token_bytes: 8192,
             algorithms: None,
+            max_lifetime_s: None,
+            required_typ: None,
         }
     }
 }
@@ -189,14 +201,24 @@ impl Verifier {
         if nested || header.enc {
             return Err(TokenError::EncryptedOrNested);
         }
-        if let Some(typ) = &header.typ {
-            let ok = typ.as_str().is_some_and(|t| {
-                t.eq_ignore_ascii_case("JWT")
-                    || t.eq_ignore_ascii_case("at+jwt")
-                    || t.eq_ignore_ascii_case("application/at+jwt")
-            });
-            if !ok {
-                return Err(TokenError::BadType);
+        let typ = header.typ.as_ref().map(|t| t.as_str().map(media_type));
+        match (&self.config.required_typ, typ) {
+            (Some(required), typ) => {
+                if typ
+                    .flatten()
+                    .is_none_or(|t| !t.eq_ignore_ascii_case(media_type(required)))
+                {
+                    return Err(TokenError::BadType);
+                }
+            }
+            (None, None) => {}
+            (None, Some(typ)) => {
+                let ok = typ.is_some_and(|t| {
+                    t.eq_ignore_ascii_case("JWT") || t.eq_ignore_ascii_case("at+jwt")
+                });
+                if !ok {
+                    return Err(TokenError::BadType);
+                }
             }
         }
         let alg: Algorithm = alg.parse().map_err(|_| TokenError::AlgorithmNotAllowed)?;
@@ -287,7 +309,21 @@ impl VerifierConfig {
         if in_future(claims.iat_ms) {
             return Err(TokenError::IssuedInFuture);
         }
+        if let Some(max_s) = self.max_lifetime_s {
+            let from = claims.iat_ms.unwrap_or(0).max(now_ms);
+            if claims.exp_ms.saturating_sub(from) > max_s.saturating_mul(1000) {
+                return Err(TokenError::LifetimeTooLong { max_s });
+            }
+        }
         Ok(claims)
+    }
+}
+
+/// A `typ` value without its optional `application/` prefix (RFC 7515 §4.1.9).
+fn media_type(typ: &str) -> &str {
+    match typ.get(..12) {
+        Some(prefix) if prefix.eq_ignore_ascii_case("application/") => &typ[12..],
+        _ => typ,
     }
 }
 

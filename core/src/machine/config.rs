@@ -15,6 +15,9 @@ pub struct SessionConfig {
     pub leeway_ms: u64,
     /// Largest message accepted, in bytes [65536].
     pub max_message_bytes: usize,
+    /// Deepest nesting of arrays and objects accepted in a message's `data`
+    /// [64]; deeper is `BAD_REQUEST`, as any malformed message.
+    pub max_json_depth: usize,
     /// Sustained data frames per second [100].
     pub rate_per_sec: u32,
     /// Burst of data frames [200].
@@ -46,6 +49,7 @@ impl Default for SessionConfig {
             refresh_notice_ms: 60_000,
             leeway_ms: 30_000,
             max_message_bytes: 64 * 1024,
+            max_json_depth: crate::protocol::MAX_JSON_DEPTH,
             rate_per_sec: 100,
             rate_burst: 200,
             frame_rate_per_sec: 1_000,

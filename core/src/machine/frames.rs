@@ -4,7 +4,7 @@
 use super::phase::{Phase, Queued};
 use super::{Connection, Event, Frame, Reply, RequestId};
 use crate::error::{CloseCode, ErrorCode};
-use crate::protocol::{ClientMessage, DecodeError, decode_client_message};
+use crate::protocol::{ClientMessage, DecodeError, decode_client_message_limited};
 
 impl Connection {
     /// `n` frames of any kind arrived (`activity`: a control frame, which also
@@ -45,7 +45,11 @@ impl Connection {
             return;
         }
         let decoded = match frame {
-            Frame::Text(text) => decode_client_message(text, self.config.max_message_bytes),
+            Frame::Text(text) => decode_client_message_limited(
+                text,
+                self.config.max_message_bytes,
+                self.config.max_json_depth,
+            ),
             Frame::TooLarge(_) => Err(DecodeError {
                 code: ErrorCode::MessageTooLarge,
                 id: None,
@@ -56,6 +60,15 @@ impl Connection {
                 id: None,
                 reason: "binary frames are not part of the protocol".into(),
             }),
+            Frame::ProtocolViolation => {
+                self.fail_with_close(
+                    None,
+                    ErrorCode::BadRequest,
+                    "frame breaks the WebSocket protocol".into(),
+                    CloseCode::PROTOCOL_ERROR,
+                );
+                return;
+            }
             Frame::InvalidUtf8 => {
                 self.fail_with_close(
                     None,

@@ -38,6 +38,10 @@ pub enum Frame<'a> {
     Binary(usize),
     /// A message the transport refused for its size, of at least this many bytes.
     TooLarge(usize),
+    /// A frame that breaks RFC 6455 framing (unmasked, reserved bits without
+    /// an extension, an unknown opcode, a control frame over 125 bytes or
+    /// fragmented, a continuation out of place): closed with 1002.
+    ProtocolViolation,
 }
 
 /// Everything that can happen to a connection, as one value: the only way in

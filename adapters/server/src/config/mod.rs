@@ -269,6 +269,9 @@ pub struct JwtConfig {
     pub leeway_s: u64,
     /// Largest token accepted, in bytes, checked before decoding [8192].
     pub max_token_bytes: usize,
+    /// When set, a token's header `typ` is required and must equal it (any
+    /// case, `application/` prefix allowed), e.g. `at+jwt` (RFC 9068).
+    pub required_typ: Option<String>,
     /// Tokens signed with RSA, ECDSA or EdDSA kept verified, until their `exp`
     /// [10000]; 0 turns the cache off.
     pub verify_cache_entries: usize,
@@ -299,6 +302,7 @@ impl Default for JwtConfig {
             audience: Vec::new(),
             leeway_s: 30,
             max_token_bytes: 8192,
+            required_typ: None,
             verify_cache_entries: 10_000,
         }
     }
@@ -338,6 +342,7 @@ impl fmt::Debug for JwtConfig {
             .field("audience", &self.audience)
             .field("leeway_s", &self.leeway_s)
             .field("max_token_bytes", &self.max_token_bytes)
+            .field("required_typ", &self.required_typ)
             .field("verify_cache_entries", &self.verify_cache_entries)
             .finish()
     }
@@ -616,8 +621,13 @@ pub struct Limits {
     pub frames_per_second: u32,
     /// Burst of frames of any kind per connection [2000].
     pub frame_burst: u32,
-    /// Connections per IP not yet authenticated [1024].
+    /// Connections per client network (an IPv4 address, an IPv6 /64) not yet
+    /// authenticated, counted from TCP accept, before TLS [1024].
     pub max_unauthenticated_per_ip: usize,
+    /// Connections not yet authenticated on the node, from every client [10000].
+    pub max_unauthenticated: usize,
+    /// Deepest nesting of arrays and objects in a message's `data` [64].
+    pub max_json_depth: usize,
     /// Open sockets in total [100000].
     pub max_connections: usize,
     /// Messages queued per connection before `SLOW_CONSUMER` [256].
@@ -641,6 +651,8 @@ impl Default for Limits {
             frames_per_second: 1_000,
             frame_burst: 2_000,
             max_unauthenticated_per_ip: 1024,
+            max_unauthenticated: 10_000,
+            max_json_depth: 64,
             max_connections: 100_000,
             outbound_queue: 256,
             outbound_queue_bytes: 1024 * 1024,

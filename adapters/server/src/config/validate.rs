@@ -271,6 +271,16 @@ impl Config {
         if jwt.audience.iter().any(|a| a.trim().is_empty()) {
             v.push("jwt.audience", "must not contain an empty audience");
         }
+        if jwt
+            .required_typ
+            .as_deref()
+            .is_some_and(|t| t.trim().is_empty() || t.contains(char::is_whitespace))
+        {
+            v.push(
+                "jwt.required_typ",
+                "must be a media type such as at+jwt when set",
+            );
+        }
         if jwt.max_token_bytes == 0 {
             v.push("jwt.max_token_bytes", "must be greater than 0");
         } else if jwt.max_token_bytes > self.limits.max_message_bytes {
@@ -336,6 +346,8 @@ impl Config {
             "limits.max_unauthenticated_per_ip",
             l.max_unauthenticated_per_ip as u64,
         );
+        v.positive("limits.max_unauthenticated", l.max_unauthenticated as u64);
+        v.positive("limits.max_json_depth", l.max_json_depth as u64);
         v.positive("limits.max_connections", l.max_connections as u64);
         v.positive("limits.outbound_queue", l.outbound_queue as u64);
         if l.outbound_queue_bytes < 65_536 {
