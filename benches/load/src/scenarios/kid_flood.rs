@@ -142,12 +142,7 @@ async fn valid_tokens(run_id: &str, n: u64) -> Vec<String> {
         let (key, run_id) = (key.clone(), run_id.to_owned());
         tokio::task::spawn_blocking(move || {
             (from..to)
-                .map(|i| {
-                    let sub = format!("load-{run_id}-{i}");
-                    let claims = json!({"sub": sub, "jti": sub, "iat": now, "exp": now + 3600,
-                                        "channels": ["bench:*"]});
-                    sign(&key, Algorithm::RS256, Some(KID), &claims).unwrap_or_default()
-                })
+                .map(|i| valid_token(&key, &run_id, i, now))
                 .collect::<Vec<_>>()
         })
     });
@@ -156,6 +151,14 @@ async fn valid_tokens(run_id: &str, n: u64) -> Vec<String> {
         tokens.extend(half.await.unwrap_or_default());
     }
     tokens
+}
+
+/// Valid token `i` of the run: RS256, `kid` [`KID`], its own `sub` and `jti`.
+fn valid_token(key: &EncodingKey, run_id: &str, i: u64, now: u64) -> String {
+    let sub = format!("load-{run_id}-{i}");
+    let claims = json!({"sub": sub, "jti": sub, "iat": now, "exp": now + 3600,
+                        "channels": ["bench:*"]});
+    sign(key, Algorithm::RS256, Some(KID), &claims).unwrap_or_default()
 }
 
 /// A token whose `kid` (`i`, with the run) no JWKS holds; its signature is never checked.
@@ -295,4 +298,27 @@ pub async fn kid_flood(ctx: Arc<Ctx>, f: Flood) -> Result<Report, String> {
         report.extra.insert(k.into(), v);
     }
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wsauth_core::jwt::{KeySet, TokenError, Verifier, VerifierConfig};
+
+    #[test]
+    fn the_served_jwks_verifies_the_valid_tokens_and_knows_no_flood_kid() {
+        let mut keys = KeySet::new();
+        assert_eq!(keys.add_published_jwks_json(&jwks(), 10).unwrap(), 1);
+        let verifier = Verifier::new(keys, VerifierConfig::default()).unwrap();
+        let key = EncodingKey::from_rsa_pem(RSA_KEY).unwrap();
+        let now = now_secs();
+        let claims = verifier
+            .verify(&valid_token(&key, "r", 7, now), now * 1000)
+            .unwrap();
+        assert_eq!(claims.sub, "load-r-7");
+        assert_eq!(
+            verifier.verify(&unknown_kid_token("r", 7), now * 1000),
+            Err(TokenError::UnknownKid)
+        );
+    }
 }
