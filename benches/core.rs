@@ -1,5 +1,6 @@
 //! Core benches: message decode, a full authentication pass through the machine
-//! (signature check excluded), and token verification per algorithm.
+//! (signature check excluded), token verification per algorithm, and the
+//! server's key sources (a key file against a JWKS URL, issue 14).
 //!
 //! Run: `cargo bench -p wsauth --bench core`
 
@@ -125,5 +126,104 @@ fn verify(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, decode, auth_pass, verify);
+/// The server's verifier as `KeySource::from_config` builds it, through the
+/// synchronous fast path (`TokenVerifier::verify_now`) every token takes: an
+/// RS256 key from a PEM file against the same key fetched from a JWKS URL (a
+/// small HTTP server on loopback, started here), each with its validation
+/// cache hit (`_cached`) and with the cache off (`_cold`:
+/// `jwt.verify_cache_entries = 0`, so each call decodes the header, looks the
+/// key up, checks the RSA signature and the claims; the cache key is still
+/// computed and looked up, as on a real miss; only the insert is skipped). And a
+/// token whose `kid` the JWKS does not hold, within `jwt.jwks_min_refetch_s`
+/// of the last fetch: refused at once, without waiting on a refetch.
+fn key_source(c: &mut Criterion) {
+    use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey};
+    use wsauth::jwt::{TokenError, b64url, sign};
+    use wsauth_server::config::Config;
+    use wsauth_server::{KeySource, TokenVerifier};
+
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let public = DecodingKey::from_rsa_pem(&key_file("rsa.pub.pem")).expect("rsa public");
+    let mut jwk = serde_json::to_value(
+        jsonwebtoken::jwk::Jwk::from_decoding_key(&public, Some(Algorithm::RS256)).expect("jwk"),
+    )
+    .expect("json");
+    jwk["kid"] = "bench-rsa".into();
+    let jwks = serde_json::json!({ "keys": [jwk] }).to_string();
+    let url = runtime.block_on(async move {
+        let app = axum::Router::new().route("/jwks", axum::routing::get(move || async { jwks }));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = format!("http://{}/jwks", listener.local_addr().expect("addr"));
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        url
+    });
+    let build = |jwks_url: bool, cache_entries: usize| {
+        let mut config = Config::default();
+        if jwks_url {
+            config.jwt.jwks_url = Some(url.clone());
+        } else {
+            config.jwt.public_key_files = vec![
+                format!(
+                    "{}/core/testdata/keys/rsa.pub.pem",
+                    env!("CARGO_MANIFEST_DIR")
+                )
+                .into(),
+            ];
+        }
+        config.jwt.verify_cache_entries = cache_entries;
+        // No refetch within the run: an unknown kid is always refused at once.
+        config.jwt.jwks_min_refetch_s = 3600;
+        runtime
+            .block_on(KeySource::from_config(&config, None))
+            .expect("key source")
+    };
+    let rsa = EncodingKey::from_rsa_pem(&key_file("rsa.key")).expect("rsa");
+    let claims = serde_json::json!({
+        "sub": "alice", "exp": NOW / 1000 + 3600, "iat": NOW / 1000, "jti": "0f8a7c31",
+        "iss": "https://idp.example", "channels": ["general", "team:*", "user:{sub}"]
+    });
+    // (name, from the JWKS URL, the kid the key has there: a file's stem)
+    for (name, jwks_url, kid) in [
+        ("rs256_file", false, "rsa.pub"),
+        ("rs256_jwks_url", true, "bench-rsa"),
+    ] {
+        let token = sign(&rsa, Algorithm::RS256, Some(kid), &claims).expect("sign");
+        for (suffix, cache_entries) in [("cached", 10_000), ("cold", 0)] {
+            let source = build(jwks_url, cache_entries);
+            let verify = || {
+                source
+                    .verify_now(black_box(&token), NOW)
+                    .expect("answered now")
+                    .expect("valid")
+            };
+            verify();
+            c.bench_function(&format!("key_source/{name}_{suffix}"), |b| b.iter(verify));
+        }
+    }
+    // Tokens with kids the JWKS does not hold (a flood's), a fresh one each call.
+    let source = build(true, 10_000);
+    let forged: Vec<String> = (0..1024)
+        .map(|i| {
+            let header = serde_json::json!({"alg": "RS256", "kid": format!("unknown-{i:04}")});
+            format!(
+                "{}.{}.{}",
+                b64url(header.to_string().as_bytes()),
+                b64url(claims.to_string().as_bytes()),
+                b64url(&[7u8; 256])
+            )
+        })
+        .collect();
+    let mut next = 0;
+    c.bench_function("key_source/unknown_kid_refused", |b| {
+        b.iter(|| {
+            next = (next + 1) % forged.len();
+            let answer = source.verify_now(black_box(&forged[next]), NOW);
+            assert!(matches!(answer, Some(Err(TokenError::UnknownKid))));
+        })
+    });
+}
+
+criterion_group!(benches, decode, auth_pass, verify, key_source);
 criterion_main!(benches);

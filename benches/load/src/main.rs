@@ -2,7 +2,8 @@
 //!
 //! Scenarios: `connect` (open, authenticate and hold N connections), `resume` (unclean drop and
 //! resume), `refresh` (token refreshes on live sessions), `fanout` (one publisher, N
-//! subscribers) and `rpc` (application calls on live sessions). Each prints successes, failures by kind, latency percentiles, rate and
+//! subscribers), `rpc` (application calls on live sessions) and `kid-flood` (valid RS256 auths
+//! during a flood of unknown-`kid` tokens, against a server it starts with a JWKS URL). Each prints successes, failures by kind, latency percentiles, rate and
 //! duration; `--json` prints them as one JSON line, `--svg` draws the latency distribution.
 
 mod client;
@@ -158,6 +159,33 @@ enum Cmd {
         #[command(flatten)]
         ramp: RampArgs,
     },
+    /// Start `wsauth-server` with `jwt.jwks_url` on a JWKS this tool serves, then for `--secs`
+    /// seconds authenticate valid RS256 tokens at `--valid-rate` while `--flood-rate` tokens a
+    /// second with unknown `kid`s arrive, each on a fresh connection (latency: a valid token's
+    /// `auth` sent → `authenticated`). `--url` is ignored: the server listens on a free port.
+    KidFlood {
+        /// Seconds of load.
+        #[arg(long, default_value_t = 10.0)]
+        secs: f64,
+        /// Tokens with an unknown `kid` per second (0: the baseline).
+        #[arg(long, default_value_t = 10_000.0)]
+        flood_rate: f64,
+        /// Flood connections in flight at most.
+        #[arg(long, default_value_t = 256)]
+        flood_concurrency: usize,
+        /// What the flood sends: unknown-`kid` JWTs, or (a control) no JWT at all.
+        #[arg(long, value_enum, default_value_t = scenarios::FloodToken::UnknownKid)]
+        flood_token: scenarios::FloodToken,
+        /// Valid RS256 auths per second.
+        #[arg(long, default_value_t = 200.0)]
+        valid_rate: f64,
+        /// The server's `jwt.jwks_min_refetch_s`.
+        #[arg(long, default_value_t = 10)]
+        min_refetch_s: u64,
+        /// The `wsauth-server` binary [default: the one next to this tool].
+        #[arg(long)]
+        server_bin: Option<PathBuf>,
+    },
 }
 
 /// Parses a `ws://host:port/path` URL and resolves its host.
@@ -216,6 +244,7 @@ fn svg_title(r: &Report) -> String {
         "refresh" => "refresh → refreshed",
         "fanout" => "publish → message delivered",
         "rpc" => "rpc sent → rpc_result",
+        "kid-flood" => "valid RS256 auth sent → authenticated, during an unknown-kid flood",
         other => other,
     };
     format!("wsauth-load {}: {what} latency", r.scenario)
@@ -230,6 +259,9 @@ impl Cmd {
             | Cmd::Refresh { sessions, .. }
             | Cmd::Rpc { sessions, .. } => *sessions,
             Cmd::Fanout { subscribers, .. } => subscribers + 1,
+            Cmd::KidFlood {
+                flood_concurrency, ..
+            } => *flood_concurrency as u64 + 64,
         }
     }
 }
@@ -253,10 +285,12 @@ fn main() -> ExitCode {
 
 async fn run(cli: Cli, nofile: Option<u64>) -> ExitCode {
     let c = &cli.common;
-    let Some(secret) = c
+    let secret = c
         .secret
         .clone()
-        .or_else(|| std::env::var("WSAUTH_JWT__HS256_SECRET").ok())
+        .or_else(|| std::env::var("WSAUTH_JWT__HS256_SECRET").ok());
+    // `kid-flood` signs RS256 tokens with the test key: it needs no secret.
+    let Some(secret) = secret.or_else(|| matches!(cli.cmd, Cmd::KidFlood { .. }).then(String::new))
     else {
         eprintln!("wsauth-load: no secret: pass --secret or set WSAUTH_JWT__HS256_SECRET");
         return ExitCode::from(2);
@@ -349,6 +383,37 @@ async fn run(cli: Cli, nofile: Option<u64>) -> ExitCode {
         } => {
             let pace = pace.unwrap_or(Pace::BackToBack { calls: 1000 });
             scenarios::rpc(ctx, sessions, method, pace, ramp.into(), c.pid).await
+        }
+        Cmd::KidFlood {
+            secs,
+            flood_rate,
+            flood_concurrency,
+            flood_token,
+            valid_rate,
+            min_refetch_s,
+            server_bin,
+        } => {
+            let server_bin = server_bin.unwrap_or_else(|| {
+                std::env::current_exe()
+                    .map(|exe| exe.with_file_name("wsauth-server"))
+                    .unwrap_or_else(|_| "wsauth-server".into())
+            });
+            let flood = scenarios::Flood {
+                secs: secs.max(0.1),
+                flood_rate: flood_rate.max(0.0),
+                flood_concurrency,
+                flood_token,
+                valid_rate: valid_rate.max(1.0),
+                min_refetch_s,
+                server_bin,
+            };
+            match scenarios::kid_flood(ctx, flood).await {
+                Ok(report) => report,
+                Err(e) => {
+                    eprintln!("wsauth-load: kid-flood: {e}");
+                    return ExitCode::FAILURE;
+                }
+            }
         }
     };
     report.extra.insert("client_nofile".into(), json!(nofile));

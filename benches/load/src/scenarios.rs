@@ -1,6 +1,9 @@
-//! The scenarios: connect, resume, refresh, fanout, and rpc (in `scenarios/rpc.rs`).
+//! The scenarios: connect, resume, refresh, fanout, rpc (in `scenarios/rpc.rs`) and kid-flood
+//! (in `scenarios/kid_flood.rs`).
 
+mod kid_flood;
 mod rpc;
+pub use kid_flood::{Flood, FloodToken, kid_flood};
 pub use rpc::{Pace, rpc};
 
 use std::collections::BTreeMap;
