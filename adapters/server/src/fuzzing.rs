@@ -20,11 +20,13 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::Role;
+use wsauth_core::upgrade::{UpgradeDecision, UpgradePolicy, inspect_upgrade};
 use wsauth_core::{Connection, Input, PeerClose};
 
 use crate::config::Config;
 use crate::conn::Tungstenite;
 use crate::driver::Transport;
+use crate::handshake::{self, HandshakeError, MAX_HEAD_BYTES};
 use crate::meter::{FrameCount, FrameMeter};
 use crate::server::{session_config, ws_config};
 
@@ -180,4 +182,57 @@ pub fn frame_codec_messages(data: &[u8]) -> usize {
 /// Takes every output the connection has, and drops it.
 fn drain(conn: &mut Connection) {
     while conn.poll_output().is_some() {}
+}
+
+/// Target `upgrade_head`: the upgrade request head reader on arbitrary bytes and,
+/// when it parses, the core's upgrade decision on its headers (as `conn::serve`
+/// takes it). Byte 1 sets the policy: bit 0 allows the query token, bit 1 sets an
+/// origin allow-list. Never panics; the head read is bounded and accounted for.
+pub fn upgrade_head(data: &[u8]) {
+    let (chunk, flags, rest) = split(data);
+    let policy = UpgradePolicy {
+        allowed_origins: if flags & 2 != 0 {
+            vec!["https://app.example".to_owned()]
+        } else {
+            Vec::new()
+        },
+        allow_query_token: flags & 1 != 0,
+    };
+    let mut socket = Replay::new(rest, chunk);
+    let read = block_on(handshake::read_upgrade_request(&mut socket));
+    match read {
+        Ok(request) => {
+            // What was read is the head, then the leftover.
+            let head_len = socket.pos - request.leftover.len();
+            assert_eq!(&rest[head_len..socket.pos], request.leftover.as_slice());
+            assert!(head_len <= MAX_HEAD_BYTES, "a head over the cap");
+            assert!(rest[..head_len].ends_with(b"\r\n\r\n"));
+            assert!(!request.path.contains('?'), "the query is split off");
+            let decision =
+                inspect_upgrade(request.header_pairs(), request.query.as_deref(), &policy);
+            match decision {
+                UpgradeDecision::Refuse { status, body } => {
+                    assert_eq!(status, body.code.http_status());
+                }
+                UpgradeDecision::Proceed { subprotocol, .. } => {
+                    let mut sink = tokio::io::sink();
+                    let written = block_on(handshake::write_switching_protocols(
+                        &mut sink,
+                        &request.key,
+                        subprotocol,
+                    ));
+                    assert!(written.is_ok());
+                }
+            }
+        }
+        Err(e) => match e {
+            HandshakeError::Io(io) => {
+                assert_eq!(io.kind(), io::ErrorKind::UnexpectedEof);
+                assert_eq!(socket.pos, rest.len(), "EOF before the end of the bytes");
+            }
+            HandshakeError::TooLarge => assert_eq!(e.status(), Some(431)),
+            HandshakeError::NotAnUpgrade(_) => assert_eq!(e.status(), Some(400)),
+            HandshakeError::Timeout(_) => panic!("no deadline here"),
+        },
+    }
 }

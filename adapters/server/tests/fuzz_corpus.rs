@@ -1,6 +1,6 @@
 //! The server's fuzz corpora replayed on stable. `config_loader`: loading never
 //! panics, and a configuration that loads says nothing secret in its Debug output.
-//! `frame_codec`: through the same functions the fuzzers run
+//! `frame_codec` and `upgrade_head`: through the same functions the fuzzers run
 //! (`wsauth_server::fuzzing`), so a crash found once stays fixed.
 
 use std::path::PathBuf;
@@ -57,6 +57,14 @@ fn frame_codec_reads_the_valid_seeds() {
             "{seed}"
         );
     }
+}
+
+#[test]
+fn upgrade_head_corpus() {
+    println!(
+        "{} inputs",
+        replay("upgrade_head", wsauth_server::fuzzing::upgrade_head)
+    );
 }
 
 #[test]
