@@ -11,6 +11,8 @@ pub mod conn;
 pub mod dev;
 pub mod driver;
 pub mod fdlimit;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 pub mod handshake;
 pub mod introspect;
 pub mod keys;

@@ -22,7 +22,7 @@ use wsauth_store::{MemoryStore, Notify, Store, StoreSettings};
 use wsauth_store_redis::{RedisConfig, RedisStore};
 
 use crate::app::App;
-use crate::config::{Config, StoreKind};
+use crate::config::{Config, Limits, StoreKind};
 use crate::limits::IpLimiter;
 use crate::metrics::Metrics;
 use crate::reload::Reloader;
@@ -218,6 +218,17 @@ pub fn jwt_keys(
     Ok((keys, verifier_config))
 }
 
+/// The WebSocket codec's settings from the limits: the message and frame caps,
+/// a small read buffer, and writes flushed at once.
+pub fn ws_config(limits: &Limits) -> WebSocketConfig {
+    WebSocketConfig::default()
+        .max_message_size(Some(limits.max_message_bytes))
+        .max_frame_size(Some(limits.max_frame_bytes))
+        .read_buffer_size(1024)
+        .write_buffer_size(0)
+        .max_write_buffer_size(limits.max_message_bytes * 2 + 64 * 1024)
+}
+
 /// The core's settings from the configuration.
 pub fn session_config(config: &Config) -> SessionConfig {
     let s = &config.session;
@@ -278,12 +289,7 @@ impl<S: Store> Shared<S> {
             warn!("allowed_origins is empty: browsers from any origin may connect");
         }
         let limits = &config.limits;
-        let ws_config = WebSocketConfig::default()
-            .max_message_size(Some(limits.max_message_bytes))
-            .max_frame_size(Some(limits.max_frame_bytes))
-            .read_buffer_size(1024)
-            .write_buffer_size(0)
-            .max_write_buffer_size(limits.max_message_bytes * 2 + 64 * 1024);
+        let ws_config = ws_config(limits);
         let node: Arc<str> = config.effective_node_id().into();
         let app = crate::app::configured(app, &config, &node).map_err(StartError::App)?;
         Ok(Shared {
