@@ -16,13 +16,10 @@ pub struct DevSecrets {
     pub admin_key: Option<String>,
 }
 
-/// Whether the configuration names no verification key at all.
+/// Whether the configuration names no way to verify tokens at all (no key,
+/// JWKS URL, discovery, issuer entry or introspection endpoint).
 pub fn has_no_keys(config: &Config) -> bool {
-    let j = &config.jwt;
-    j.hs256_secret.is_none()
-        && j.hs256_secret_file.is_none()
-        && j.public_key_files.is_empty()
-        && j.jwks_file.is_none()
+    !config.jwt.has_verification()
 }
 
 fn random_text(bytes: usize) -> String {

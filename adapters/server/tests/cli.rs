@@ -337,3 +337,39 @@ fn an_admin_listener_off_loopback_without_tls_is_warned_about_at_start() {
     );
     assert!(!log.contains("an-admin-key-long-enough"));
 }
+
+#[test]
+fn a_server_whose_only_keys_are_an_identity_providers_is_not_in_development_mode() {
+    // A JWKS URL nobody answers, and a start without its keys: the server
+    // runs on the provider's keys alone, never on a generated secret.
+    let mut child = command()
+        .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+        .env("WSAUTH_JWT__JWKS_URL", "http://127.0.0.1:9/jwks")
+        .env("WSAUTH_JWT__JWKS_START_WITHOUT_KEYS", "true")
+        .env("WSAUTH_ADMIN_KEY", "an-admin-key-of-some-length")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the binary starts");
+    // Logs and the banner both go to stdout; stderr is drained.
+    let stderr = child.stderr.take().expect("stderr");
+    std::thread::spawn(move || for _ in BufReader::new(stderr).lines() {});
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut seen = Vec::new();
+    while !seen.iter().any(|l: &String| l.contains("listening")) {
+        assert!(Instant::now() < deadline, "not listening in time: {seen:?}");
+        match lines.next() {
+            Some(Ok(line)) => seen.push(line),
+            _ => panic!("the server stopped: {seen:?}"),
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let printed: Vec<String> = lines.map_while(Result::ok).collect();
+    let everything = format!("{printed:?} {seen:?}");
+    assert!(
+        !everything.contains("DEVELOPMENT MODE") && !everything.contains("HS256_SECRET"),
+        "a development secret was added: {everything}"
+    );
+}
