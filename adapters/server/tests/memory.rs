@@ -129,7 +129,9 @@ fn start() -> Server {
         .env("WSAUTH_SESSION__RESUME_GRACE_MS", &grace)
         // The publisher sends faster than a client would.
         .env("WSAUTH_LIMITS__MESSAGES_PER_SECOND", "100000")
-        .env("WSAUTH_LIMITS__MESSAGE_BURST", "100000");
+        .env("WSAUTH_LIMITS__MESSAGE_BURST", "100000")
+        .env("WSAUTH_LIMITS__FRAMES_PER_SECOND", "100000")
+        .env("WSAUTH_LIMITS__FRAME_BURST", "100000");
     if let Ok(extra) = std::env::var("WSAUTH_MEMORY_TEST_ENV") {
         for kv in extra.split(',').filter(|s| !s.is_empty()) {
             let (k, v) = kv.split_once('=').expect("KEY=VALUE");
