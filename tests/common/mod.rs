@@ -282,7 +282,6 @@ pub async fn http_raw(
     key: Option<&str>,
     body: &str,
 ) -> (u16, String) {
-    let mut stream = TcpStream::connect(addr).await.expect("admin connect");
     let auth = key
         .map(|k| format!("Authorization: Bearer {k}\r\n"))
         .unwrap_or_default();
@@ -290,11 +289,18 @@ pub async fn http_raw(
         "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
+    http_exchange(addr, &request).await
+}
+
+/// Sends `request` (a whole HTTP request, which closes the connection) and
+/// reads the answer: (status, body).
+pub async fn http_exchange(addr: SocketAddr, request: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(addr).await.expect("HTTP connect");
     stream.write_all(request.as_bytes()).await.expect("write");
     let mut response = Vec::new();
     tokio::time::timeout(WAIT, stream.read_to_end(&mut response))
         .await
-        .expect("admin answers")
+        .expect("the server answers")
         .expect("read");
     let text = String::from_utf8_lossy(&response).into_owned();
     let status = text
@@ -402,4 +408,19 @@ pub async fn server_with_switchable_store(
         start_with_store(config, verifier, hub, store.clone()).await,
         store,
     )
+}
+
+/// Authenticates with `token` on a new connection: `Ok(user_id)` or
+/// `Err(code)`; a success is closed with 1000.
+pub async fn auth_outcome(addr: SocketAddr, token: &str) -> Result<String, String> {
+    let mut c = Client::connect(addr).await;
+    c.send(json!({"type": "auth", "id": 1, "token": token}))
+        .await;
+    let reply = c.recv().await;
+    if reply["type"] == "authenticated" {
+        c.close(1000).await;
+        Ok(reply["user_id"].as_str().unwrap_or_default().to_owned())
+    } else {
+        Err(reply["code"].as_str().unwrap_or("?").to_owned())
+    }
 }

@@ -19,10 +19,9 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
-use common::{Client, WAIT};
+use common::{WAIT, auth_outcome as auth};
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use wsauth_server::ServerHandle;
 use wsauth_server::config::Config;
@@ -275,29 +274,12 @@ async fn request(
     headers: &[(&str, &str)],
     body: &str,
 ) -> (u16, String) {
-    let mut stream = TcpStream::connect(addr).await.expect("provider connect");
     let mut head = format!("{method} {path} HTTP/1.0\r\nHost: {addr}\r\n");
     for (name, value) in headers {
         head.push_str(&format!("{name}: {value}\r\n"));
     }
     head.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
-    stream.write_all(head.as_bytes()).await.expect("write");
-    let mut response = Vec::new();
-    tokio::time::timeout(WAIT, stream.read_to_end(&mut response))
-        .await
-        .expect("the provider answers")
-        .expect("read");
-    let text = String::from_utf8_lossy(&response).into_owned();
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .expect("status line");
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    (status, body)
+    common::http_exchange(addr, &head).await
 }
 
 /// wsauth with the provider as its only key source, as an operator configures it.
@@ -311,20 +293,6 @@ fn config(provider: &Provider) -> Config {
     c.jwt.algorithms = vec!["RS256".to_owned()];
     c.jwt.jwks_min_refetch_s = 1;
     c
-}
-
-/// Authenticates with `token` over the WebSocket: `Ok(user_id)` or `Err(code)`.
-async fn auth(addr: SocketAddr, token: &str) -> Result<String, String> {
-    let mut c = Client::connect(addr).await;
-    c.send(json!({"type": "auth", "id": 1, "token": token}))
-        .await;
-    let reply = c.recv().await;
-    if reply["type"] == "authenticated" {
-        c.close(1000).await;
-        Ok(reply["user_id"].as_str().unwrap_or_default().to_owned())
-    } else {
-        Err(reply["code"].as_str().unwrap_or("?").to_owned())
-    }
 }
 
 /// The value of the series `name` (no labels) in the server's metrics.

@@ -14,7 +14,7 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{ADMIN_KEY, Client, WAIT, http, now_s};
+use common::{ADMIN_KEY, WAIT, auth_outcome as auth, http, now_s};
 use futures_util::{SinkExt, StreamExt};
 use jsonwebtoken::{Algorithm, EncodingKey};
 use serde_json::{Value, json};
@@ -85,20 +85,6 @@ fn key_dir() -> (tempfile::TempDir, PathBuf) {
     let path = dir.path().join("current.pem");
     std::fs::write(&path, test_key("p256.pub.pem")).expect("write");
     (dir, path)
-}
-
-/// Authenticates with `token`: `Ok(sub)` or `Err(code)`.
-async fn auth(addr: SocketAddr, token: &str) -> Result<String, String> {
-    let mut c = Client::connect(addr).await;
-    c.send(json!({"type": "auth", "id": 1, "token": token}))
-        .await;
-    let reply = c.recv().await;
-    if reply["type"] == "authenticated" {
-        c.close(1000).await;
-        Ok(reply["user_id"].as_str().unwrap_or_default().to_owned())
-    } else {
-        Err(reply["code"].as_str().unwrap_or("?").to_owned())
-    }
 }
 
 fn refused() -> Result<String, String> {

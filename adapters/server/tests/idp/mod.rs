@@ -20,7 +20,8 @@ use wsauth_core::jwt::{b64url, sign};
 
 use std::time::Instant;
 
-use super::common::{Client, WAIT, now_s};
+pub use super::common::auth_outcome as auth;
+use super::common::{WAIT, now_s};
 
 pub const JWKS: &str = "/jwks";
 pub const DISCOVERY: &str = "/.well-known/openid-configuration";
@@ -73,20 +74,6 @@ pub fn forged(kid: &str) -> String {
         b64url(claims.as_bytes()),
         b64url(&[7u8; 64])
     )
-}
-
-/// Authenticates with `token`: `Ok(sub)` or `Err(code)`.
-pub async fn auth(addr: std::net::SocketAddr, token: &str) -> Result<String, String> {
-    let mut c = Client::connect(addr).await;
-    c.send(json!({"type": "auth", "id": 1, "token": token}))
-        .await;
-    let reply = c.recv().await;
-    if reply["type"] == "authenticated" {
-        c.close(1000).await;
-        Ok(reply["user_id"].as_str().unwrap_or_default().to_owned())
-    } else {
-        Err(reply["code"].as_str().unwrap_or("?").to_owned())
-    }
 }
 
 /// The value of one series in an exposition (`name{labels}` exactly).
