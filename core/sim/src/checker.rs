@@ -195,6 +195,8 @@ impl InvariantChecker {
                     } if *fatal => {
                         let close = if message.contains("UTF-8") {
                             CloseCode::INVALID_PAYLOAD
+                        } else if message.contains("breaks the WebSocket protocol") {
+                            CloseCode::PROTOCOL_ERROR
                         } else if message.contains("too many frames") && !track.live_seen {
                             // The frame budget, before authentication.
                             CloseCode::POLICY_VIOLATION
