@@ -1199,6 +1199,19 @@ async fn metric(node: &Node, series: &str) -> Option<f64> {
         .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
 }
 
+/// Whether `needle` shows up in the node's log within a few seconds (the log
+/// reaches the test through a pipe and a reader thread).
+async fn eventually_logged(node: &Node, needle: &str) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !logged(node, needle) {
+        if Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    true
+}
+
 fn logged(node: &Node, needle: &str) -> bool {
     node.logs
         .lock()
@@ -1279,7 +1292,7 @@ async fn a_node_behind_its_trimmed_stream_closes_its_sockets_and_the_revoked_one
         "the revoked session resumed: {o:?}"
     );
     assert!(
-        logged(&a, "trimmed"),
+        eventually_logged(&a, "trimmed").await,
         "no log line on a says notices were trimmed:\n{}",
         a.log_tail(20)
     );
@@ -1322,7 +1335,7 @@ async fn a_node_cut_off_from_redis_closes_its_sockets_after_the_notice_lag_bound
     );
     assert_eq!(readyz(&a).await, 503);
     assert!(
-        logged(&a, "store.max_notice_lag_ms"),
+        eventually_logged(&a, "store.max_notice_lag_ms").await,
         "no log line on a names the bound:\n{}",
         a.log_tail(20)
     );
@@ -1409,5 +1422,9 @@ async fn readyz_answers_503_as_soon_as_draining_starts() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert!(logged(&a, "graceful shutdown"), "{}", a.log_tail(10));
+    assert!(
+        eventually_logged(&a, "graceful shutdown").await,
+        "{}",
+        a.log_tail(10)
+    );
 }
