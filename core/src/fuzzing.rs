@@ -60,18 +60,31 @@ pub fn upgrade(data: &[u8]) {
         query.as_deref(),
         &policy,
     );
-    let has_auth = headers
+    let named = |name: &'static str| {
+        headers
+            .iter()
+            .filter(move |(n, _)| n.eq_ignore_ascii_case(name))
+    };
+    let has_auth = named("authorization").next().is_some();
+    // 400 exactly when a header that must appear once repeats, or the key is malformed.
+    let malformed = ["authorization", "origin", "sec-websocket-key"]
         .iter()
-        .any(|(n, _)| n.eq_ignore_ascii_case("authorization"));
+        .any(|h| named(h).count() > 1)
+        || named("sec-websocket-key").any(|(_, k)| !crate::upgrade::is_websocket_key(k));
     match decision {
         UpgradeDecision::Refuse { status, body } => {
-            assert!(matches!(status, 401 | 403), "refusals are 401 or 403");
+            assert_eq!(status == 400, malformed, "400 exactly for a malformed head");
+            assert!(
+                matches!(status, 400 | 401 | 403),
+                "refusals are 400, 401 or 403"
+            );
             assert_eq!(status, body.code.http_status());
             if status == 403 {
                 assert!(!allowed_origins.is_empty(), "403 only with an allow-list");
             }
         }
         UpgradeDecision::Proceed { subprotocol, token } => {
+            assert!(!malformed, "a malformed head is never upgraded");
             if let Some(p) = subprotocol {
                 assert_eq!(p, "wsauth.v1");
             }
