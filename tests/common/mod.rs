@@ -75,8 +75,8 @@ pub fn on_redis(mut config: Config) -> Config {
     use std::sync::atomic::{AtomicU64, Ordering};
     static PREFIXES: AtomicU64 = AtomicU64::new(0);
     let test = format!("{} on Redis", wsauth_test_support::current_test());
-    if wsauth_store_redis::testing::available(&test) {
-        let redis = wsauth_store_redis::testing::RedisServer::shared();
+    if wsauth_test_support::redis::available(&test) {
+        let redis = wsauth_test_support::redis::RedisServer::shared();
         config.store.kind = wsauth_server::config::StoreKind::Redis;
         config.store.url = Some(redis.url());
         config.store.key_prefix = format!("suite{}:", PREFIXES.fetch_add(1, Ordering::Relaxed));

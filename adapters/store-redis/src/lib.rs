@@ -30,8 +30,6 @@ use wsauth_store::{
 };
 
 mod claims;
-#[cfg(feature = "testing")]
-pub mod testing;
 
 use claims::StoredClaims;
 
