@@ -5,6 +5,8 @@
 //! `cargo xtask test` installs every tool, counts the [`MARKER`] lines as skipped tests in
 //! its summary, and points [`PYTHON_VAR`] at the project's virtual environment.
 
+#![warn(missing_docs)]
+
 use std::collections::HashSet;
 use std::io::Write;
 use std::path::{Path, PathBuf};

@@ -14,9 +14,9 @@
 //! once per `jwt.jwks_min_refetch_s`, however many unknown `kid`s arrive. See
 //! `docs/identity-providers.md`.
 //!
-//! [`IssuerKeys::reload`] re-reads the key files and swaps in a verifier built
-//! from them and the JWKS's last fetched keys, or, if a file is refused, keeps
-//! the current one.
+//! [`IssuerKeys::prepare_reload`] re-reads the key files and builds a verifier
+//! from them and the JWKS's last fetched keys, which [`IssuerKeys::apply_reload`]
+//! swaps in; if a file is refused, the current one stays.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};

@@ -2,6 +2,8 @@
 //! from real sockets. It holds no protocol decision of its own: it moves bytes,
 //! owns timers and sockets, and answers the core's requests (verifier, store).
 
+#![warn(missing_docs)]
+
 pub mod admin;
 pub mod api;
 pub mod app;

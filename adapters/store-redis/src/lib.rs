@@ -11,6 +11,8 @@
 //! revocation nor a message is missed silently, and entries leave in the order the
 //! scripts ran, which is `seq` order for every session.
 
+#![warn(missing_docs)]
+
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};

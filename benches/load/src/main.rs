@@ -54,7 +54,7 @@ struct Common {
     /// Write an SVG chart of the latency distribution to this path.
     #[arg(long, global = true)]
     svg: Option<PathBuf>,
-    /// The server's pid: report its RSS growth per connection (from /proc/<pid>/status).
+    /// The server's pid: report its RSS growth per connection (from `/proc/<pid>/status`).
     #[arg(long, global = true)]
     pid: Option<u32>,
     /// Seconds to wait for any one reply before counting a timeout.

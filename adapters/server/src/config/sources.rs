@@ -30,17 +30,17 @@ pub struct ServeArgs {
     /// TOML configuration file (its keys are listed in docs/configuration.md).
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// Address of the WebSocket listener [listen].
+    /// Address of the WebSocket listener (setting `listen`).
     #[arg(long, value_name = "ADDR")]
     pub listen: Option<SocketAddr>,
-    /// Address of the admin HTTP listener [admin_listen].
+    /// Address of the admin HTTP listener (setting `admin_listen`).
     #[arg(long, value_name = "ADDR")]
     pub admin_listen: Option<SocketAddr>,
-    /// Bearer key of the admin API [admin_key]. Visible to other local users in
+    /// Bearer key of the admin API (setting `admin_key`). Visible to other local users in
     /// the process list: prefer WSAUTH_ADMIN_KEY or the file.
     #[arg(long, value_name = "KEY")]
     pub admin_key: Option<String>,
-    /// URL path of the WebSocket endpoint [path].
+    /// URL path of the WebSocket endpoint (setting `path`).
     #[arg(long, value_name = "PATH")]
     pub path: Option<String>,
     /// Store kind [store.kind].
