@@ -10,6 +10,25 @@
 //! to Redis drops for a moment reads on from the last entry it saw, so neither a
 //! revocation nor a message is missed silently, and entries leave in the order the
 //! scripts ran, which is `seq` order for every session.
+//!
+//! A `wsauth-server` node uses it when `store.kind = "redis"`; an embedder builds
+//! it like this (every node with the same `key_prefix`, each with its own
+//! `node_id`) and hands it to the server library:
+//!
+//! ```no_run
+//! use wsauth_store::hub::Hub;
+//! use wsauth_store::StoreSettings;
+//! use wsauth_store_redis::{RedisConfig, RedisStore};
+//!
+//! # #[tokio::main]
+//! # async fn main() -> Result<(), wsauth_store::StoreError> {
+//! let config = RedisConfig::new("redis://127.0.0.1:6379/0", "wsauth:", "node-a");
+//! let hub = Hub::new(256); // this node's connections
+//! let store = RedisStore::connect(config, StoreSettings::default(), hub).await?;
+//! # drop(store);
+//! # Ok(())
+//! # }
+//! ```
 
 #![warn(missing_docs)]
 

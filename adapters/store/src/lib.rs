@@ -6,6 +6,36 @@
 //! revocation list, each session's replay buffer with its `seq` numbering, and
 //! channel membership. It reaches the connections of its node through [`Notify`],
 //! which [`hub::Hub`] implements for every driver.
+//!
+//! Use [`MemoryStore`] on one node, `wsauth-store-redis` on several, or implement
+//! [`Store`] for a backend of your own and run the contract suite (feature
+//! `contract-tests`) against it. A connection driver hands the core's store
+//! requests to [`execute`]; calling the store directly looks like this:
+//!
+//! ```
+//! use std::sync::Arc;
+//! use wsauth_core::jwt::Claims;
+//! use wsauth_store::hub::Hub;
+//! use wsauth_store::{CreateOutcome, MemoryStore, Store, StoreSettings};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! let store = MemoryStore::new(StoreSettings::default(), Hub::new(256));
+//! let now = 1_767_225_600_000; // Unix ms
+//! let alice = Arc::new(Claims::new("alice", now + 3_600_000));
+//!
+//! let Ok(CreateOutcome::Created { session_id, resume_token, .. }) =
+//!     store.create_session(alice, now).await
+//! else {
+//!     panic!("a first session is created");
+//! };
+//! // After a network drop the client resumes with its token, once.
+//! let resumed = store.resume_session(&session_id, &resume_token, now + 1_000).await;
+//! assert!(matches!(resumed, Ok(Some(_))));
+//! let again = store.resume_session(&session_id, &resume_token, now + 2_000).await;
+//! assert!(matches!(again, Ok(None)), "a resume token works once");
+//! # }
+//! ```
 
 #![warn(missing_docs)]
 
