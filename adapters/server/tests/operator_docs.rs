@@ -287,12 +287,18 @@ fn exposed_name(family: &str, kind: &str) -> String {
     }
 }
 
-/// Every `wsauth_…` identifier in `text`.
+/// Every `wsauth_…` and `process_…` identifier in `text`.
 fn metric_names(text: &str) -> BTreeSet<String> {
+    let mut names = prefixed_names(text, "wsauth_");
+    names.extend(prefixed_names(text, "process_"));
+    names
+}
+
+fn prefixed_names(text: &str, prefix: &str) -> BTreeSet<String> {
     let mut names = BTreeSet::new();
     let bytes = text.as_bytes();
     let mut i = 0;
-    while let Some(pos) = text[i..].find("wsauth_") {
+    while let Some(pos) = text[i..].find(prefix) {
         let start = i + pos;
         let preceded = start > 0 && {
             let c = bytes[start - 1];
@@ -367,6 +373,14 @@ fn documented_labels() -> BTreeMap<&'static str, &'static [&'static str]> {
         ("wsauth_jwks_keys", &[][..]),
         ("wsauth_jwks_age_seconds", &[][..]),
         ("wsauth_config_reloads", &["outcome"][..]),
+        ("wsauth_build_info", &["version", "commit"][..]),
+        ("process_cpu_seconds", &[][..]),
+        ("process_resident_memory_bytes", &[][..]),
+        ("process_virtual_memory_bytes", &[][..]),
+        ("process_open_fds", &[][..]),
+        ("process_max_fds", &[][..]),
+        ("process_threads", &[][..]),
+        ("process_start_time_seconds", &[][..]),
     ])
 }
 
@@ -923,6 +937,43 @@ async fn admin_api_md_mentions_every_route_and_every_metric() {
         md.contains("/admin/refusals"),
         "admin-api.md points to /admin/refusals"
     );
+}
+
+/// `wsauth_build_info` names this build: the crate's version, and the commit
+/// `git` reports for this checkout (when the tests run in one).
+#[tokio::test]
+async fn build_info_names_the_version_and_the_commit() {
+    let exposition = scrape_after_traffic().await;
+    let info: Vec<_> = samples(&exposition)
+        .into_iter()
+        .filter(|(name, _, _)| name == "wsauth_build_info")
+        .collect();
+    assert_eq!(info.len(), 1, "one build_info series in:\n{exposition}");
+    let (_, labels, value) = &info[0];
+    assert_eq!(value, "1");
+    assert_eq!(labels["version"], env!("CARGO_PKG_VERSION"));
+    let head = std::process::Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned());
+    match head {
+        Some(head) => assert_eq!(labels["commit"], head, "the commit built"),
+        None => assert_eq!(labels["commit"], "unknown"),
+    }
+    // The process series come from the operating system: plausible, not zero.
+    let value_of = |series: &str| {
+        samples(&exposition)
+            .into_iter()
+            .find(|(name, _, _)| name == series)
+            .and_then(|(_, _, v)| v.parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("{series} in:\n{exposition}"))
+    };
+    assert!(value_of("process_resident_memory_bytes") > 1e6);
+    assert!(value_of("process_open_fds") >= 3.0);
+    assert!(value_of("process_cpu_seconds_total") > 0.0);
 }
 
 #[test]
