@@ -51,6 +51,7 @@
 pub mod admin;
 pub mod api;
 pub mod app;
+pub mod check;
 pub mod cli;
 pub mod config;
 pub mod conn;

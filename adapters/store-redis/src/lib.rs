@@ -189,6 +189,22 @@ fn plausible_session_id(id: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
+/// Checks `url` as [`RedisStore::connect`] reads it, without connecting (for
+/// `wsauth-server check-config`); the error never shows the URL, which may hold
+/// a password.
+pub fn check_url(url: &str) -> Result<(), StoreError> {
+    open_client(url).map(drop)
+}
+
+fn open_client(url: &str) -> Result<Client, StoreError> {
+    Client::open(url).map_err(|e| {
+        StoreError::Unavailable(format!(
+            "store.url is not a valid Redis URL ({})",
+            e.category()
+        ))
+    })
+}
+
 impl RedisStore {
     /// Connects, checks that Redis answers, and starts reading this node's stream.
     /// Fails (with a message that names no password) when Redis cannot be reached.
@@ -197,12 +213,7 @@ impl RedisStore {
         settings: StoreSettings,
         notify: Arc<dyn Notify>,
     ) -> Result<RedisStore, StoreError> {
-        let client = Client::open(config.url.as_str()).map_err(|e| {
-            StoreError::Unavailable(format!(
-                "store.url is not a valid Redis URL ({})",
-                e.category()
-            ))
-        })?;
+        let client = open_client(&config.url)?;
         let manager_config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(1)))
             .set_response_timeout(Some(config.response_timeout))

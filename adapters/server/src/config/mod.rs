@@ -43,7 +43,7 @@ use serde::de::{self, Deserializer, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize, Serializer};
 
 pub use fields::{FIELDS, SECRET_KEYS, env_var};
-pub use sources::{ServeArgs, load, load_toml_text, load_with_env};
+pub use sources::{Origins, ServeArgs, load, load_toml_text, load_with_env, load_with_origins};
 pub(crate) use validate::check_jwks_url;
 pub use validate::{MIN_ADMIN_KEY_CHARS, MIN_HMAC_SECRET_BYTES};
 
