@@ -26,6 +26,11 @@ const PIECES: &[Piece] = &[
         ensure: |s| s.debian_tool("chromium", "chromium"),
     },
     Piece {
+        name: "systemd-analyze",
+        needed_by: "the check of the systemd units (packaging/systemd)",
+        ensure: |s| s.debian_tool("systemd-analyze", "systemd"),
+    },
+    Piece {
         name: "python venv",
         needed_by: "the Python client, the dashboard (Playwright)",
         ensure: Setup::python_venv,

@@ -204,6 +204,7 @@ fn serve(args: ServeArgs, app: App) -> ExitCode {
                 )
             );
         }
+        crate::systemd::ready(handle.ws_addr, handle.admin_addr);
         #[cfg(unix)]
         match hangups {
             Ok(hangups) => {
@@ -215,6 +216,7 @@ fn serve(args: ServeArgs, app: App) -> ExitCode {
         tokio::spawn(async move {
             wait_for_signal().await;
             tracing::info!("signal received: graceful shutdown");
+            crate::systemd::stopping();
             let _ = trigger.send(true);
         });
         handle.wait().await;
@@ -230,7 +232,9 @@ async fn reload_on_hangup(
 ) {
     while hangups.recv().await.is_some() {
         let reloader = reloader.clone();
+        crate::systemd::reloading();
         let _ = tokio::task::spawn_blocking(move || reloader.reload("SIGHUP")).await;
+        crate::systemd::reloaded();
     }
 }
 

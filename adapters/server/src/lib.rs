@@ -72,6 +72,7 @@ pub mod proxy;
 pub mod reload;
 pub mod server;
 pub mod state;
+pub mod systemd;
 pub mod tls;
 pub mod verify;
 
