@@ -477,8 +477,7 @@ fn group_json(
     lives: &[Life],
     failures: &BTreeMap<String, u64>,
     flood_secs: f64,
-    rate: u32,
-    burst: u32,
+    limits: Option<(u32, u32)>,
     sockets: u64,
 ) -> Value {
     let n = lives.len() as u64;
@@ -494,7 +493,9 @@ fn group_json(
     };
     // The budget a socket had: its burst, plus the rate over its life (the auth message and
     // the first fragment are frames too, but two frames are noise here).
-    let budget = |l: &Life| f64::from(burst) + f64::from(rate) * l.lifetime.as_secs_f64();
+    let budget = |(rate, burst): (u32, u32)| {
+        mean(&|l| f64::from(burst) + f64::from(rate) * l.lifetime.as_secs_f64())
+    };
     let round = |v: f64| (v * 10.0).round() / 10.0;
     json!({
         "flooders": sockets,
@@ -508,7 +509,8 @@ fn group_json(
         "closed_mean_lifetime_ms": mean(&|l| l.lifetime.as_secs_f64() * 1000.0).map(round),
         "closed_mean_frames_written": mean(&|l| l.written as f64).map(round),
         "closed_max_ping_echoed": closed.iter().map(|l| l.echoed).max(),
-        "closed_mean_budget": mean(&budget).map(round),
+        "closed_mean_ping_echoed": mean(&|l| l.echoed as f64).map(round),
+        "closed_mean_budget": limits.and_then(budget).map(round),
     })
 }
 
@@ -605,7 +607,13 @@ pub async fn frame_flood(ctx: Arc<Ctx>, f: FrameFlood) -> Result<Report, String>
         };
         by_group.insert(
             name.into(),
-            group_json(&lives, &failures, flood_secs, rate, burst, f.sockets),
+            group_json(
+                &lives,
+                &failures,
+                flood_secs,
+                (!f.budget_off).then_some((rate, burst)),
+                f.sockets,
+            ),
         );
     }
     let connections: u64 = by_group
@@ -692,20 +700,21 @@ fn table(
     );
     let _ = writeln!(
         s,
-        "  {:<16} {:>6} {:>8} {:>12} {:>11} {:>12} {:>11}  ends",
-        "group", "conns", "closed", "frames/s", "life ms", "written/conn", "budget"
+        "  {:<16} {:>6} {:>8} {:>12} {:>11} {:>12} {:>12} {:>11}  ends",
+        "group", "conns", "closed", "frames/s", "life ms", "written/conn", "echoed/conn", "budget"
     );
     for (name, g) in groups {
         let num = |k: &str| g[k].as_f64().map_or("-".into(), |v| format!("{v:.0}"));
         let _ = writeln!(
             s,
-            "  {:<16} {:>6} {:>8} {:>12} {:>11} {:>12} {:>11}  {}",
+            "  {:<16} {:>6} {:>8} {:>12} {:>11} {:>12} {:>12} {:>11}  {}",
             name,
             num("connections"),
             num("closed_by_server"),
             num("frames_written_per_s"),
             num("closed_mean_lifetime_ms"),
             num("closed_mean_frames_written"),
+            num("closed_mean_ping_echoed"),
             num("closed_mean_budget"),
             g["ends"],
         );
