@@ -11,7 +11,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -118,15 +118,15 @@ const PING_LEN: usize = 14;
 #[cfg(test)]
 const CONT_LEN: usize = 6;
 
-/// Fills `buf` with whole flood frames; returns how many. Pings carry `seq`, `seq + 1`, ….
+/// Fills `buf` with whole flood frames; returns how many. Pings carry the numbers after `seq`.
 fn fill(buf: &mut Vec<u8>, kind: FrameKind, seq: &mut u64) -> u64 {
     buf.clear();
-    let mut n = 0;
+    let mut n: u64 = 0;
     while buf.len() + PING_LEN <= BUF {
         let ping = match kind {
             FrameKind::Ping => true,
             FrameKind::Continuation => false,
-            FrameKind::Both => n % 2 == 0,
+            FrameKind::Both => n.is_multiple_of(2),
         };
         if ping {
             *seq += 1;
@@ -412,7 +412,10 @@ async fn probe(target: &Target, token: &str, rate: f64, until: Instant, col: &Co
     .await
     {
         Ok(ws) => ws,
-        Err(f) => return col.fail(format!("probe-auth:{}", f.key())),
+        Err(f) => {
+            col.fail(format!("probe-auth:{}", f.key()));
+            return;
+        }
     };
     let mut id = 1u64;
     let mut next = Instant::now();
@@ -441,7 +444,7 @@ async fn probe(target: &Target, token: &str, rate: f64, until: Instant, col: &Co
 
 /// Starts `wsauth-server` on `listen` with the HS256 `secret` and the frame budget.
 async fn start_server(
-    bin: &PathBuf,
+    bin: &Path,
     listen: SocketAddr,
     secret: &str,
     f: &FrameFlood,
@@ -489,7 +492,8 @@ fn group_json(
     }
     let closed: Vec<&Life> = lives.iter().filter(|l| l.end != End::Deadline).collect();
     let mean = |f: &dyn Fn(&Life) -> f64| {
-        (!closed.is_empty()).then(|| closed.iter().map(|l| f(l)).sum::<f64>() / closed.len() as f64)
+        (!closed.is_empty())
+            .then(|| closed.iter().map(|&l| f(l)).sum::<f64>() / closed.len() as f64)
     };
     // The budget a socket had: its burst, plus the rate over its life (the auth message and
     // the first fragment are frames too, but two frames are noise here).
