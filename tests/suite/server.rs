@@ -245,6 +245,54 @@ async fn a_ping_flood_closes_4429_once_authenticated_and_1008_before() {
     c.expect_fatal("RATE_LIMITED", 1008).await;
 }
 
+/// A count, not a timing: pings are answered in order and a pong echoes its ping, so the
+/// highest number a pong echoes before the close is at most how many pings the server
+/// handled. That stays within the budget over the time the client saw, which is longer than
+/// the connection's life on the server; without the budget all 20,000 would be answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ping_flood_is_handled_no_further_than_the_frame_budget() {
+    let mut config = test_config();
+    config.limits.frames_per_second = 100;
+    config.limits.frame_burst = 200;
+    let s = server(config).await;
+    let start = Instant::now();
+    let (mut c, _) = Client::authed(s.ws_addr, &token("alice", json!({}))).await;
+    for seq in 1..=20_000u64 {
+        let _ =
+            c.ws.feed(Message::Ping(seq.to_be_bytes().to_vec().into()))
+                .await;
+    }
+    let _ = c.ws.flush().await;
+    let (mut echoed, mut close) = (0, None);
+    while let Ok(Some(Ok(m))) = tokio::time::timeout(Duration::from_secs(10), c.ws.next()).await {
+        match m {
+            Message::Pong(p) => {
+                if let Ok(seq) = <[u8; 8]>::try_from(&p[..]) {
+                    echoed = echoed.max(u64::from_be_bytes(seq));
+                }
+            }
+            Message::Close(f) => {
+                close = f.map(|f| u16::from(f.code));
+                break;
+            }
+            _ => {}
+        }
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    assert_eq!(close, Some(4429));
+    assert!(
+        echoed > 0,
+        "no pong at all: the bound below would say nothing"
+    );
+    // The burst and the rate over the life, less the `auth` message, plus the ping that
+    // went over (its pong may be queued before the budget refuses it).
+    let bound = (200.0 + 100.0 * elapsed).floor() as u64;
+    assert!(
+        echoed <= bound,
+        "{echoed} pings handled in {elapsed:.3} s; the budget allows {bound}"
+    );
+}
+
 listener_case! {
 why = "axum reassembles continuation frames below wsauth, which never sees them";
 async fn a_flood_of_empty_continuation_frames_is_counted_and_closed() {

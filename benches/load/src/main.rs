@@ -186,6 +186,11 @@ enum Cmd {
         #[arg(long)]
         server_bin: Option<PathBuf>,
     },
+    /// Start `wsauth-server`, then for `--secs` seconds `--sockets` sockets write pings or empty
+    /// continuation frames as fast as they can, reconnecting when closed, while a well-behaved
+    /// client sends app-level `ping`s (latency: `ping` sent → `pong`). Reports the server's CPU
+    /// per second and per flooding connection. `--url` is ignored.
+    FrameFlood(scenarios::FrameFlood),
 }
 
 /// Parses a `ws://host:port/path` URL and resolves its host.
@@ -262,6 +267,7 @@ impl Cmd {
             Cmd::KidFlood {
                 flood_concurrency, ..
             } => *flood_concurrency as u64 + 64,
+            Cmd::FrameFlood(f) => f.max_sockets() * 2 + 64,
         }
     }
 }
@@ -289,9 +295,10 @@ async fn run(cli: Cli, nofile: Option<u64>) -> ExitCode {
         .secret
         .clone()
         .or_else(|| std::env::var("WSAUTH_JWT__HS256_SECRET").ok());
-    // `kid-flood` signs RS256 tokens with the test key: it needs no secret.
-    let Some(secret) = secret.or_else(|| matches!(cli.cmd, Cmd::KidFlood { .. }).then(String::new))
-    else {
+    // `kid-flood` signs RS256 tokens with the test key, `frame-flood` with a secret of its own
+    // server's: they need no secret.
+    let own_keys = matches!(cli.cmd, Cmd::KidFlood { .. } | Cmd::FrameFlood(_));
+    let Some(secret) = secret.or_else(|| own_keys.then(String::new)) else {
         eprintln!("wsauth-load: no secret: pass --secret or set WSAUTH_JWT__HS256_SECRET");
         return ExitCode::from(2);
     };
@@ -415,6 +422,13 @@ async fn run(cli: Cli, nofile: Option<u64>) -> ExitCode {
                 }
             }
         }
+        Cmd::FrameFlood(f) => match scenarios::frame_flood(ctx, f).await {
+            Ok(report) => report,
+            Err(e) => {
+                eprintln!("wsauth-load: frame-flood: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
     };
     report.extra.insert("client_nofile".into(), json!(nofile));
     if let Some(path) = &c.svg {

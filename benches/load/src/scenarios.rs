@@ -1,8 +1,10 @@
-//! The scenarios: connect, resume, refresh, fanout, rpc (in `scenarios/rpc.rs`) and kid-flood
-//! (in `scenarios/kid_flood.rs`).
+//! The scenarios: connect, resume, refresh, fanout, rpc (in `scenarios/rpc.rs`), kid-flood
+//! (in `scenarios/kid_flood.rs`) and frame-flood (in `scenarios/frame_flood.rs`).
 
+mod frame_flood;
 mod kid_flood;
 mod rpc;
+pub use frame_flood::{FrameFlood, frame_flood};
 pub use kid_flood::{Flood, FloodToken, kid_flood};
 pub use rpc::{Pace, rpc};
 
