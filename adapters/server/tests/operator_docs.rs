@@ -6,10 +6,13 @@
 
 #[path = "../../../tests/common/mod.rs"]
 mod common;
+#[path = "support/doc_metrics.rs"]
+mod doc_metrics;
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use common::{ADMIN_KEY, Client, http, token};
+use doc_metrics::{dashboard_exprs, metric_names};
 use serde_json::{Value, json};
 use wsauth_server::admin::ROUTES;
 
@@ -285,52 +288,6 @@ fn exposed_name(family: &str, kind: &str) -> String {
     } else {
         family.to_owned()
     }
-}
-
-/// Every `wsauth_…` and `process_…` identifier in `text`.
-fn metric_names(text: &str) -> BTreeSet<String> {
-    let mut names = prefixed_names(text, "wsauth_");
-    names.extend(prefixed_names(text, "process_"));
-    names
-}
-
-fn prefixed_names(text: &str, prefix: &str) -> BTreeSet<String> {
-    let mut names = BTreeSet::new();
-    let bytes = text.as_bytes();
-    let mut i = 0;
-    while let Some(pos) = text[i..].find(prefix) {
-        let start = i + pos;
-        let preceded = start > 0 && {
-            let c = bytes[start - 1];
-            c.is_ascii_alphanumeric() || c == b'_'
-        };
-        let mut end = start;
-        while end < bytes.len() && (bytes[end].is_ascii_alphanumeric() || bytes[end] == b'_') {
-            end += 1;
-        }
-        if !preceded {
-            names.insert(text[start..end].to_owned());
-        }
-        i = end;
-    }
-    names
-}
-
-/// Every PromQL expression of a Grafana dashboard (rows' nested panels included).
-fn dashboard_exprs(dashboard: &Value) -> Vec<String> {
-    fn walk(panels: &Value, out: &mut Vec<String>) {
-        for panel in panels.as_array().into_iter().flatten() {
-            for target in panel["targets"].as_array().into_iter().flatten() {
-                if let Some(expr) = target["expr"].as_str() {
-                    out.push(expr.to_owned());
-                }
-            }
-            walk(&panel["panels"], out);
-        }
-    }
-    let mut out = Vec::new();
-    walk(&dashboard["panels"], &mut out);
-    out
 }
 
 /// The labels each family carries, as documented (besides `le` on buckets).
