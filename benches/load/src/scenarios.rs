@@ -1,8 +1,10 @@
 //! The scenarios: connect, resume, refresh, fanout, rpc (in `scenarios/rpc.rs`) and kid-flood
-//! (in `scenarios/kid_flood.rs`).
+//! (in `scenarios/kid_flood.rs`) and chaos (in `scenarios/chaos.rs`).
 
+mod chaos;
 mod kid_flood;
 mod rpc;
+pub use chaos::{Chaos, chaos};
 pub use kid_flood::{Flood, FloodToken, kid_flood};
 pub use rpc::{Pace, rpc};
 
