@@ -206,6 +206,9 @@ enum Cmd {
         /// SIGKILL a random node and restart it this often (0: never).
         #[arg(long, default_value_t = 60.0)]
         kill_every_s: f64,
+        /// Which node each kill takes.
+        #[arg(long, value_enum, default_value_t = scenarios::KillOrder::Random)]
+        kill_order: scenarios::KillOrder,
         /// SIGKILL Redis and restart it on its AOF this often (0: never).
         #[arg(long, default_value_t = 300.0)]
         redis_restart_every_s: f64,
@@ -414,6 +417,7 @@ async fn run(cli: Cli, nofile: Option<u64>) -> ExitCode {
         sessions,
         secs: chaos_secs,
         kill_every_s,
+        kill_order,
         redis_restart_every_s,
         redis_down_ms,
         revocations,
@@ -429,6 +433,7 @@ async fn run(cli: Cli, nofile: Option<u64>) -> ExitCode {
             sessions: sessions.max(1),
             secs: secs(chaos_secs).as_secs_f64(),
             kill_every_s: secs(kill_every_s).as_secs_f64(),
+            kill_order,
             redis_restart_every_s: secs(redis_restart_every_s).as_secs_f64(),
             redis_down_ms,
             revocations,

@@ -4,7 +4,7 @@
 mod chaos;
 mod kid_flood;
 mod rpc;
-pub use chaos::{Chaos, chaos};
+pub use chaos::{Chaos, KillOrder, chaos};
 pub use kid_flood::{Flood, FloodToken, kid_flood};
 pub use rpc::{Pace, rpc};
 

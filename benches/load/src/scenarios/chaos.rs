@@ -27,6 +27,15 @@ use super::*;
 use crate::client::recv;
 use crate::svg;
 
+/// Which node each kill takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum KillOrder {
+    /// Any node, at random: a node spared for long ends up holding most sessions.
+    Random,
+    /// Each node in turn, so that every node's sessions move again and again.
+    RoundRobin,
+}
+
 /// What one `chaos` run does.
 #[derive(Debug, Clone)]
 pub struct Chaos {
@@ -34,6 +43,7 @@ pub struct Chaos {
     pub sessions: usize,
     pub secs: f64,
     pub kill_every_s: f64,
+    pub kill_order: KillOrder,
     pub redis_restart_every_s: f64,
     /// How long Redis stays down at each restart.
     pub redis_down_ms: u64,
@@ -611,7 +621,6 @@ impl SessionLog {
 
     /// A close that ends the session here: revocation, or a loss.
     fn on_drop(&mut self, f: &Fail, sh: &Shared) -> bool {
-        report::count(&mut self.drops, f.key());
         match f {
             Fail::Closed(Some(4403)) => {
                 if self.revoke_requested(sh) {
@@ -739,6 +748,7 @@ impl SessionLog {
             {
                 Stopped::Phase => break,
                 Stopped::Drop(f) => {
+                    report::count(&mut self.drops, f.key());
                     if self.on_drop(&f, &sh) {
                         if matches!(self.end, End::Lost(_)) {
                             sh.lost.fetch_add(1, Ordering::Relaxed);
@@ -898,7 +908,10 @@ pub async fn chaos(ctx: Arc<Ctx>, cfg: Chaos) -> Result<ChaosReport, String> {
             let mut at = chaos_t0 + every;
             while at < end {
                 tokio::time::sleep_until(at.into()).await;
-                let slot = rng.below(cluster.slots.len());
+                let slot = match cluster.cfg.kill_order {
+                    KillOrder::Random => rng.below(cluster.slots.len()),
+                    KillOrder::RoundRobin => kills as usize % cluster.slots.len(),
+                };
                 cluster.kill(slot);
                 cluster.event(format!("SIGKILL node {slot}"));
                 kills += 1;
@@ -1003,7 +1016,7 @@ pub async fn chaos(ctx: Arc<Ctx>, cfg: Chaos) -> Result<ChaosReport, String> {
                     .count();
                 eprintln!(
                     "[chaos {t:>5.0}s] nodes up {}/{} redis {} · accepted {} delivered {} \
-                     resumes {} revoked {revoked} lost {} · rss {}",
+                     resume attempts {} revoked {revoked} lost {} · rss {}",
                     cluster.up_slots().len(),
                     cluster.slots.len(),
                     if cluster.redis_up.load(Ordering::Relaxed) {
@@ -1079,6 +1092,10 @@ pub async fn chaos(ctx: Arc<Ctx>, cfg: Chaos) -> Result<ChaosReport, String> {
     report.redis_restarts = redis_restarts;
     report.revoke_attempts = revoke_attempts;
     report.panicked = panicked;
+    for entry in &mut report.revocation_log {
+        entry.0 -= chaos_offset;
+    }
+    report.revocation_log.sort_by(|a, b| a.0.total_cmp(&b.0));
     report.node_starts = starts;
     report.failed_starts = cluster.failed_starts.load(Ordering::Relaxed);
     report.rss = samples;
@@ -1116,6 +1133,8 @@ pub struct ChaosReport {
     pub revoked_stayed_open: u64,
     pub revoked_resumed: u64,
     pub revoke_close_ms: Vec<f64>,
+    /// Per revocation: answered at (s since the chaos began), 4403 seen after (ms), outcome.
+    pub revocation_log: Vec<(f64, Option<f64>, &'static str)>,
     pub lost: BTreeMap<String, u64>,
     pub unexpected_4403: u64,
     pub resumes: u64,
@@ -1134,13 +1153,14 @@ pub struct ChaosReport {
 fn account(cfg: &Chaos, logs: &[SessionLog], revoke_marks: &[(u64, u64)]) -> ChaosReport {
     let mut r = ChaosReport {
         cfg_line: format!(
-            "{} nodes, {} sessions on {} channels, {:.0} s, SIGKILL a node every {:.0} s, \
+            "{} nodes, {} sessions on {} channels, {:.0} s, SIGKILL a node ({:?}) every {:.0} s, \
              redis restart every {:.0} s (down {} ms), {} revocations, a publish per session \
              every {} ms",
             cfg.nodes,
             cfg.sessions,
             cfg.channels,
             cfg.secs,
+            cfg.kill_order,
             cfg.kill_every_s,
             cfg.redis_restart_every_s,
             cfg.redis_down_ms,
@@ -1185,7 +1205,8 @@ fn account(cfg: &Chaos, logs: &[SessionLog], revoke_marks: &[(u64, u64)]) -> Cha
         let (requested, answered) = revoke_marks.get(log.index).copied().unwrap_or((0, 0));
         if requested != 0 {
             r.revocations += 1;
-            match log.end {
+            let answered_s = answered as f64 / 1e6;
+            let entry = match log.end {
                 End::RevokedClosed(at) => {
                     r.revoked_closed += 1;
                     let ms = at.saturating_sub(answered) as f64 / 1000.0;
@@ -1193,12 +1214,20 @@ fn account(cfg: &Chaos, logs: &[SessionLog], revoke_marks: &[(u64, u64)]) -> Cha
                     if answered != 0 && ms > REVOKE_CLOSE_BOUND.as_secs_f64() * 1000.0 {
                         r.revoked_close_late += 1;
                     }
+                    (answered_s, Some(ms), "closed 4403")
                 }
-                End::RevokedRefused => r.revoked_refused_resume += 1,
+                End::RevokedRefused => {
+                    r.revoked_refused_resume += 1;
+                    (answered_s, None, "refused at resume")
+                }
                 // Still attached at the end, never closed 4403.
-                End::Running => r.revoked_stayed_open += 1,
-                End::Lost(_) => {}
-            }
+                End::Running => {
+                    r.revoked_stayed_open += 1;
+                    (answered_s, None, "never closed")
+                }
+                End::Lost(_) => (answered_s, None, "lost"),
+            };
+            r.revocation_log.push(entry);
             continue;
         }
         if matches!(log.end, End::Lost(_)) {
@@ -1261,8 +1290,10 @@ fn map_text(m: &BTreeMap<String, u64>) -> String {
         .join(", ")
 }
 
-/// Per slot: (samples, first, min, max, last) in KiB.
-fn rss_summary(rss: &RssSamples, slots: usize) -> Vec<Option<(usize, u64, u64, u64, u64)>> {
+/// One node slot's RSS: samples, then first, min, max and last in KiB.
+type RssSummary = (usize, u64, u64, u64, u64);
+
+fn rss_summary(rss: &RssSamples, slots: usize) -> Vec<Option<RssSummary>> {
     (0..slots)
         .map(|slot| {
             let v: Vec<u64> = rss.iter().filter(|s| s.1 == slot).map(|s| s.2).collect();
@@ -1461,6 +1492,7 @@ impl ChaosReport {
             "revoked_stayed_open": self.revoked_stayed_open,
             "revoked_resumed": self.revoked_resumed,
             "revoke_close_ms": {"p50": q(0.5), "p99": q(0.99), "max": q(1.0)},
+            "revocation_log": self.revocation_log.iter().map(|(t, ms, what)| json!([(t * 1000.0).round() / 1000.0, ms, what])).collect::<Vec<_>>(),
             "lost": self.lost,
             "unexpected_4403": self.unexpected_4403,
             "panicked": self.panicked,
@@ -1536,9 +1568,11 @@ impl ChaosReport {
         );
         for (t, what) in &self.events {
             let color = if what.starts_with("redis") {
-                "#bbb"
+                "#999"
+            } else if what.starts_with("SIGKILL") || what.contains("start failed") {
+                "#f3a0a0"
             } else {
-                "#f3c0c0"
+                "#9cc"
             };
             let _ = write!(
                 s,
@@ -1570,7 +1604,7 @@ impl ChaosReport {
         }
         let _ = write!(
             s,
-            r##"<text x="{L}" y="{}" fill="#999">dashed: pink = node SIGKILL, grey = Redis down/up</text></svg>"##,
+            r##"<text x="{L}" y="{}" fill="#999">dashed: pink = node SIGKILL (or a failed start), grey = Redis down/up, teal = chaos begins/drain begins</text></svg>"##,
             T - 8.0
         );
         s
@@ -1587,6 +1621,7 @@ mod tests {
             sessions: 4,
             secs: 10.0,
             kill_every_s: 5.0,
+            kill_order: KillOrder::Random,
             redis_restart_every_s: 5.0,
             redis_down_ms: 0,
             revocations: 1,
