@@ -1584,17 +1584,30 @@ impl ChaosReport {
         }
         for slot in 0..self.node_starts.len() {
             let color = colors[slot % colors.len()];
-            let pts: Vec<String> = self
-                .rss
-                .iter()
-                .filter(|p| p.1 == slot)
-                .map(|p| format!("{:.1},{:.1}", x(p.0), y(mib(p.2))))
-                .collect();
-            let _ = write!(
-                s,
-                r#"<polyline fill="none" stroke="{color}" stroke-width="2" points="{}"/>"#,
-                pts.join(" ")
-            );
+            // One line per process: a kill of this slot between two samples breaks it.
+            let killed = format!("SIGKILL node {slot}");
+            let mut lines: Vec<Vec<String>> = vec![Vec::new()];
+            let mut prev_t = f64::NEG_INFINITY;
+            for p in self.rss.iter().filter(|p| p.1 == slot) {
+                let restarted = self
+                    .events
+                    .iter()
+                    .any(|(t, what)| *what == killed && *t > prev_t && *t <= p.0);
+                if restarted && lines.last().is_some_and(|l| !l.is_empty()) {
+                    lines.push(Vec::new());
+                }
+                if let Some(line) = lines.last_mut() {
+                    line.push(format!("{:.1},{:.1}", x(p.0), y(mib(p.2))));
+                }
+                prev_t = p.0;
+            }
+            for pts in lines.iter().filter(|l| !l.is_empty()) {
+                let _ = write!(
+                    s,
+                    r#"<polyline fill="none" stroke="{color}" stroke-width="2" points="{}"/>"#,
+                    pts.join(" ")
+                );
+            }
             let _ = write!(
                 s,
                 r#"<text x="{}" y="{}" fill="{color}">node {slot}</text>"#,
@@ -1697,17 +1710,25 @@ mod tests {
     }
 
     #[test]
-    fn the_svg_is_well_formed() {
+    fn the_svg_is_well_formed_with_one_line_per_process() {
         let r = ChaosReport {
             node_starts: vec![1, 2],
             rss: vec![(0.0, 0, 10_000), (10.0, 0, 11_000), (10.0, 1, 9_000)],
             events: vec![
+                (5.0, "SIGKILL node 0".into()),
                 (5.0, "SIGKILL node 1".into()),
                 (7.0, "redis SIGKILL".into()),
             ],
             cfg_line: "a & b".into(),
             ..ChaosReport::default()
         };
-        roxmltree::Document::parse(&r.svg()).unwrap();
+        let svg = r.svg();
+        let doc = roxmltree::Document::parse(&svg).unwrap();
+        let lines = doc
+            .descendants()
+            .filter(|n| n.has_tag_name("polyline"))
+            .count();
+        // Node 0's kill at 5 s splits its two samples; node 1's came before its only one.
+        assert_eq!(lines, 3);
     }
 }
