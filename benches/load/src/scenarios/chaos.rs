@@ -993,7 +993,12 @@ pub async fn chaos(ctx: Arc<Ctx>, cfg: Chaos) -> Result<ChaosReport, String> {
         let mut phase = shared.phase.clone();
         tokio::spawn(async move {
             let mut samples: RssSamples = Vec::new();
-            let mut tick = tokio::time::interval(Duration::from_secs(10));
+            // Halfway between kills (which fall on whole multiples of their period from the
+            // start), so that a sample rarely finds its node restarting.
+            let mut tick = tokio::time::interval_at(
+                (chaos_t0 + Duration::from_secs(5)).into(),
+                Duration::from_secs(10),
+            );
             loop {
                 tokio::select! {
                     _ = tick.tick() => {}
