@@ -21,7 +21,6 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::AtomicU32;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use wsauth_store_redis::testing::RedisServer;
 
 use super::*;
 use crate::client::recv;
@@ -113,7 +112,7 @@ struct Slot {
 /// The nodes, Redis and what happened to them.
 struct Cluster {
     slots: Vec<Slot>,
-    redis: Mutex<RedisServer>,
+    redis: Mutex<Redis>,
     /// Read once: the restarter holds the `redis` lock for seconds.
     redis_url: String,
     redis_up: std::sync::atomic::AtomicBool,
@@ -124,6 +123,110 @@ struct Cluster {
     failed_starts: AtomicU64,
     /// (seconds since the chaos began, what) for the picture and the report.
     events: Mutex<Vec<(f64, String)>>,
+}
+
+/// `redis-server` with an append-only file synced on every write, so that a SIGKILL loses
+/// nothing (as `wsauth_store_redis::testing` starts it; that feature as a normal dependency of
+/// the tool would be compiled into every server built beside it). Its files go when dropped.
+struct Redis {
+    child: Option<Child>,
+    port: u16,
+    dir: PathBuf,
+}
+
+impl Redis {
+    fn start(dir: PathBuf) -> Result<Redis, String> {
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        let port = free_addr()
+            .map_err(|e| format!("no free port: {e}"))?
+            .port();
+        let mut redis = Redis {
+            child: None,
+            port,
+            dir,
+        };
+        redis.spawn()?;
+        Ok(redis)
+    }
+
+    /// Starts the process on this port and directory; returns once it answers `PING`.
+    fn spawn(&mut self) -> Result<(), String> {
+        let port = self.port.to_string();
+        let dir = self
+            .dir
+            .to_str()
+            .ok_or("the Redis directory is not UTF-8")?;
+        let child = Command::new("redis-server")
+            .args([
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                &port,
+                "--dir",
+                dir,
+                "--save",
+                "",
+            ])
+            .args(["--appendonly", "yes", "--appendfsync", "always"])
+            .args(["--protected-mode", "no", "--loglevel", "warning"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("cannot start redis-server: {e}"))?;
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Some(child) = self.child.as_mut()
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                self.child = None;
+                return Err(format!("redis-server exited: {status}"));
+            }
+            if redis_answers(self.port) {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.kill();
+        Err(format!(
+            "redis-server did not answer on port {port} within 30 s"
+        ))
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    /// SIGKILL: a crash, not a shutdown.
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A `PING` over a plain socket: whether Redis answers yet.
+fn redis_answers(port: u16) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
+    if s.write_all(b"PING\r\n").is_err() {
+        return false;
+    }
+    let mut buf = [0u8; 16];
+    matches!(s.read(&mut buf), Ok(n) if buf[..n].starts_with(b"+PONG"))
 }
 
 /// µs since `origin`.
@@ -814,9 +917,10 @@ pub async fn chaos(ctx: Arc<Ctx>, cfg: Chaos) -> Result<ChaosReport, String> {
         cfg.nodes,
         cfg.log_dir.display()
     );
-    let redis = tokio::task::spawn_blocking(RedisServer::start_persistent)
+    let redis_dir = cfg.log_dir.join("redis");
+    let redis = tokio::task::spawn_blocking(move || Redis::start(redis_dir))
         .await
-        .map_err(|e| format!("redis did not start: {e}"))?;
+        .map_err(|e| format!("redis did not start: {e}"))??;
     let mut slots = Vec::new();
     for _ in 0..cfg.nodes.max(1) {
         slots.push(Slot {
@@ -943,15 +1047,17 @@ pub async fn chaos(ctx: Arc<Ctx>, cfg: Chaos) -> Result<ChaosReport, String> {
                 cluster.event("redis SIGKILL".into());
                 let c = cluster.clone();
                 let res = tokio::task::spawn_blocking(move || {
-                    if let Ok(mut r) = c.redis.lock() {
-                        r.stop();
-                        std::thread::sleep(down);
-                        r.restart();
-                    }
+                    let mut r = c
+                        .redis
+                        .lock()
+                        .map_err(|_| "redis lock poisoned".to_string())?;
+                    r.kill();
+                    std::thread::sleep(down);
+                    r.spawn()
                 })
                 .await;
-                if res.is_err() {
-                    eprintln!("chaos: redis did not restart");
+                if let Err(e) = res.map_err(|e| e.to_string()).and_then(|r| r) {
+                    eprintln!("chaos: redis did not restart: {e}");
                     break;
                 }
                 cluster.redis_up.store(true, Ordering::Relaxed);
