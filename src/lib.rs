@@ -25,6 +25,11 @@ pub use wsauth_store as store;
 #[cfg(feature = "redis")]
 pub use wsauth_store_redis as store_redis;
 
+/// How wsauth is built: the core, the adapters, where each rule lives
+/// (`docs/architecture.md`).
+#[doc = include_str!("../docs/architecture.md")]
+pub mod architecture {}
+
 /// How an application plugs in: handlers for its users' calls, session hooks, the
 /// HTTP backend and the server API (`docs/app-integration.md`, whose Rust examples
 /// are compiled here).

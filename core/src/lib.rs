@@ -1,13 +1,4 @@
-//! # wsauth-core
-//!
-//! The I/O-free heart of wsauth: the per-connection session state machine, the wire
-//! protocol's types and error codes, and the JWT verifier.
-//!
-//! What it is not: it opens no socket, reads no clock, spawns no thread, runs no async
-//! code and draws no randomness. Time comes in as an argument (Unix milliseconds),
-//! decisions go out as values. The same inputs always give the same outputs, which is
-//! what lets the tests print every flow as a transcript and explore it exhaustively.
-
+#![doc = include_str!("../README.md")]
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -35,6 +26,3 @@ pub use protocol::{
     ServerMessage, decode_client_message, decode_client_message_limited,
 };
 pub mod upgrade;
-
-#[doc = include_str!("../../docs/architecture.md")]
-pub mod architecture {}

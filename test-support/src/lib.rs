@@ -1,13 +1,18 @@
 //! What wsauth's tests share about the tools they need from outside Rust (`redis-server`,
-//! Python, Chromium): how a test skips when one is missing, and which Python to run.
+//! Python, Chromium): how a test skips when one is missing, which Python to run, and a
+//! throwaway `redis-server` ([`redis::RedisServer`]).
 //!
 //! `cargo xtask test` installs every tool, counts the [`MARKER`] lines as skipped tests in
 //! its summary, and points [`PYTHON_VAR`] at the project's virtual environment.
+
+#![warn(missing_docs)]
 
 use std::collections::HashSet;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+
+pub mod redis;
 
 /// Starts the line a skipped test prints: `WSAUTH-SKIPPED <test>: <reason>`.
 pub const MARKER: &str = "WSAUTH-SKIPPED";

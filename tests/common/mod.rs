@@ -75,8 +75,8 @@ pub fn on_redis(mut config: Config) -> Config {
     use std::sync::atomic::{AtomicU64, Ordering};
     static PREFIXES: AtomicU64 = AtomicU64::new(0);
     let test = format!("{} on Redis", wsauth_test_support::current_test());
-    if wsauth_store_redis::testing::available(&test) {
-        let redis = wsauth_store_redis::testing::RedisServer::shared();
+    if wsauth_test_support::redis::available(&test) {
+        let redis = wsauth_test_support::redis::RedisServer::shared();
         config.store.kind = wsauth_server::config::StoreKind::Redis;
         config.store.url = Some(redis.url());
         config.store.key_prefix = format!("suite{}:", PREFIXES.fetch_add(1, Ordering::Relaxed));
@@ -423,4 +423,85 @@ pub async fn auth_outcome(addr: SocketAddr, token: &str) -> Result<String, Strin
     } else {
         Err(reply["code"].as_str().unwrap_or("?").to_owned())
     }
+}
+
+/// A valid `Sec-WebSocket-Key` (RFC 6455's sample).
+pub const GOOD_KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
+
+/// Sends an upgrade request whose headers after the fixed ones are `extra`
+/// (each line ending in CRLF); returns the status and the socket.
+pub async fn raw_upgrade(addr: SocketAddr, extra: &str) -> (u16, TcpStream) {
+    let mut tcp = TcpStream::connect(addr).await.expect("connect");
+    let head = format!(
+        "GET /ws HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n"
+    );
+    tcp.write_all(head.as_bytes()).await.expect("head");
+    let mut got = Vec::new();
+    let mut byte = [0u8; 1];
+    while !got.ends_with(b"\r\n\r\n") {
+        let n = tokio::time::timeout(WAIT, tcp.read(&mut byte))
+            .await
+            .expect("an answer in time")
+            .expect("read");
+        assert_eq!(
+            n,
+            1,
+            "closed before a full answer: {:?}",
+            String::from_utf8_lossy(&got)
+        );
+        got.push(byte[0]);
+    }
+    let text = String::from_utf8_lossy(&got);
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("a status");
+    (status, tcp)
+}
+
+/// The close code of the first close frame the server sends, skipping its
+/// other frames; `None` when the socket ends without one.
+pub async fn close_code(tcp: &mut TcpStream) -> Option<u16> {
+    loop {
+        let mut head = [0u8; 2];
+        let read = tokio::time::timeout(WAIT, tcp.read_exact(&mut head))
+            .await
+            .expect("the server answers or closes in time");
+        read.ok()?;
+        let mut len = u64::from(head[1] & 0x7f);
+        if len == 126 {
+            let mut ext = [0u8; 2];
+            tcp.read_exact(&mut ext).await.ok()?;
+            len = u64::from(u16::from_be_bytes(ext));
+        } else if len == 127 {
+            let mut ext = [0u8; 8];
+            tcp.read_exact(&mut ext).await.ok()?;
+            len = u64::from_be_bytes(ext);
+        }
+        let mut payload = vec![0u8; len as usize];
+        tcp.read_exact(&mut payload).await.ok()?;
+        if head[0] & 0x0f == 0x8 {
+            return Some(
+                payload
+                    .get(..2)
+                    .map_or(1005, |c| u16::from_be_bytes([c[0], c[1]])),
+            );
+        }
+    }
+}
+
+/// A client frame with `first` (FIN, RSV, opcode) and a masked payload.
+pub fn masked(first: u8, payload: &[u8]) -> Vec<u8> {
+    let mask = [1u8, 2, 3, 4];
+    let mut frame = vec![first];
+    if payload.len() < 126 {
+        frame.push(0x80 | payload.len() as u8);
+    } else {
+        frame.push(0x80 | 126);
+        frame.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+    }
+    frame.extend_from_slice(&mask);
+    frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    frame
 }

@@ -16,6 +16,7 @@ use crate::common::*;
 use crate::{server, server_with_app, start_with_store};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::json;
+use tokio::io::AsyncWriteExt;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::Frame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
@@ -242,6 +243,54 @@ async fn a_ping_flood_closes_4429_once_authenticated_and_1008_before() {
     }
     let _ = c.ws.flush().await;
     c.expect_fatal("RATE_LIMITED", 1008).await;
+}
+
+/// A count, not a timing: pings are answered in order and a pong echoes its ping, so the
+/// highest number a pong echoes before the close is at most how many pings the server
+/// handled. That stays within the budget over the time the client saw, which is longer than
+/// the connection's life on the server; without the budget all 20,000 would be answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ping_flood_is_handled_no_further_than_the_frame_budget() {
+    let mut config = test_config();
+    config.limits.frames_per_second = 100;
+    config.limits.frame_burst = 200;
+    let s = server(config).await;
+    let start = Instant::now();
+    let (mut c, _) = Client::authed(s.ws_addr, &token("alice", json!({}))).await;
+    for seq in 1..=20_000u64 {
+        let _ =
+            c.ws.feed(Message::Ping(seq.to_be_bytes().to_vec().into()))
+                .await;
+    }
+    let _ = c.ws.flush().await;
+    let (mut echoed, mut close) = (0, None);
+    while let Ok(Some(Ok(m))) = tokio::time::timeout(Duration::from_secs(10), c.ws.next()).await {
+        match m {
+            Message::Pong(p) => {
+                if let Ok(seq) = <[u8; 8]>::try_from(&p[..]) {
+                    echoed = echoed.max(u64::from_be_bytes(seq));
+                }
+            }
+            Message::Close(f) => {
+                close = f.map(|f| u16::from(f.code));
+                break;
+            }
+            _ => {}
+        }
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    assert_eq!(close, Some(4429));
+    assert!(
+        echoed > 0,
+        "no pong at all: the bound below would say nothing"
+    );
+    // The burst and the rate over the life, less the `auth` message, plus the ping that
+    // went over (its pong may be queued before the budget refuses it).
+    let bound = (200.0 + 100.0 * elapsed).floor() as u64;
+    assert!(
+        echoed <= bound,
+        "{echoed} pings handled in {elapsed:.3} s; the budget allows {bound}"
+    );
 }
 
 listener_case! {
@@ -854,6 +903,104 @@ async fn the_outbound_queue_is_bounded_in_bytes_not_only_in_messages() {
         published < 256,
         "closed only after {published} messages of 60 KB"
     );
+}
+
+// ----- Malformed upgrades and frames ---------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sec_websocket_key_that_is_not_16_bytes_of_base64_gets_400() {
+    let s = server(test_config()).await;
+    for key in [
+        "x",
+        "dGhlIHNhbXBsZSBub25j",
+        "dGhlIHNhbXBsZSBub25jZQ",
+        "dGhlIHNhbXBsZSBub25jZQ==AA",
+        "!!!!!!!!!!!!!!!!!!!!!!==",
+    ] {
+        let (status, _) = raw_upgrade(s.ws_addr, &format!("Sec-WebSocket-Key: {key}\r\n")).await;
+        assert_eq!(status, 400, "key {key:?}");
+    }
+    let (status, _) = raw_upgrade(s.ws_addr, &format!("Sec-WebSocket-Key: {GOOD_KEY}\r\n")).await;
+    assert_eq!(status, 101);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_origin_key_or_authorization_headers_get_400() {
+    let mut config = test_config();
+    config.allowed_origins = vec!["https://good.example".into()];
+    let s = server(config).await;
+    let key = format!("Sec-WebSocket-Key: {GOOD_KEY}\r\n");
+    let t = token("alice", json!({}));
+    let cases = [
+        // An evil first Origin must not pass because a good one follows.
+        format!("{key}Origin: https://evil.example\r\nOrigin: https://good.example\r\n"),
+        format!("{key}Origin: https://good.example\r\nOrigin: https://good.example\r\n"),
+        format!("{key}Sec-WebSocket-Key: AAAAAAAAAAAAAAAAAAAAAA==\r\n"),
+        format!("{key}Authorization: Bearer {t}\r\nAuthorization: Bearer {t}\r\n"),
+    ];
+    for extra in cases {
+        let (status, _) = raw_upgrade(s.ws_addr, &extra).await;
+        assert_eq!(status, 400, "{extra}");
+    }
+    let (status, _) =
+        raw_upgrade(s.ws_addr, &format!("{key}Origin: https://good.example\r\n")).await;
+    assert_eq!(status, 101);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn protocol_violations_are_closed_1002() {
+    let s = server(test_config()).await;
+    let cases: [(&str, Vec<u8>); 4] = [
+        ("unmasked frame", vec![0x81, 0x02, b'h', b'i']),
+        ("RSV1 without an extension", masked(0xC1, b"hi")),
+        ("opcode 3", masked(0x83, b"")),
+        ("126-byte ping", masked(0x89, &[0u8; 126])),
+    ];
+    for (what, frame) in cases {
+        let (status, mut tcp) =
+            raw_upgrade(s.ws_addr, &format!("Sec-WebSocket-Key: {GOOD_KEY}\r\n")).await;
+        assert_eq!(status, 101);
+        tcp.write_all(&frame).await.expect("frame");
+        assert_eq!(close_code(&mut tcp).await, Some(1002), "{what}");
+    }
+}
+
+/// `data` nested `depth` arrays deep.
+fn nested(depth: usize) -> String {
+    format!("{}{}", "[".repeat(depth), "]".repeat(depth))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn data_nested_deeper_than_the_limit_is_bad_request() {
+    let s = server(test_config()).await;
+    let alice = token("alice", json!({}));
+    // 30,000 deep crashed a subscriber; 65 is one past the default 64. A
+    // malformed message is fatal, as every malformed message.
+    for depth in [30_000, 65] {
+        let (mut c, _) = Client::authed(s.ws_addr, &alice).await;
+        c.send_text(&format!(
+            r#"{{"type":"publish","id":2,"channel":"general","data":{}}}"#,
+            nested(depth)
+        ))
+        .await;
+        let error = c.expect_fatal("BAD_REQUEST", 4400).await;
+        assert_eq!(error["id"], 2, "{error}");
+    }
+    // At the limit, the message goes on (to the missing handler).
+    let (mut c, _) = Client::authed(s.ws_addr, &alice).await;
+    c.send_text(&format!(
+        r#"{{"type":"rpc","id":4,"method":"chat.send","data":{}}}"#,
+        nested(64)
+    ))
+    .await;
+    let reply = c.recv().await;
+    assert_eq!(reply["code"], "METHOD_NOT_FOUND", "{reply}");
+    c.send_text(&format!(
+        r#"{{"type":"rpc","id":5,"method":"chat.send","data":{}}}"#,
+        nested(65)
+    ))
+    .await;
+    c.expect_fatal("BAD_REQUEST", 4400).await;
 }
 
 // ----- Load ---------------------------------------------------------------------

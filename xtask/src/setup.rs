@@ -26,6 +26,17 @@ const PIECES: &[Piece] = &[
         ensure: |s| s.debian_tool("chromium", "chromium"),
     },
     Piece {
+        name: "systemd-analyze",
+        needed_by: "the check of the systemd units (packaging/systemd)",
+        ensure: |s| s.debian_tool("systemd-analyze", "systemd"),
+    },
+    Piece {
+        name: "prometheus",
+        needed_by: "`promtool test rules` of packaging/prometheus, a real Prometheus scraping a node",
+        // Without its recommended node exporter: only the two programs are needed.
+        ensure: |s| s.debian_tool_with("prometheus", "prometheus", false),
+    },
+    Piece {
         name: "python venv",
         needed_by: "the Python client, the dashboard (Playwright)",
         ensure: Setup::python_venv,
@@ -97,10 +108,15 @@ pub fn run(root: &Path, may_install: bool) -> Tools {
 impl Setup {
     /// A program from a Debian package: found on `PATH`, else `apt-get install`ed.
     fn debian_tool(&mut self, program: &str, package: &str) -> Status {
+        self.debian_tool_with(program, package, true)
+    }
+
+    /// [`Setup::debian_tool`], with or without the package's recommended packages.
+    fn debian_tool_with(&mut self, program: &str, package: &str, recommends: bool) -> Status {
         if let Some(version) = version_of(program) {
             return Status::Found(version);
         }
-        if let Err(why) = self.apt_install(&[package]) {
+        if let Err(why) = self.apt_install_with(&[package], recommends) {
             return Status::Missing(format!("`{program}` is not installed ({why})"));
         }
         match version_of(program) {
@@ -231,6 +247,11 @@ impl Setup {
 
     /// `apt-get install` as root, or through `sudo` when that needs no password.
     fn apt_install(&mut self, packages: &[&str]) -> Result<(), String> {
+        self.apt_install_with(packages, true)
+    }
+
+    /// [`Setup::apt_install`], with or without the recommended packages.
+    fn apt_install_with(&mut self, packages: &[&str], recommends: bool) -> Result<(), String> {
         if !self.may_install {
             return Err("--no-install".into());
         }
@@ -271,6 +292,9 @@ impl Setup {
             self.apt_updated = true;
         }
         let mut install = vec!["install", "-y", "-qq"];
+        if !recommends {
+            install.push("--no-install-recommends");
+        }
         install.extend(packages);
         if apt(&install) {
             Ok(())

@@ -6,7 +6,13 @@ use std::os::unix::fs::{PermissionsExt, symlink};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-const PIECES: [&str; 4] = ["redis-server", "chromium", "python venv", "node clients"];
+const PIECES: [&str; 5] = [
+    "redis-server",
+    "chromium",
+    "prometheus",
+    "python venv",
+    "node clients",
+];
 
 /// A scratch workspace with the requirements file and one Node client, and an empty
 /// `bin/` for `PATH` with only the essentials linked in.
@@ -121,6 +127,7 @@ fn pieces_that_are_there_are_reported_found_with_their_version() {
     let scratch = Scratch::new();
     scratch.fake_tool("redis-server", "Redis server v=9.9.9");
     scratch.fake_tool("chromium", "Chromium 999.0");
+    scratch.fake_tool("prometheus", "prometheus, version 9.9.9");
     scratch.fake_tool("npm", "99.1.0");
     std::fs::create_dir_all(scratch.root().join("clients/demo/node_modules")).unwrap();
     // A venv whose recorded requirements match the file: the set-up keeps it as it is.
@@ -135,6 +142,7 @@ fn pieces_that_are_there_are_reported_found_with_their_version() {
     let output = scratch.setup(&["--no-install"]);
     assert_reported(&output, "redis-server", "found: Redis server v=9.9.9");
     assert_reported(&output, "chromium", "found: Chromium 999.0");
+    assert_reported(&output, "prometheus", "found: prometheus, version 9.9.9");
     assert_reported(&output, "python venv", "found: .venv/ with websockets==");
     assert_reported(&output, "node clients", "found: npm 99.1.0");
 }

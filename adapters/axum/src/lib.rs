@@ -265,11 +265,34 @@ impl Transport for Axum {
                     Some(WsError::Capacity(CapacityError::MessageTooLong { size, .. })) => {
                         Input::Frame(Frame::TooLarge(*size))
                     }
+                    Some(WsError::Protocol(p)) if is_violation(p) => {
+                        Input::Frame(Frame::ProtocolViolation)
+                    }
                     _ => return Err(e),
                 }
             }
         })
     }
+}
+
+/// Whether the client's frame broke RFC 6455 (answered 1002, as by the
+/// tokio-tungstenite server); the same list as the server's, for axum's own
+/// tungstenite version.
+fn is_violation(e: &tungstenite::error::ProtocolError) -> bool {
+    use tungstenite::error::ProtocolError as P;
+    matches!(
+        e,
+        P::NonZeroReservedBits
+            | P::UnmaskedFrameFromClient
+            | P::FragmentedControlFrame
+            | P::ControlFrameTooBig
+            | P::UnknownControlFrameType(_)
+            | P::UnknownDataFrameType(_)
+            | P::UnexpectedContinueFrame
+            | P::ExpectedFragment(_)
+            | P::InvalidOpcode(_)
+            | P::InvalidCloseSequence
+    )
 }
 
 /// The state of the route.

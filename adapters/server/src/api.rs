@@ -2,7 +2,7 @@
 //! to users, through the same `seq`, replay buffer and resume replay as a user's
 //! publish, on every node that shares the store. [`Api`] is the embedded form;
 //! `POST /api/publish` and `POST /api/send` on the admin listener are the HTTP
-//! form ([`routes`]).
+//! form (`routes`).
 
 use std::future::Future;
 use std::pin::Pin;

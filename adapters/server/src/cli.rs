@@ -28,6 +28,10 @@ enum Command {
     Serve(ServeArgs),
     /// Mint a token signed with the configured HS256 secret.
     Token(TokenArgs),
+    /// Check the configuration as a start would (files, keys, TLS, the store
+    /// URL; no network) and print the effective settings, secrets redacted,
+    /// with where each value came from. Exits non-zero with the start's message.
+    CheckConfig(ServeArgs),
 }
 
 #[derive(Args)]
@@ -59,8 +63,22 @@ pub fn main(app: App) -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Some(Command::Token(args)) => token(args),
+        Some(Command::CheckConfig(args)) => check_config(&args),
         Some(Command::Serve(args)) => serve(args, app),
         None => serve(cli.serve, app),
+    }
+}
+
+fn check_config(args: &ServeArgs) -> ExitCode {
+    match crate::check::check_config(args, std::env::vars_os()) {
+        Ok(report) => {
+            print!("{report}");
+            ExitCode::SUCCESS
+        }
+        Err(refusal) => {
+            eprintln!("wsauth-server: {refusal}");
+            ExitCode::from(refusal.exit_code())
+        }
     }
 }
 
@@ -116,13 +134,13 @@ fn serve(args: ServeArgs, app: App) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let dev_mode = args.dev || dev::has_no_keys(&config);
-    if dev_mode && dev::has_no_keys(&config) && !config.listen.ip().is_loopback() {
-        eprintln!(
-            "wsauth-server: no JWT key is configured (jwt.hs256_secret, jwt.hs256_secret_file, jwt.public_key_files or jwt.jwks_file); development mode only runs on a loopback address"
-        );
-        return ExitCode::from(2);
-    }
+    let dev_mode = match crate::check::development_mode(&args, &config) {
+        Ok(dev_mode) => dev_mode,
+        Err(refusal) => {
+            eprintln!("wsauth-server: {refusal}");
+            return ExitCode::from(refusal.exit_code());
+        }
+    };
     let secrets = if dev_mode && dev::has_no_keys(&config) {
         Some(dev::prepare(&mut config))
     } else {
@@ -186,6 +204,7 @@ fn serve(args: ServeArgs, app: App) -> ExitCode {
                 )
             );
         }
+        crate::systemd::ready(handle.ws_addr, handle.admin_addr);
         #[cfg(unix)]
         match hangups {
             Ok(hangups) => {
@@ -197,6 +216,7 @@ fn serve(args: ServeArgs, app: App) -> ExitCode {
         tokio::spawn(async move {
             wait_for_signal().await;
             tracing::info!("signal received: graceful shutdown");
+            crate::systemd::stopping();
             let _ = trigger.send(true);
         });
         handle.wait().await;
@@ -212,7 +232,9 @@ async fn reload_on_hangup(
 ) {
     while hangups.recv().await.is_some() {
         let reloader = reloader.clone();
+        crate::systemd::reloading();
         let _ = tokio::task::spawn_blocking(move || reloader.reload("SIGHUP")).await;
+        crate::systemd::reloaded();
     }
 }
 

@@ -14,9 +14,9 @@
 //! once per `jwt.jwks_min_refetch_s`, however many unknown `kid`s arrive. See
 //! `docs/identity-providers.md`.
 //!
-//! [`IssuerKeys::reload`] re-reads the key files and swaps in a verifier built
-//! from them and the JWKS's last fetched keys, or, if a file is refused, keeps
-//! the current one.
+//! [`IssuerKeys::prepare_reload`] re-reads the key files and builds a verifier
+//! from them and the JWKS's last fetched keys, which [`IssuerKeys::apply_reload`]
+//! swaps in; if a file is refused, the current one stays.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
@@ -66,6 +66,82 @@ pub struct IssuerSpec {
     pub jwks_url: Option<String>,
     /// An OpenID Connect issuer, whose discovery document names the JWKS URL.
     pub oidc_issuer: Option<String>,
+}
+
+/// What an [`IssuerSpec`] declares, read and checked without the network.
+enum Declared {
+    /// Fixed keys only: the verifier, built.
+    Fixed { verifier: Verifier, keys: usize },
+    /// Keys to fetch (a JWKS URL, or the one a discovery document names),
+    /// beside the fixed ones.
+    Fetched {
+        fixed: KeySet,
+        verifier_config: VerifierConfig,
+        url: Option<reqwest::Url>,
+        discovery: Option<(String, reqwest::Url)>,
+    },
+}
+
+impl IssuerSpec {
+    /// Reads the key files and checks the URLs, as a start does before any
+    /// fetch (so with the same messages).
+    fn declared(&self) -> Result<Declared, StartError> {
+        let (fixed, verifier_config) = (self.load)()?;
+        let label = &self.label;
+        let url_error =
+            |key: &str, problem: String| StartError::Keys(format!("{label}{key} {problem}"));
+        let parse = |key: &str, url: &str| {
+            check_jwks_url(url).map_err(|problem| url_error(key, problem))?;
+            reqwest::Url::parse(url).map_err(|_| url_error(key, "is not a URL".to_owned()))
+        };
+        let (url, discovery) = match (&self.jwks_url, &self.oidc_issuer) {
+            (Some(url), _) => (Some(parse("jwks_url", url)?), None),
+            (None, Some(issuer)) => {
+                let document = format!(
+                    "{}/.well-known/openid-configuration",
+                    issuer.trim_end_matches('/')
+                );
+                (
+                    None,
+                    Some((issuer.clone(), parse("oidc_issuer", &document)?)),
+                )
+            }
+            (None, None) => {
+                let keys = fixed.len();
+                let verifier = Verifier::new(fixed, verifier_config)
+                    .map_err(|e| StartError::Keys(e.to_string()))?;
+                return Ok(Declared::Fixed { verifier, keys });
+            }
+        };
+        Ok(Declared::Fetched {
+            fixed,
+            verifier_config,
+            url,
+            discovery,
+        })
+    }
+
+    /// What `wsauth-server check-config` reports of this issuer: its files read
+    /// and its URLs checked as a start would, nothing fetched.
+    pub fn check_offline(&self) -> Result<String, StartError> {
+        let label = self.label.trim_end_matches([' ', ':', '.']);
+        Ok(match self.declared()? {
+            Declared::Fixed { keys, .. } => {
+                format!("{label}: {keys} key(s) from the configuration")
+            }
+            Declared::Fetched { fixed, url, .. } => {
+                let what = if url.is_some() {
+                    "jwks_url"
+                } else {
+                    "oidc_issuer"
+                };
+                format!(
+                    "{label}: {} key(s) from the configuration; {what} not fetched (no network)",
+                    fixed.len()
+                )
+            }
+        })
+    }
 }
 
 /// The JWKS timings, from `[jwt]`, shared by every issuer.
@@ -241,32 +317,18 @@ impl IssuerKeys {
         timings: JwksTimings,
         metrics: &JwksMetrics,
     ) -> Result<IssuerKeys, StartError> {
-        let (fixed, verifier_config) = (spec.load)()?;
         let reload = spec.has_files.then(|| spec.load.clone());
-        let label = spec.label;
-        let url_error =
-            |key: &str, problem: String| StartError::Keys(format!("{label}{key} {problem}"));
-        let parse = |key: &str, url: &str| {
-            check_jwks_url(url).map_err(|problem| url_error(key, problem))?;
-            reqwest::Url::parse(url).map_err(|_| url_error(key, "is not a URL".to_owned()))
-        };
-        let (url, discovery) = match (&spec.jwks_url, &spec.oidc_issuer) {
-            (Some(url), _) => (Some(parse("jwks_url", url)?), None),
-            (None, Some(issuer)) => {
-                let document = format!(
-                    "{}/.well-known/openid-configuration",
-                    issuer.trim_end_matches('/')
-                );
-                (
-                    None,
-                    Some((issuer.clone(), parse("oidc_issuer", &document)?)),
-                )
-            }
-            (None, None) => {
-                let verifier = Verifier::new(fixed, verifier_config)
-                    .map_err(|e| StartError::Keys(e.to_string()))?;
+        let label = spec.label.clone();
+        let (fixed, verifier_config, url, discovery) = match spec.declared()? {
+            Declared::Fixed { verifier, .. } => {
                 return Ok(IssuerKeys::new(verifier, timings.cache_entries, reload));
             }
+            Declared::Fetched {
+                fixed,
+                verifier_config,
+                url,
+                discovery,
+            } => (fixed, verifier_config, url, discovery),
         };
         let client = client().map_err(StartError::Keys)?;
         let age_clock = metrics.source(now_ms());

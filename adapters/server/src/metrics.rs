@@ -8,9 +8,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
@@ -285,6 +288,90 @@ impl TopCounts {
     }
 }
 
+/// `wsauth_build_info`'s labels.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BuildLabels {
+    version: &'static str,
+    commit: &'static str,
+}
+
+/// The one `wsauth_build_info` series, at 1.
+fn build_info() -> Family<BuildLabels, Gauge> {
+    let family = Family::<BuildLabels, Gauge>::default();
+    family
+        .get_or_create(&BuildLabels {
+            version: env!("CARGO_PKG_VERSION"),
+            commit: env!("WSAUTH_COMMIT"),
+        })
+        .set(1);
+    family
+}
+
+/// The standard `process_*` series (CPU, memory, file descriptors, threads,
+/// start time), read from the operating system at each scrape.
+#[derive(Debug)]
+struct ProcessCollector;
+
+impl Collector for ProcessCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let now = metrics_process::collector::collect();
+        if let Some(seconds) = now.cpu_seconds_total {
+            let cpu = ConstCounter::new(seconds);
+            let help = "Total user and system CPU time spent in seconds";
+            cpu.encode(encoder.encode_descriptor(
+                "process_cpu_seconds",
+                help,
+                None,
+                cpu.metric_type(),
+            )?)?;
+        }
+        let gauges = [
+            (
+                "process_resident_memory_bytes",
+                "Resident memory size in bytes",
+                now.resident_memory_bytes,
+            ),
+            (
+                "process_virtual_memory_bytes",
+                "Virtual memory size in bytes",
+                now.virtual_memory_bytes,
+            ),
+            (
+                "process_open_fds",
+                "Number of open file descriptors",
+                now.open_fds,
+            ),
+            (
+                "process_max_fds",
+                "Maximum number of open file descriptors (0: unlimited)",
+                now.max_fds,
+            ),
+            (
+                "process_threads",
+                "Number of OS threads in the process",
+                now.threads,
+            ),
+            (
+                "process_start_time_seconds",
+                "Start time of the process since the Unix epoch in seconds",
+                now.start_time_seconds,
+            ),
+        ];
+        for (name, help, value) in gauges {
+            if let Some(value) = value.and_then(|v| i64::try_from(v).ok()) {
+                let gauge = ConstGauge::new(value);
+                gauge.encode(encoder.encode_descriptor(
+                    name,
+                    help,
+                    None,
+                    gauge.metric_type(),
+                )?)?;
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Keys with their counts, most frequent first.
 pub type Ranking = Vec<(String, u64)>;
 
@@ -401,6 +488,12 @@ impl Metrics {
             refused_jtis: Mutex::new(TopCounts::new(10_000)),
         };
         m.create_known_series();
+        m.registry.register(
+            "wsauth_build_info",
+            "Always 1; the version and the commit of the running binary in its labels",
+            build_info(),
+        );
+        m.registry.register_collector(Box::new(ProcessCollector));
         let r = &mut m.registry;
         register! { r,
             "wsauth_connections_open" => m.connections_open, "Sockets open on this node (upgraded or not)";

@@ -131,50 +131,14 @@ impl KeySource {
             max_stale: Duration::from_secs(jwt.jwks_max_stale_s),
             cache_entries: jwt.verify_cache_entries,
         };
-        let default = if jwt.has_key() || dev_secret.is_some() {
-            let mut own = jwt.clone();
-            if own.issuer.is_none() {
-                own.issuer = jwt.oidc_issuer.clone();
-            }
-            let dev_secret = dev_secret.map(<[u8]>::to_vec);
-            let spec = IssuerSpec {
-                label: "jwt.".to_owned(),
-                has_files: jwt.hs256_secret_file.is_some()
-                    || !jwt.public_key_files.is_empty()
-                    || jwt.jwks_file.is_some(),
-                jwks_url: jwt.jwks_url.clone(),
-                oidc_issuer: jwt.oidc_issuer.clone(),
-                load: Arc::new(move || jwt_keys(&own, max_lifetime_s, dev_secret.as_deref())),
-            };
-            Some(IssuerKeys::start(spec, timings, &metrics).await?)
-        } else {
-            None
+        let (default, entries) = issuer_specs(config, dev_secret)?;
+        let default = match default {
+            Some(spec) => Some(IssuerKeys::start(spec, timings, &metrics).await?),
+            None => None,
         };
         let mut issuers = HashMap::new();
-        for (i, entry) in jwt.issuers.iter().enumerate() {
-            let Some(issuer) = entry.effective_issuer() else {
-                return Err(StartError::Keys(format!(
-                    "jwt.issuers entry {} has no issuer",
-                    i + 1
-                )));
-            };
-            let label = format!("jwt.issuers entry {} ({issuer}): ", i + 1);
-            let own = entry_jwt(jwt, entry);
-            let load_label = label.clone();
-            let spec = IssuerSpec {
-                label,
-                has_files: !entry.public_key_files.is_empty() || entry.jwks_file.is_some(),
-                jwks_url: entry.jwks_url.clone(),
-                oidc_issuer: entry.oidc_issuer.clone(),
-                load: Arc::new(move || {
-                    jwt_keys(&own, max_lifetime_s, None)
-                        .map_err(|e| StartError::Keys(format!("{load_label}{}", key_cause(&e))))
-                }),
-            };
-            issuers.insert(
-                issuer.to_owned(),
-                IssuerKeys::start(spec, timings, &metrics).await?,
-            );
+        for (issuer, spec) in entries {
+            issuers.insert(issuer, IssuerKeys::start(spec, timings, &metrics).await?);
         }
         Ok(KeySource::with(Sources {
             default,
@@ -282,6 +246,74 @@ impl TokenVerifier for KeySource {
 
 /// The `[jwt]` settings as an entry of `[[jwt.issuers]]` sees them: its own
 /// keys, issuer, audience and algorithms, the section's leeway and limits.
+/// The key sources a configuration declares: the `[jwt]` section's, and each
+/// `[[jwt.issuers]]` entry's with its issuer.
+type IssuerSpecs = (Option<IssuerSpec>, Vec<(String, IssuerSpec)>);
+
+/// The key sources the configuration declares (the `[jwt]` one with a
+/// development secret, if any).
+fn issuer_specs(config: &Config, dev_secret: Option<&[u8]>) -> Result<IssuerSpecs, StartError> {
+    let jwt = &config.jwt;
+    let max_lifetime_s = config.session.max_token_lifetime_s;
+    let default = (jwt.has_key() || dev_secret.is_some()).then(|| {
+        let mut own = jwt.clone();
+        if own.issuer.is_none() {
+            own.issuer = jwt.oidc_issuer.clone();
+        }
+        let dev_secret = dev_secret.map(<[u8]>::to_vec);
+        IssuerSpec {
+            label: "jwt.".to_owned(),
+            has_files: jwt.hs256_secret_file.is_some()
+                || !jwt.public_key_files.is_empty()
+                || jwt.jwks_file.is_some(),
+            jwks_url: jwt.jwks_url.clone(),
+            oidc_issuer: jwt.oidc_issuer.clone(),
+            load: Arc::new(move || jwt_keys(&own, max_lifetime_s, dev_secret.as_deref())),
+        }
+    });
+    let mut entries = Vec::new();
+    for (i, entry) in jwt.issuers.iter().enumerate() {
+        let Some(issuer) = entry.effective_issuer() else {
+            return Err(StartError::Keys(format!(
+                "jwt.issuers entry {} has no issuer",
+                i + 1
+            )));
+        };
+        let label = format!("jwt.issuers entry {} ({issuer}): ", i + 1);
+        let own = entry_jwt(jwt, entry);
+        let load_label = label.clone();
+        let spec = IssuerSpec {
+            label,
+            has_files: !entry.public_key_files.is_empty() || entry.jwks_file.is_some(),
+            jwks_url: entry.jwks_url.clone(),
+            oidc_issuer: entry.oidc_issuer.clone(),
+            load: Arc::new(move || {
+                jwt_keys(&own, max_lifetime_s, None)
+                    .map_err(|e| StartError::Keys(format!("{load_label}{}", key_cause(&e))))
+            }),
+        };
+        entries.push((issuer.to_owned(), spec));
+    }
+    Ok((default, entries))
+}
+
+/// `wsauth-server check-config`'s look at the keys: every key file read and
+/// every URL checked as a start would (the same errors), nothing fetched; one
+/// line per key source.
+pub fn check_offline(config: &Config) -> Result<Vec<String>, StartError> {
+    let (default, entries) = issuer_specs(config, None)?;
+    let mut lines = Vec::new();
+    for spec in default.iter().chain(entries.iter().map(|(_, spec)| spec)) {
+        lines.push(spec.check_offline()?);
+    }
+    let metrics = JwksMetrics::default();
+    let max_lifetime_s = config.session.max_token_lifetime_s;
+    if Introspection::from_config(&config.jwt, max_lifetime_s, &metrics)?.is_some() {
+        lines.push("jwt.introspection_url: not called (no network)".to_owned());
+    }
+    Ok(lines)
+}
+
 fn entry_jwt(jwt: &JwtConfig, entry: &IssuerConfig) -> JwtConfig {
     JwtConfig {
         hs256_secret: None,

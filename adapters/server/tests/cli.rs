@@ -373,3 +373,200 @@ fn a_server_whose_only_keys_are_an_identity_providers_is_not_in_development_mode
         "a development secret was added: {everything}"
     );
 }
+
+// ----- check-config --------------------------------------------------------------
+
+const KEYS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../core/testdata/keys");
+const TLS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/testdata/tls");
+
+/// The `wsauth-server: …` line a run printed on stderr.
+fn refusal_line(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .find(|l| l.starts_with("wsauth-server: "))
+        .unwrap_or_else(|| panic!("no refusal in {}", String::from_utf8_lossy(&out.stderr)))
+        .to_owned()
+}
+
+#[test]
+fn check_config_prints_every_setting_with_where_it_came_from_and_no_secret() {
+    let dir = tempfile::tempdir().expect("dir");
+    let file = dir.path().join("wsauth.toml");
+    std::fs::write(
+        &file,
+        format!("listen = \"127.0.0.1:0\"\n[jwt]\npublic_key_files = [\"{KEYS}/rsa.pub.pem\"]\n"),
+    )
+    .expect("write");
+    // Nothing listens on port 9 of loopback (discard is never run here): the
+    // check must neither connect to Redis nor fetch the JWKS URL.
+    let out = command()
+        .env("WSAUTH_ADMIN_KEY", "admin-key-that-must-stay-hidden")
+        .env("WSAUTH_STORE__KIND", "redis")
+        .env(
+            "WSAUTH_STORE__URL",
+            "redis://:hunter2-password@127.0.0.1:9/0",
+        )
+        .env(
+            "WSAUTH_JWT__ISSUERS",
+            r#"[{issuer = "https://id.example", jwks_url = "http://127.0.0.1:9/jwks"}]"#,
+        )
+        .args(["check-config", "--config"])
+        .arg(&file)
+        .args(["--path", "/socket"])
+        .output()
+        .expect("runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.starts_with("The configuration is valid.\n"), "{text}");
+    assert!(!text.contains("DEVELOPMENT MODE"), "{text}");
+    for secret in ["admin-key-that-must-stay-hidden", "hunter2"] {
+        assert!(!text.contains(secret), "{secret} printed:\n{text}");
+    }
+    let line_of = |key: &str| {
+        let lines: Vec<&str> = text
+            .lines()
+            .filter(|l| {
+                l.starts_with(&format!("{key} = ")) || l.starts_with(&format!("# {key} is unset"))
+            })
+            .collect();
+        assert_eq!(lines.len(), 1, "{key} once in:\n{text}");
+        lines[0].to_owned()
+    };
+    for (key, _, _) in wsauth_server::config::FIELDS {
+        line_of(key);
+    }
+    let file_origin = format!("# config file {}", file.display());
+    assert!(line_of("listen").ends_with(&file_origin), "{text}");
+    assert!(line_of("jwt.public_key_files").ends_with(&file_origin));
+    assert!(line_of("admin_key").contains(r#"admin_key = "<redacted>""#));
+    assert!(line_of("admin_key").ends_with("# environment variable WSAUTH_ADMIN_KEY"));
+    assert!(line_of("store.url").contains("redis://<redacted>@127.0.0.1:9/0"));
+    assert!(line_of("path").contains(r#"path = "/socket""#));
+    assert!(line_of("path").ends_with("# flag --path"));
+    assert!(
+        line_of("session.heartbeat_ms").ends_with("= 25000  # default")
+            || line_of("session.heartbeat_ms").contains("25000")
+    );
+    assert!(line_of("session.heartbeat_ms").ends_with("# default"));
+    assert!(line_of("jwt.hs256_secret").starts_with("# jwt.hs256_secret is unset"));
+    // What was read, and what was left alone.
+    assert!(
+        text.contains("  jwt: 1 key(s) from the configuration\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("jwt.issuers entry 1 (https://id.example): 0 key(s) from the configuration; jwks_url not fetched (no network)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("store: redis, store.url is well formed (not connected)"),
+        "{text}"
+    );
+}
+
+#[test]
+fn check_config_refuses_with_the_message_and_exit_code_of_a_failed_start() {
+    let listen = ["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"];
+    let production = [
+        ("WSAUTH_ADMIN_KEY", "an-admin-key-long-enough"),
+        (
+            "WSAUTH_JWT__HS256_SECRET",
+            "a-secret-of-at-least-thirty-two-bytes!",
+        ),
+    ];
+    // (what, environment, arguments)
+    type Case<'a> = (&'a str, Vec<(&'a str, String)>, Vec<&'a str>);
+    let cases: Vec<Case> = vec![
+        (
+            "a bad value",
+            vec![("WSAUTH_SESSION__IDLE_TIMEOUT_MS", "10".to_owned())],
+            listen.to_vec(),
+        ),
+        (
+            "a weak RSA key",
+            vec![(
+                "WSAUTH_JWT__PUBLIC_KEY_FILES",
+                format!("{KEYS}/rsa1024.pub.pem"),
+            )],
+            listen.to_vec(),
+        ),
+        (
+            "a key file that is not there",
+            vec![("WSAUTH_JWT__JWKS_FILE", format!("{KEYS}/missing.json"))],
+            listen.to_vec(),
+        ),
+        (
+            "a certificate and a key that do not fit",
+            vec![
+                ("WSAUTH_TLS__CERT_FILE", format!("{TLS}/cert.pem")),
+                ("WSAUTH_TLS__KEY_FILE", format!("{KEYS}/rsa.key")),
+            ],
+            listen.to_vec(),
+        ),
+        (
+            "a store URL that does not parse",
+            vec![
+                ("WSAUTH_STORE__KIND", "redis".to_owned()),
+                ("WSAUTH_STORE__URL", "redis://:pw@[::1/0".to_owned()),
+            ],
+            listen.to_vec(),
+        ),
+        (
+            "development mode off loopback",
+            vec![("WSAUTH_ADMIN_KEY", "an-admin-key-long-enough".to_owned())],
+            vec!["--listen", "0.0.0.0:0", "--admin-listen", "127.0.0.1:0"],
+        ),
+    ];
+    for (what, env, args) in cases {
+        let run = |check: bool| {
+            let mut cmd = command();
+            if what != "development mode off loopback" {
+                for (name, value) in production {
+                    cmd.env(name, value);
+                }
+            }
+            for (name, value) in &env {
+                cmd.env(name, value);
+            }
+            if check {
+                cmd.arg("check-config");
+            }
+            let mut child = cmd
+                .args(&args)
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("runs");
+            // A start that is not refused would run: stop it after a while.
+            let deadline = Instant::now() + Duration::from_secs(15);
+            while child.try_wait().expect("wait").is_none() {
+                assert!(
+                    Instant::now() < deadline,
+                    "{what}: not refused (check: {check})"
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            child.wait_with_output().expect("output")
+        };
+        let (checked, started) = (run(true), run(false));
+        assert!(!checked.status.success(), "{what}: check-config passed");
+        assert_eq!(
+            checked.status.code(),
+            started.status.code(),
+            "{what}: exit codes"
+        );
+        assert_eq!(
+            refusal_line(&checked),
+            refusal_line(&started),
+            "{what}: messages"
+        );
+        assert!(
+            !refusal_line(&checked).contains("pw@"),
+            "{what}: a password printed"
+        );
+    }
+}

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use common::{ADMIN_KEY, Client, Ended, SECRET, http, token};
 use serde_json::{Value, json};
 use tokio::sync::Barrier;
-use wsauth_store_redis::testing::{RedisServer, available};
+use wsauth_test_support::redis::{RedisServer, available};
 
 const BIN: &str = env!("CARGO_BIN_EXE_wsauth-server");
 

@@ -6,10 +6,13 @@
 
 #[path = "../../../tests/common/mod.rs"]
 mod common;
+#[path = "support/doc_metrics.rs"]
+mod doc_metrics;
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use common::{ADMIN_KEY, Client, http, token};
+use doc_metrics::{dashboard_exprs, metric_names};
 use serde_json::{Value, json};
 use wsauth_server::admin::ROUTES;
 
@@ -287,46 +290,6 @@ fn exposed_name(family: &str, kind: &str) -> String {
     }
 }
 
-/// Every `wsauth_…` identifier in `text`.
-fn metric_names(text: &str) -> BTreeSet<String> {
-    let mut names = BTreeSet::new();
-    let bytes = text.as_bytes();
-    let mut i = 0;
-    while let Some(pos) = text[i..].find("wsauth_") {
-        let start = i + pos;
-        let preceded = start > 0 && {
-            let c = bytes[start - 1];
-            c.is_ascii_alphanumeric() || c == b'_'
-        };
-        let mut end = start;
-        while end < bytes.len() && (bytes[end].is_ascii_alphanumeric() || bytes[end] == b'_') {
-            end += 1;
-        }
-        if !preceded {
-            names.insert(text[start..end].to_owned());
-        }
-        i = end;
-    }
-    names
-}
-
-/// Every PromQL expression of a Grafana dashboard (rows' nested panels included).
-fn dashboard_exprs(dashboard: &Value) -> Vec<String> {
-    fn walk(panels: &Value, out: &mut Vec<String>) {
-        for panel in panels.as_array().into_iter().flatten() {
-            for target in panel["targets"].as_array().into_iter().flatten() {
-                if let Some(expr) = target["expr"].as_str() {
-                    out.push(expr.to_owned());
-                }
-            }
-            walk(&panel["panels"], out);
-        }
-    }
-    let mut out = Vec::new();
-    walk(&dashboard["panels"], &mut out);
-    out
-}
-
 /// The labels each family carries, as documented (besides `le` on buckets).
 fn documented_labels() -> BTreeMap<&'static str, &'static [&'static str]> {
     BTreeMap::from([
@@ -367,6 +330,14 @@ fn documented_labels() -> BTreeMap<&'static str, &'static [&'static str]> {
         ("wsauth_jwks_keys", &[][..]),
         ("wsauth_jwks_age_seconds", &[][..]),
         ("wsauth_config_reloads", &["outcome"][..]),
+        ("wsauth_build_info", &["version", "commit"][..]),
+        ("process_cpu_seconds", &[][..]),
+        ("process_resident_memory_bytes", &[][..]),
+        ("process_virtual_memory_bytes", &[][..]),
+        ("process_open_fds", &[][..]),
+        ("process_max_fds", &[][..]),
+        ("process_threads", &[][..]),
+        ("process_start_time_seconds", &[][..]),
     ])
 }
 
@@ -923,6 +894,43 @@ async fn admin_api_md_mentions_every_route_and_every_metric() {
         md.contains("/admin/refusals"),
         "admin-api.md points to /admin/refusals"
     );
+}
+
+/// `wsauth_build_info` names this build: the crate's version, and the commit
+/// `git` reports for this checkout (when the tests run in one).
+#[tokio::test]
+async fn build_info_names_the_version_and_the_commit() {
+    let exposition = scrape_after_traffic().await;
+    let info: Vec<_> = samples(&exposition)
+        .into_iter()
+        .filter(|(name, _, _)| name == "wsauth_build_info")
+        .collect();
+    assert_eq!(info.len(), 1, "one build_info series in:\n{exposition}");
+    let (_, labels, value) = &info[0];
+    assert_eq!(value, "1");
+    assert_eq!(labels["version"], env!("CARGO_PKG_VERSION"));
+    let head = std::process::Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned());
+    match head {
+        Some(head) => assert_eq!(labels["commit"], head, "the commit built"),
+        None => assert_eq!(labels["commit"], "unknown"),
+    }
+    // The process series come from the operating system: plausible, not zero.
+    let value_of = |series: &str| {
+        samples(&exposition)
+            .into_iter()
+            .find(|(name, _, _)| name == series)
+            .and_then(|(_, _, v)| v.parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("{series} in:\n{exposition}"))
+    };
+    assert!(value_of("process_resident_memory_bytes") > 1e6);
+    assert!(value_of("process_open_fds") >= 3.0);
+    assert!(value_of("process_cpu_seconds_total") > 0.0);
 }
 
 #[test]

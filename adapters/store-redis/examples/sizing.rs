@@ -1,7 +1,7 @@
 //! How much Redis memory sessions take, and how fast one node creates them.
 //!
 //! ```text
-//! cargo run --release -p wsauth-store-redis --features testing --example sizing -- 100000
+//! cargo run --release -p wsauth-store-redis --example sizing -- 100000
 //! ```
 //!
 //! Starts its own `redis-server`, creates N sessions (one channel each), measures
@@ -15,8 +15,8 @@ use wsauth_core::Payload;
 use wsauth_core::jwt::Claims;
 use wsauth_store::contract::Recorder;
 use wsauth_store::{CreateOutcome, Store, StoreSettings};
-use wsauth_store_redis::testing::RedisServer;
 use wsauth_store_redis::{RedisConfig, RedisStore};
+use wsauth_test_support::redis::RedisServer;
 
 async fn used_memory(url: &str) -> u64 {
     let client = redis::Client::open(url).expect("url");

@@ -10,6 +10,27 @@
 //! to Redis drops for a moment reads on from the last entry it saw, so neither a
 //! revocation nor a message is missed silently, and entries leave in the order the
 //! scripts ran, which is `seq` order for every session.
+//!
+//! A `wsauth-server` node uses it when `store.kind = "redis"`; an embedder builds
+//! it like this (every node with the same `key_prefix`, each with its own
+//! `node_id`) and hands it to the server library:
+//!
+//! ```no_run
+//! use wsauth_store::hub::Hub;
+//! use wsauth_store::StoreSettings;
+//! use wsauth_store_redis::{RedisConfig, RedisStore};
+//!
+//! # #[tokio::main]
+//! # async fn main() -> Result<(), wsauth_store::StoreError> {
+//! let config = RedisConfig::new("redis://127.0.0.1:6379/0", "wsauth:", "node-a");
+//! let hub = Hub::new(256); // this node's connections
+//! let store = RedisStore::connect(config, StoreSettings::default(), hub).await?;
+//! # drop(store);
+//! # Ok(())
+//! # }
+//! ```
+
+#![warn(missing_docs)]
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -30,8 +51,6 @@ use wsauth_store::{
 };
 
 mod claims;
-#[cfg(feature = "testing")]
-pub mod testing;
 
 use claims::StoredClaims;
 
@@ -170,6 +189,22 @@ fn plausible_session_id(id: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
+/// Checks `url` as [`RedisStore::connect`] reads it, without connecting (for
+/// `wsauth-server check-config`); the error never shows the URL, which may hold
+/// a password.
+pub fn check_url(url: &str) -> Result<(), StoreError> {
+    open_client(url).map(drop)
+}
+
+fn open_client(url: &str) -> Result<Client, StoreError> {
+    Client::open(url).map_err(|e| {
+        StoreError::Unavailable(format!(
+            "store.url is not a valid Redis URL ({})",
+            e.category()
+        ))
+    })
+}
+
 impl RedisStore {
     /// Connects, checks that Redis answers, and starts reading this node's stream.
     /// Fails (with a message that names no password) when Redis cannot be reached.
@@ -178,12 +213,7 @@ impl RedisStore {
         settings: StoreSettings,
         notify: Arc<dyn Notify>,
     ) -> Result<RedisStore, StoreError> {
-        let client = Client::open(config.url.as_str()).map_err(|e| {
-            StoreError::Unavailable(format!(
-                "store.url is not a valid Redis URL ({})",
-                e.category()
-            ))
-        })?;
+        let client = open_client(&config.url)?;
         let manager_config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(1)))
             .set_response_timeout(Some(config.response_timeout))

@@ -11,8 +11,8 @@ use wsauth_core::jwt::Claims;
 use wsauth_core::{Payload, Revocation, Secret};
 use wsauth_store::contract::{Recorder, create, run_all, run_races, run_rule_cases};
 use wsauth_store::{Notice, Store, StoreError, StoreSettings};
-use wsauth_store_redis::testing::{RedisServer, available};
 use wsauth_store_redis::{RedisConfig, RedisStore};
+use wsauth_test_support::redis::{RedisServer, available};
 
 static PREFIXES: AtomicU64 = AtomicU64::new(0);
 

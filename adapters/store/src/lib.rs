@@ -6,6 +6,38 @@
 //! revocation list, each session's replay buffer with its `seq` numbering, and
 //! channel membership. It reaches the connections of its node through [`Notify`],
 //! which [`hub::Hub`] implements for every driver.
+//!
+//! Use [`MemoryStore`] on one node, `wsauth-store-redis` on several, or implement
+//! [`Store`] for a backend of your own and run the contract suite (feature
+//! `contract-tests`) against it. A connection driver hands the core's store
+//! requests to [`execute`]; calling the store directly looks like this:
+//!
+//! ```
+//! use std::sync::Arc;
+//! use wsauth_core::jwt::Claims;
+//! use wsauth_store::hub::Hub;
+//! use wsauth_store::{CreateOutcome, MemoryStore, Store, StoreSettings};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! let store = MemoryStore::new(StoreSettings::default(), Hub::new(256));
+//! let now = 1_767_225_600_000; // Unix ms
+//! let alice = Arc::new(Claims::new("alice", now + 3_600_000));
+//!
+//! let Ok(CreateOutcome::Created { session_id, resume_token, .. }) =
+//!     store.create_session(alice, now).await
+//! else {
+//!     panic!("a first session is created");
+//! };
+//! // After a network drop the client resumes with its token, once.
+//! let resumed = store.resume_session(&session_id, &resume_token, now + 1_000).await;
+//! assert!(matches!(resumed, Ok(Some(_))));
+//! let again = store.resume_session(&session_id, &resume_token, now + 2_000).await;
+//! assert!(matches!(again, Ok(None)), "a resume token works once");
+//! # }
+//! ```
+
+#![warn(missing_docs)]
 
 use std::future::Future;
 use std::sync::Arc;
@@ -33,9 +65,9 @@ pub use wsauth_core::rules::LimitPolicy;
 /// A store's settings (PROTOCOL §3–§4), with the protocol's defaults.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StoreSettings {
-    /// How long a detached session stays resumable [30000].
+    /// How long a detached session stays resumable \[30000\].
     pub resume_grace_ms: u64,
-    /// Messages kept per session for replay [256].
+    /// Messages kept per session for replay \[256\].
     pub resume_buffer: usize,
     /// Bytes of messages kept per session for replay [1 MiB]; the oldest go
     /// first, and a resume that needs them reports a `gap`. 0: no byte bound.
@@ -44,13 +76,13 @@ pub struct StoreSettings {
     /// sessions are refused (`INTERNAL`) [0: no bound]. Redis bounds its own
     /// memory (`maxmemory`).
     pub replay_budget_bytes: usize,
-    /// Sessions per `sub`, detached ones within grace included [unlimited].
+    /// Sessions per `sub`, detached ones within grace included \[unlimited\].
     pub max_sessions_per_user: Option<usize>,
     /// What the limit does.
     pub limit_policy: LimitPolicy,
     /// How long a `sub` revocation (or a `jti` one whose token is unknown) lasts [24 h].
     pub max_token_lifetime_ms: u64,
-    /// Clock leeway: a session's token is valid until `exp` plus this [30000].
+    /// Clock leeway: a session's token is valid until `exp` plus this \[30000\].
     pub leeway_ms: u64,
 }
 
@@ -187,7 +219,7 @@ pub enum StoreError {
 ///
 /// # Contract
 /// Every implementation (in-memory, Redis) must keep these promises; the suite in
-/// [`contract`] checks them against both. Grace, `exp` + leeway, what a revocation
+/// `contract` (feature `contract-tests`) checks them against both. Grace, `exp` + leeway, what a revocation
 /// refuses and how long it lasts, and the per-user limit are the functions of
 /// [`wsauth_core::rules`]; `contract::RULE_CASES` checks every store against them.
 ///

@@ -2,9 +2,10 @@
 //!
 //! Scenarios: `connect` (open, authenticate and hold N connections), `resume` (unclean drop and
 //! resume), `refresh` (token refreshes on live sessions), `fanout` (one publisher, N
-//! subscribers), `rpc` (application calls on live sessions) and `kid-flood` (valid RS256 auths
-//! during a flood of unknown-`kid` tokens, against a server it starts with a JWKS URL) and `chaos`
-//! (nodes on one Redis, SIGKILLed and restarted while sessions publish and resume; it prints an
+//! subscribers), `rpc` (application calls on live sessions), `kid-flood` (valid RS256 auths
+//! during a flood of unknown-`kid` tokens, against a server it starts with a JWKS URL),
+//! `frame-flood` (ping or continuation floods against a server it starts) and `chaos` (nodes on
+//! one Redis, SIGKILLed and restarted while sessions publish and resume; it prints an
 //! accounting of its own). Each prints successes, failures by kind, latency percentiles, rate and
 //! duration; `--json` prints them as one JSON line, `--svg` draws the latency distribution.
 
@@ -56,7 +57,7 @@ struct Common {
     /// Write an SVG chart of the latency distribution to this path.
     #[arg(long, global = true)]
     svg: Option<PathBuf>,
-    /// The server's pid: report its RSS growth per connection (from /proc/<pid>/status).
+    /// The server's pid: report its RSS growth per connection (from `/proc/<pid>/status`).
     #[arg(long, global = true)]
     pid: Option<u32>,
     /// Seconds to wait for any one reply before counting a timeout.
@@ -188,6 +189,11 @@ enum Cmd {
         #[arg(long)]
         server_bin: Option<PathBuf>,
     },
+    /// Start `wsauth-server`, then for `--secs` seconds `--sockets` sockets write pings or empty
+    /// continuation frames as fast as they can, reconnecting when closed, while a well-behaved
+    /// client sends app-level `ping`s (latency: `ping` sent → `pong`). Reports the server's CPU
+    /// per second and per flooding connection. `--url` is ignored.
+    FrameFlood(scenarios::FrameFlood),
     /// Start `--nodes` `wsauth-server` processes on one Redis (AOF, fsync always), open
     /// `--sessions` sessions that publish and resume on their own, and for `--secs` seconds
     /// SIGKILL and restart a node every `--kill-every-s`, restart Redis every
@@ -318,6 +324,7 @@ impl Cmd {
             Cmd::KidFlood {
                 flood_concurrency, ..
             } => *flood_concurrency as u64 + 64,
+            Cmd::FrameFlood(f) => f.max_sockets() * 2 + 64,
             // A reconnecting session may briefly hold two sockets.
             Cmd::Chaos { sessions, .. } => *sessions as u64 * 2,
         }
@@ -352,10 +359,11 @@ async fn run(cli: Cli, nofile: Option<u64>) -> ExitCode {
         std::process::id(),
         client::now_secs() & 0xff_ffff
     );
-    // `kid-flood` signs RS256 tokens with the test key: it needs no secret. `chaos` configures
-    // the servers it starts with a secret of its own.
+    // `kid-flood` signs RS256 tokens with the test key, `frame-flood` with a secret of its own
+    // server's: they need no secret. `chaos` configures the servers it starts with a secret of
+    // its own.
     let secret = match cli.cmd {
-        Cmd::KidFlood { .. } => Some(String::new()),
+        Cmd::KidFlood { .. } | Cmd::FrameFlood(_) => Some(String::new()),
         Cmd::Chaos { .. } => Some(format!(
             "chaos-{run_id}-{:x}-hs256-secret-of-at-least-32-bytes",
             std::time::SystemTime::now()
@@ -515,6 +523,13 @@ async fn run(cli: Cli, nofile: Option<u64>) -> ExitCode {
                 }
             }
         }
+        Cmd::FrameFlood(f) => match scenarios::frame_flood(ctx, f).await {
+            Ok(report) => report,
+            Err(e) => {
+                eprintln!("wsauth-load: frame-flood: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
         Cmd::Chaos { .. } => unreachable!("handled above"),
     };
     report.extra.insert("client_nofile".into(), json!(nofile));

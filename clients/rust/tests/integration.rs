@@ -494,10 +494,10 @@ async fn a_restart_on_the_memory_store_reauthenticates_and_rejoins() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_on_redis_resumes_on_the_other_node() {
     let test = "a_restart_on_redis_resumes_on_the_other_node";
-    if !wsauth_store_redis::testing::available(test) {
+    if !wsauth_test_support::redis::available(test) {
         return; // `available` printed the visible WSAUTH-SKIPPED line
     }
-    let redis = wsauth_store_redis::testing::RedisServer::start();
+    let redis = wsauth_test_support::redis::RedisServer::start();
     let on_redis = || {
         let mut c = server_config();
         c.store.kind = wsauth_server::config::StoreKind::Redis;

@@ -16,9 +16,9 @@ pub struct VerifierConfig {
     pub issuer: Option<String>,
     /// When not empty, `aud` is required and must contain one of these.
     pub audience: Vec<String>,
-    /// Clock leeway for `exp`, `nbf` and `iat`, in seconds [30].
+    /// Clock leeway for `exp`, `nbf` and `iat`, in seconds \[30\].
     pub leeway_s: u64,
-    /// Largest token accepted, checked before any decoding [8192].
+    /// Largest token accepted, checked before any decoding \[8192\].
     pub max_token_bytes: usize,
     /// Algorithms accepted at all; `None`: every supported one.
     pub algorithms: Option<Vec<Algorithm>>,

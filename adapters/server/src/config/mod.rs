@@ -43,7 +43,7 @@ use serde::de::{self, Deserializer, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize, Serializer};
 
 pub use fields::{FIELDS, SECRET_KEYS, env_var};
-pub use sources::{ServeArgs, load, load_toml_text, load_with_env};
+pub use sources::{Origins, ServeArgs, load, load_toml_text, load_with_env, load_with_origins};
 pub(crate) use validate::check_jwks_url;
 pub use validate::{MIN_ADMIN_KEY_CHARS, MIN_HMAC_SECRET_BYTES};
 
@@ -84,7 +84,7 @@ pub struct Config {
     pub allow_query_token: bool,
     /// This node's name in logs and in the store; see [`Config::effective_node_id`].
     pub node_id: Option<String>,
-    /// Graceful shutdown budget in milliseconds [10000]; 0 closes at once.
+    /// Graceful shutdown budget in milliseconds \[10000\]; 0 closes at once.
     pub shutdown_drain_ms: u64,
     /// Token verification.
     pub jwt: JwtConfig,
@@ -240,21 +240,21 @@ pub struct JwtConfig {
     /// `introspection_client_secret`.
     pub introspection_client_secret_file: Option<PathBuf>,
     /// Active introspection answers kept, by token hash, until the token's
-    /// `exp` [10000].
+    /// `exp` \[10000\].
     pub introspection_cache_entries: usize,
-    /// Longest wait on the introspection endpoint, in ms [2000].
+    /// Longest wait on the introspection endpoint, in ms \[2000\].
     pub introspection_timeout_ms: u64,
     /// Start even when the first fetch of `jwks_url` fails (tokens signed with
     /// its keys are refused until a fetch succeeds) [false].
     pub jwks_start_without_keys: bool,
     /// Seconds between fetches of `jwks_url` when the response has no
-    /// `Cache-Control: max-age` [300].
+    /// `Cache-Control: max-age` \[300\].
     pub jwks_refresh_s: u64,
     /// An unknown `kid` fetches `jwks_url` again at most once per this many
-    /// seconds [10].
+    /// seconds \[10\].
     pub jwks_min_refetch_s: u64,
     /// `/readyz` answers 503 once the last good fetch of `jwks_url` is older than
-    /// this many seconds [86400].
+    /// this many seconds \[86400\].
     pub jwks_max_stale_s: u64,
     /// Algorithms accepted; empty accepts every supported one
     /// ([`SUPPORTED_ALGORITHMS`]). `none` is never accepted.
@@ -265,15 +265,15 @@ pub struct JwtConfig {
     /// Accepted audiences: when not empty, a token's `aud` must contain one of them.
     #[serde(deserialize_with = "string_or_list")]
     pub audience: Vec<String>,
-    /// Clock leeway in seconds for `exp`, `nbf` and `iat` [30].
+    /// Clock leeway in seconds for `exp`, `nbf` and `iat` \[30\].
     pub leeway_s: u64,
-    /// Largest token accepted, in bytes, checked before decoding [8192].
+    /// Largest token accepted, in bytes, checked before decoding \[8192\].
     pub max_token_bytes: usize,
     /// When set, a token's header `typ` is required and must equal it (any
     /// case, `application/` prefix allowed), e.g. `at+jwt` (RFC 9068).
     pub required_typ: Option<String>,
     /// Tokens signed with RSA, ECDSA or EdDSA kept verified, until their `exp`
-    /// [10000]; 0 turns the cache off.
+    /// \[10000\]; 0 turns the cache off.
     pub verify_cache_entries: usize,
 }
 
@@ -450,35 +450,35 @@ fn read_secret_file(key: &str, path: &Path) -> Result<Vec<u8>, ConfigError> {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SessionSettings {
-    /// Time from the upgrade to a completed `auth` or `resume` [5000].
+    /// Time from the upgrade to a completed `auth` or `resume` \[5000\].
     pub auth_timeout_ms: u64,
-    /// Interval of the server's pings [25000].
+    /// Interval of the server's pings \[25000\].
     pub heartbeat_ms: u64,
-    /// Silence after which a connection is closed [60000]; must exceed
+    /// Silence after which a connection is closed \[60000\]; must exceed
     /// `heartbeat_ms`.
     pub idle_timeout_ms: u64,
-    /// Longest lead of the `expiring` notice [60000].
+    /// Longest lead of the `expiring` notice \[60000\].
     pub refresh_notice_ms: u64,
-    /// How long a dropped session stays resumable [30000]; 0 disables resume.
+    /// How long a dropped session stays resumable \[30000\]; 0 disables resume.
     pub resume_grace_ms: u64,
-    /// Messages kept per session for replay on resume [256].
+    /// Messages kept per session for replay on resume \[256\].
     pub resume_buffer: usize,
-    /// Bytes of messages kept per session for replay [1048576]; 0: no byte bound.
+    /// Bytes of messages kept per session for replay \[1048576\]; 0: no byte bound.
     pub resume_buffer_bytes: usize,
     /// With the in-memory store, bytes in all replay buffers past which new
-    /// sessions are refused with `INTERNAL` [1073741824]; 0: no bound.
+    /// sessions are refused with `INTERNAL` \[1073741824\]; 0: no bound.
     pub replay_budget_bytes: usize,
-    /// Sessions per `sub` [32]; 0 is an error. Unlimited only with
+    /// Sessions per `sub` \[32\]; 0 is an error. Unlimited only with
     /// `features.session_limits = false`.
     pub max_sessions_per_user: Option<usize>,
-    /// What a new session over `max_sessions_per_user` does [evict_oldest].
+    /// What a new session over `max_sessions_per_user` does \[evict_oldest\].
     pub limit_policy: LimitPolicy,
     /// How long a `sub` revocation refuses the user's older tokens, in seconds
-    /// [86400]: the longest lifetime of a token the issuer hands out.
+    /// \[86400\]: the longest lifetime of a token the issuer hands out.
     pub max_token_lifetime_s: u64,
-    /// Channels one session may join at once [256].
+    /// Channels one session may join at once \[256\].
     pub max_channels: usize,
-    /// Requests a client may pipeline while one is being answered [64].
+    /// Requests a client may pipeline while one is being answered \[64\].
     pub max_queued_requests: usize,
 }
 
@@ -507,9 +507,9 @@ impl Default for SessionSettings {
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AppSettings {
-    /// Calls one session may have in flight [16]; one more is answered `BUSY`.
+    /// Calls one session may have in flight \[16\]; one more is answered `BUSY`.
     pub max_rpc_in_flight: usize,
-    /// Time a call may take before it is answered `UNAVAILABLE` [5000]; also the
+    /// Time a call may take before it is answered `UNAVAILABLE` \[5000\]; also the
     /// proxy's timeout for one backend request.
     pub rpc_timeout_ms: u64,
     /// The application's HTTP endpoint (`http://` or `https://`) that each call is
@@ -528,7 +528,7 @@ pub struct AppSettings {
     /// `METHOD_NOT_FOUND` without a backend request.
     #[serde(deserialize_with = "string_or_list")]
     pub rpc_methods: Vec<String>,
-    /// Backend requests one node makes at once [256]; a call past it waits for a
+    /// Backend requests one node makes at once \[256\]; a call past it waits for a
     /// slot (within `rpc_timeout_ms`).
     pub max_backend_calls: usize,
 }
@@ -606,35 +606,35 @@ pub enum LimitPolicy {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Limits {
-    /// Largest message, in bytes, after reassembling frames [65536].
+    /// Largest message, in bytes, after reassembling frames \[65536\].
     pub max_message_bytes: usize,
-    /// Largest single frame, in bytes [65536]; at most `max_message_bytes`.
+    /// Largest single frame, in bytes \[65536\]; at most `max_message_bytes`.
     pub max_frame_bytes: usize,
-    /// Time for the whole upgrade (TLS included) to complete [5000].
+    /// Time for the whole upgrade (TLS included) to complete \[5000\].
     pub handshake_timeout_ms: u64,
-    /// Sustained data frames per second per connection [100].
+    /// Sustained data frames per second per connection \[100\].
     pub messages_per_second: u32,
-    /// Burst of data frames per connection [200].
+    /// Burst of data frames per connection \[200\].
     pub message_burst: u32,
     /// Sustained frames of any kind (pings and continuation frames included)
-    /// per second per connection [1000].
+    /// per second per connection \[1000\].
     pub frames_per_second: u32,
-    /// Burst of frames of any kind per connection [2000].
+    /// Burst of frames of any kind per connection \[2000\].
     pub frame_burst: u32,
     /// Connections per client network (an IPv4 address, an IPv6 /64) not yet
-    /// authenticated, counted from TCP accept, before TLS [1024].
+    /// authenticated, counted from TCP accept, before TLS \[1024\].
     pub max_unauthenticated_per_ip: usize,
-    /// Connections not yet authenticated on the node, from every client [10000].
+    /// Connections not yet authenticated on the node, from every client \[10000\].
     pub max_unauthenticated: usize,
-    /// Deepest nesting of arrays and objects in a message's `data` [64].
+    /// Deepest nesting of arrays and objects in a message's `data` \[64\].
     pub max_json_depth: usize,
-    /// Open sockets in total [100000].
+    /// Open sockets in total \[100000\].
     pub max_connections: usize,
-    /// Messages queued per connection before `SLOW_CONSUMER` [256].
+    /// Messages queued per connection before `SLOW_CONSUMER` \[256\].
     pub outbound_queue: usize,
-    /// Bytes queued per connection before `SLOW_CONSUMER` [1048576].
+    /// Bytes queued per connection before `SLOW_CONSUMER` \[1048576\].
     pub outbound_queue_bytes: usize,
-    /// Connections the kernel queues for `accept` [4096] (capped by
+    /// Connections the kernel queues for `accept` \[4096\] (capped by
     /// `net.core.somaxconn`). Past it, a new connection's SYN is dropped and its
     /// client waits a second to retry.
     pub listen_backlog: u32,
@@ -675,7 +675,7 @@ pub struct TlsConfig {
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StoreConfig {
-    /// The store's kind [memory].
+    /// The store's kind \[memory\].
     pub kind: StoreKind,
     /// Connection URL; required for `redis` (`redis://`, `rediss://`,
     /// `redis+unix://` or `unix://`). Its password is redacted in `Debug`.
@@ -683,12 +683,12 @@ pub struct StoreConfig {
     pub url: Option<String>,
     /// Prefix of every key the server writes ["wsauth:"].
     pub key_prefix: String,
-    /// Longest wait on one store call, in ms [1000]. A call that takes longer
+    /// Longest wait on one store call, in ms \[1000\]. A call that takes longer
     /// fails closed (`INTERNAL`): with the store down, an auth or a resume is
     /// answered within about this long.
     pub call_timeout_ms: u64,
     /// Longest time a node may go without reading its notice stream (Redis), in
-    /// ms [10000]. Past it the node closes its connections 1011 (resumable) and
+    /// ms \[10000\]. Past it the node closes its connections 1011 (resumable) and
     /// reports not ready until it reads the stream again.
     pub max_notice_lag_ms: u64,
 }
@@ -734,7 +734,7 @@ pub enum StoreKind {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LogConfig {
-    /// Line format [text].
+    /// Line format \[text\].
     pub format: LogFormat,
     /// Filter in `tracing` `EnvFilter` syntax ["info"], e.g. `info,wsauth=debug`.
     pub level: String,

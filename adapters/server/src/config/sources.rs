@@ -30,17 +30,17 @@ pub struct ServeArgs {
     /// TOML configuration file (its keys are listed in docs/configuration.md).
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// Address of the WebSocket listener [listen].
+    /// Address of the WebSocket listener (setting `listen`).
     #[arg(long, value_name = "ADDR")]
     pub listen: Option<SocketAddr>,
-    /// Address of the admin HTTP listener [admin_listen].
+    /// Address of the admin HTTP listener (setting `admin_listen`).
     #[arg(long, value_name = "ADDR")]
     pub admin_listen: Option<SocketAddr>,
-    /// Bearer key of the admin API [admin_key]. Visible to other local users in
+    /// Bearer key of the admin API (setting `admin_key`). Visible to other local users in
     /// the process list: prefer WSAUTH_ADMIN_KEY or the file.
     #[arg(long, value_name = "KEY")]
     pub admin_key: Option<String>,
-    /// URL path of the WebSocket endpoint [path].
+    /// URL path of the WebSocket endpoint (setting `path`).
     #[arg(long, value_name = "PATH")]
     pub path: Option<String>,
     /// Store kind [store.kind].
@@ -119,6 +119,30 @@ where
     K: AsRef<OsStr>,
     V: AsRef<OsStr>,
 {
+    load_with_origins(args, vars).map(|(config, _)| config)
+}
+
+/// Where each key's value came from: the source that set it last.
+pub struct Origins(Vec<Layer>);
+
+impl Origins {
+    /// The file, environment variable or flag that set `key` (or a key under
+    /// it); `None`: the default.
+    pub fn of(&self, key: &str) -> Option<String> {
+        self.0.iter().rev().find_map(|layer| layer.origin_of(key))
+    }
+}
+
+/// [`load_with_env`], and where each value came from.
+pub fn load_with_origins<I, K, V>(
+    args: &ServeArgs,
+    vars: I,
+) -> Result<(Config, Origins), ConfigError>
+where
+    I: IntoIterator<Item = (K, V)>,
+    K: AsRef<OsStr>,
+    V: AsRef<OsStr>,
+{
     let mut layers = Vec::new();
     if let Some(path) = &args.config {
         layers.push(file_layer(path)?);
@@ -154,7 +178,7 @@ where
     })?;
     // Development mode lifts exactly the two rules left to the caller.
     config.validate(true).map_err(attach)?;
-    Ok(config)
+    Ok((config, Origins(layers)))
 }
 
 /// One source: a dictionary, and for each dotted key it sets, a description of

@@ -126,8 +126,8 @@ struct Cluster {
 }
 
 /// `redis-server` with an append-only file synced on every write, so that a SIGKILL loses
-/// nothing (as `wsauth_store_redis::testing` starts it; that feature as a normal dependency of
-/// the tool would be compiled into every server built beside it). Its files go when dropped.
+/// nothing (as `wsauth_test_support::redis` starts it for the tests; the tool does not depend
+/// on the test support). Its files go when dropped.
 struct Redis {
     child: Option<Child>,
     port: u16,

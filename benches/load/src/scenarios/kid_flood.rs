@@ -87,12 +87,12 @@ async fn serve_jwks(hits: Arc<AtomicU64>) -> std::io::Result<String> {
 }
 
 /// A free loopback port (bound, then released for the server).
-fn free_addr() -> std::io::Result<SocketAddr> {
+pub(super) fn free_addr() -> std::io::Result<SocketAddr> {
     std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()
 }
 
 /// The server, killed when dropped.
-struct Server(Child);
+pub(super) struct Server(pub(super) Child);
 
 impl Drop for Server {
     fn drop(&mut self) {

@@ -18,7 +18,7 @@ pub struct RedisServer {
 }
 
 /// Whether `redis-server` is installed; when not, reports `test` as skipped (a visible
-/// `WSAUTH-SKIPPED` line, see `wsauth_test_support::skip`). With `WSAUTH_REQUIRE_REDIS`
+/// `WSAUTH-SKIPPED` line, see [`crate::skip`]). With `WSAUTH_REQUIRE_REDIS`
 /// set (CI sets it), a missing server is a failure.
 pub fn available(test: &str) -> bool {
     let found = Command::new("redis-server")
@@ -28,7 +28,7 @@ pub fn available(test: &str) -> bool {
         .status()
         .is_ok_and(|s| s.success());
     if !found {
-        wsauth_test_support::skip(
+        crate::skip(
             test,
             "redis-server is not installed (`cargo xtask test` installs it)",
             "WSAUTH_REQUIRE_REDIS",
