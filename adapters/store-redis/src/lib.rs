@@ -623,6 +623,11 @@ fn newer(a: &str, b: &str) -> bool {
     parse(a) > parse(b)
 }
 
+/// The notice stream's longest wait between reconnects. Revocations reach sockets only through
+/// this stream, so it must be back about as soon as Redis answers again: with 2 s, a revocation
+/// answered right after a Redis restart closed its socket 1.1 s later (`wsauth-load chaos`).
+const NOTICE_RECONNECT_MAX: Duration = Duration::from_millis(100);
+
 /// Reads this node's stream for as long as the store lives, reconnecting with
 /// backoff. After a reconnect it reads on from the last entry it handled; if that
 /// entry is gone (trimmed, or Redis lost its data) notices may have been missed,
@@ -657,7 +662,7 @@ async fn read_inbox(
             Err(e) => {
                 tracing::warn!(error = %e.category(), retry_in_ms = backoff.as_millis() as u64, "store: cannot read this node's notices");
                 tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(2));
+                backoff = (backoff * 2).min(NOTICE_RECONNECT_MAX);
                 continue;
             }
         };
@@ -674,7 +679,7 @@ async fn read_inbox(
                 }
                 Err(_) => {
                     tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                    backoff = (backoff * 2).min(NOTICE_RECONNECT_MAX);
                     continue;
                 }
             }

@@ -2,8 +2,11 @@
 //!
 //! Scenarios: `connect` (open, authenticate and hold N connections), `resume` (unclean drop and
 //! resume), `refresh` (token refreshes on live sessions), `fanout` (one publisher, N
-//! subscribers), `rpc` (application calls on live sessions) and `kid-flood` (valid RS256 auths
-//! during a flood of unknown-`kid` tokens, against a server it starts with a JWKS URL). Each prints successes, failures by kind, latency percentiles, rate and
+//! subscribers), `rpc` (application calls on live sessions), `kid-flood` (valid RS256 auths
+//! during a flood of unknown-`kid` tokens, against a server it starts with a JWKS URL),
+//! `frame-flood` (ping or continuation floods against a server it starts) and `chaos` (nodes on
+//! one Redis, SIGKILLed and restarted while sessions publish and resume; it prints an
+//! accounting of its own). Each prints successes, failures by kind, latency percentiles, rate and
 //! duration; `--json` prints them as one JSON line, `--svg` draws the latency distribution.
 
 mod client;
@@ -191,6 +194,60 @@ enum Cmd {
     /// client sends app-level `ping`s (latency: `ping` sent → `pong`). Reports the server's CPU
     /// per second and per flooding connection. `--url` is ignored.
     FrameFlood(scenarios::FrameFlood),
+    /// Start `--nodes` `wsauth-server` processes on one Redis (AOF, fsync always), open
+    /// `--sessions` sessions that publish and resume on their own, and for `--secs` seconds
+    /// SIGKILL and restart a node every `--kill-every-s`, restart Redis every
+    /// `--redis-restart-every-s` and revoke `--revocations` users at random times. Prints an
+    /// accounting (accepted vs delivered per subscriber, revocations, lost sessions, RSS per
+    /// node); exits 1 when a must-be-0 count is not 0. `--url` and `--secret` are ignored;
+    /// `--svg` draws RSS per node over time.
+    Chaos {
+        #[arg(long, default_value_t = 3)]
+        nodes: usize,
+        #[arg(long, default_value_t = 2000)]
+        sessions: usize,
+        /// Seconds of chaos (publishing, kills, restarts, revocations).
+        #[arg(long, default_value_t = 900.0)]
+        secs: f64,
+        /// SIGKILL a random node and restart it this often (0: never).
+        #[arg(long, default_value_t = 60.0)]
+        kill_every_s: f64,
+        /// Which node each kill takes.
+        #[arg(long, value_enum, default_value_t = scenarios::KillOrder::Random)]
+        kill_order: scenarios::KillOrder,
+        /// SIGKILL Redis and restart it on its AOF this often (0: never).
+        #[arg(long, default_value_t = 300.0)]
+        redis_restart_every_s: f64,
+        /// Milliseconds Redis stays down at each restart.
+        #[arg(long, default_value_t = 2000)]
+        redis_down_ms: u64,
+        /// Users revoked (`POST /admin/revoke {"sub"}`) at random times.
+        #[arg(long, default_value_t = 100)]
+        revocations: usize,
+        /// Each session publishes once per this many ms (±10 %).
+        #[arg(long, default_value_t = 15_000)]
+        publish_interval_ms: u64,
+        /// Channels; session i joins channel i % channels (with the defaults: 20 subscribers
+        /// per channel, about 133 publishes and 2,700 deliveries a second).
+        #[arg(long, default_value_t = 100)]
+        channels: usize,
+        /// Seconds after the last publish for replays and deliveries to settle.
+        #[arg(long, default_value_t = 20.0)]
+        drain_s: f64,
+        /// Directory for the nodes' logs [default: a new one under the temp directory].
+        #[arg(long)]
+        log_dir: Option<PathBuf>,
+        /// The `wsauth-server` binary [default: the one next to this tool].
+        #[arg(long)]
+        server_bin: Option<PathBuf>,
+    },
+}
+
+/// The `wsauth-server` next to this tool, or on the PATH.
+fn default_server_bin() -> PathBuf {
+    std::env::current_exe()
+        .map(|exe| exe.with_file_name("wsauth-server"))
+        .unwrap_or_else(|_| "wsauth-server".into())
 }
 
 /// Parses a `ws://host:port/path` URL and resolves its host.
@@ -268,6 +325,8 @@ impl Cmd {
                 flood_concurrency, ..
             } => *flood_concurrency as u64 + 64,
             Cmd::FrameFlood(f) => f.max_sockets() * 2 + 64,
+            // A reconnecting session may briefly hold two sockets.
+            Cmd::Chaos { sessions, .. } => *sessions as u64 * 2,
         }
     }
 }
@@ -295,10 +354,25 @@ async fn run(cli: Cli, nofile: Option<u64>) -> ExitCode {
         .secret
         .clone()
         .or_else(|| std::env::var("WSAUTH_JWT__HS256_SECRET").ok());
+    let run_id = format!(
+        "{:x}{:x}",
+        std::process::id(),
+        client::now_secs() & 0xff_ffff
+    );
     // `kid-flood` signs RS256 tokens with the test key, `frame-flood` with a secret of its own
-    // server's: they need no secret.
-    let own_keys = matches!(cli.cmd, Cmd::KidFlood { .. } | Cmd::FrameFlood(_));
-    let Some(secret) = secret.or_else(|| own_keys.then(String::new)) else {
+    // server's: they need no secret. `chaos` configures the servers it starts with a secret of
+    // its own.
+    let secret = match cli.cmd {
+        Cmd::KidFlood { .. } | Cmd::FrameFlood(_) => Some(String::new()),
+        Cmd::Chaos { .. } => Some(format!(
+            "chaos-{run_id}-{:x}-hs256-secret-of-at-least-32-bytes",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos())
+        )),
+        _ => secret,
+    };
+    let Some(secret) = secret else {
         eprintln!("wsauth-load: no secret: pass --secret or set WSAUTH_JWT__HS256_SECRET");
         return ExitCode::from(2);
     };
@@ -313,11 +387,6 @@ async fn run(cli: Cli, nofile: Option<u64>) -> ExitCode {
         eprintln!("wsauth-load: --timeout must be positive");
         return ExitCode::from(2);
     }
-    let run_id = format!(
-        "{:x}{:x}",
-        std::process::id(),
-        client::now_secs() & 0xff_ffff
-    );
     let ctx = Arc::new(Ctx {
         target,
         signer: Signer::new(&secret),
@@ -351,6 +420,42 @@ async fn run(cli: Cli, nofile: Option<u64>) -> ExitCode {
         },
         _ => None,
     };
+    if let Cmd::Chaos {
+        nodes,
+        sessions,
+        secs: chaos_secs,
+        kill_every_s,
+        kill_order,
+        redis_restart_every_s,
+        redis_down_ms,
+        revocations,
+        publish_interval_ms,
+        channels,
+        drain_s,
+        log_dir,
+        server_bin,
+    } = cli.cmd
+    {
+        let cfg = scenarios::Chaos {
+            nodes: nodes.max(1),
+            sessions: sessions.max(1),
+            secs: secs(chaos_secs).as_secs_f64(),
+            kill_every_s: secs(kill_every_s).as_secs_f64(),
+            kill_order,
+            redis_restart_every_s: secs(redis_restart_every_s).as_secs_f64(),
+            redis_down_ms,
+            revocations,
+            publish_interval_ms: publish_interval_ms.max(1),
+            channels: channels.max(1),
+            drain_s: secs(drain_s).as_secs_f64(),
+            server_bin: server_bin.unwrap_or_else(default_server_bin),
+            log_dir: log_dir.unwrap_or_else(|| {
+                std::env::temp_dir().join(format!("wsauth-chaos-{}", ctx.run_id))
+            }),
+            secret,
+        };
+        return run_chaos(ctx, cfg, c).await;
+    }
     let mut report = match cli.cmd {
         Cmd::Connect {
             connections,
@@ -400,11 +505,7 @@ async fn run(cli: Cli, nofile: Option<u64>) -> ExitCode {
             min_refetch_s,
             server_bin,
         } => {
-            let server_bin = server_bin.unwrap_or_else(|| {
-                std::env::current_exe()
-                    .map(|exe| exe.with_file_name("wsauth-server"))
-                    .unwrap_or_else(|_| "wsauth-server".into())
-            });
+            let server_bin = server_bin.unwrap_or_else(default_server_bin);
             let flood = scenarios::Flood {
                 secs: secs.max(0.1),
                 flood_rate: flood_rate.max(0.0),
@@ -429,6 +530,7 @@ async fn run(cli: Cli, nofile: Option<u64>) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         },
+        Cmd::Chaos { .. } => unreachable!("handled above"),
     };
     report.extra.insert("client_nofile".into(), json!(nofile));
     if let Some(path) = &c.svg {
@@ -455,5 +557,37 @@ async fn run(cli: Cli, nofile: Option<u64>) -> ExitCode {
         ExitCode::from(1)
     } else {
         ExitCode::SUCCESS
+    }
+}
+
+/// `chaos`: runs it, prints its accounting (and JSON, SVG); 1 when a must-be-0 count is not 0.
+async fn run_chaos(ctx: Arc<Ctx>, cfg: scenarios::Chaos, c: &Common) -> ExitCode {
+    let report = match scenarios::chaos(ctx, cfg).await {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("wsauth-load: chaos: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let mut json = report.to_json();
+    if let Some(path) = &c.svg {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        match std::fs::write(path, report.svg()) {
+            Ok(()) => json["svg"] = json!(path.display().to_string()),
+            Err(e) => eprintln!("wsauth-load: cannot write {}: {e}", path.display()),
+        }
+    }
+    if c.json {
+        eprint!("{}", report.to_text());
+        println!("{json}");
+    } else {
+        print!("{}", report.to_text());
+    }
+    if report.violations().is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
     }
 }

@@ -1,9 +1,12 @@
 //! The scenarios: connect, resume, refresh, fanout, rpc (in `scenarios/rpc.rs`), kid-flood
-//! (in `scenarios/kid_flood.rs`) and frame-flood (in `scenarios/frame_flood.rs`).
+//! (in `scenarios/kid_flood.rs`), frame-flood (in `scenarios/frame_flood.rs`) and chaos (in
+//! `scenarios/chaos.rs`).
 
+mod chaos;
 mod frame_flood;
 mod kid_flood;
 mod rpc;
+pub use chaos::{Chaos, KillOrder, chaos};
 pub use frame_flood::{FrameFlood, frame_flood};
 pub use kid_flood::{Flood, FloodToken, kid_flood};
 pub use rpc::{Pace, rpc};
